@@ -1,0 +1,188 @@
+"""The CDS Hooks endpoints: discovery, service calls, feedback, and a health check."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import pipeline
+from .config import Settings
+from .errors import ApiError, DataUnavailable
+from .feedback import FeedbackStore
+from .logs import hash_id, log_call
+from .ruleset_provider import RuleSetProvider
+from .services import SERVICES
+from .validation import field_path, first_error, parse_json, schema_validator, validate_request
+
+log = logging.getLogger(__name__)
+bp = Blueprint("cds", __name__)
+
+
+@dataclass
+class State:
+    settings: Settings
+    rules: RuleSetProvider
+    store: FeedbackStore
+    authenticator: Any | None  # cds_service.auth.Authenticator; None only with insecure_no_auth
+
+
+def state() -> State:
+    return current_app.extensions["ketamine_cds"]
+
+
+# -- request plumbing -------------------------------------------------------------------------------
+@bp.before_app_request
+def _start() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else str(uuid.uuid4())
+
+
+@bp.after_app_request
+def _finish(resp: Response) -> Response:
+    resp.headers["X-Request-ID"] = g.get("request_id", "")
+    return resp
+
+
+def _authenticate() -> None:
+    """Bare 401 on any failure (CDS Hooks 2.0.1 §Security); OPTIONS never reaches here."""
+    st = state()
+    if st.settings.insecure_no_auth:
+        return
+    from .auth import AuthError
+
+    base = (st.settings.public_base_url or request.host_url).rstrip("/")
+    audience = base + request.path
+    try:
+        g.claims = st.authenticator.verify(request.headers.get("Authorization"), audience)  # type: ignore[union-attr]
+    except AuthError as exc:
+        log.warning("authentication failed: %s", exc)
+        raise ApiError(401, "") from exc
+
+
+def _json_body() -> Any:
+    mimetype = request.mimetype or ""
+    if not (
+        mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+    ):
+        raise ApiError(
+            415, f"Content-Type must be application/json, got {mimetype or 'none'!r}", "Content-Type"
+        )
+    return parse_json(request.get_data(cache=False))
+
+
+# -- errors -----------------------------------------------------------------------------------------
+@bp.app_errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response | str, int]:
+    if exc.status == 401:
+        return "", 401
+    return jsonify(exc.body()), exc.status
+
+
+@bp.app_errorhandler(DataUnavailable)
+def _unavailable(exc: DataUnavailable) -> tuple[Response, int]:
+    return jsonify({"status": 412, "error": exc.message, "missing": exc.missing}), 412
+
+
+@bp.app_errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+    limit = state().settings.max_body_bytes
+    return jsonify(
+        {"status": 413, "error": f"request body larger than {limit} bytes", "field": "(body)"}
+    ), 413
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    return jsonify({"status": exc.code, "error": exc.description}), exc.code or 500
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.exception("unexpected error (request %s)", g.get("request_id"))
+    return jsonify({"status": 500, "error": "internal error", "request_id": g.get("request_id")}), 500
+
+
+# -- endpoints --------------------------------------------------------------------------------------
+@bp.get("/healthz")
+def healthz() -> Response:
+    st = state()
+    rs = st.rules.get()
+    body: dict[str, Any] = {"status": "ok", "rules": len(rs.rules), "fingerprint": rs.fingerprint[:12]}
+    if st.rules.last_errors:
+        body["rejected_rule_change"] = len(st.rules.last_errors)
+    return jsonify(body)
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    _authenticate()
+    return jsonify({"services": [s.discovery() for s in SERVICES.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call(service_id: str) -> Response:
+    st = state()
+    service = SERVICES.get(service_id)
+    if service is None:
+        raise ApiError(404, f"no CDS service {service_id!r}", "service")
+    _authenticate()
+    body = validate_request(_json_body(), service)
+    ruleset = st.rules.get()
+    fields: dict[str, Any] = {
+        "service": service_id,
+        "hookInstance": body["hookInstance"],
+        "request_id": g.request_id,
+        "patient": hash_id(body["context"].get("patientId")),
+    }
+    try:
+        outcome = pipeline.run(body, ruleset, st.settings, request_id=g.request_id)
+    except DataUnavailable as exc:
+        log_call(**fields, status=412, missing=exc.missing, duration_ms=_elapsed())
+        raise
+    cards = outcome.response["cards"]
+    st.store.record_shown(
+        service_id,
+        body["hookInstance"],
+        [(c["uuid"], c["source"]["topic"]["code"], c["indicator"]) for c in cards],
+    )
+    log_call(
+        **fields,
+        status=200,
+        duration_ms=_elapsed(),
+        rules_fired=[o.rule.id for o in outcome.evaluation.fired],
+        cards=len(cards),
+        fhir_fetches=outcome.prefetch.stats.requests,
+        prefetch={k: v for k, v in outcome.prefetch.origin.items() if v != "prefetched"},
+        resources=outcome.evaluation.facts.record.size,
+        skipped_resources=len(outcome.evaluation.facts.record.problems),
+        rules_version=ruleset.fingerprint[:12],
+    )
+    return jsonify(outcome.response)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    st = state()
+    if service_id not in SERVICES:
+        raise ApiError(404, f"no CDS service {service_id!r}", "service")
+    _authenticate()
+    body = _json_body()
+    error = first_error(schema_validator("feedback"), body)
+    if error is not None:
+        raise ApiError(400, f"{field_path(error)}: {error.message[:300]}", field_path(error))
+    stored = st.store.add_feedback(service_id, body["feedback"])
+    log_call(
+        service=service_id, event="feedback", request_id=g.request_id, stored=stored, duration_ms=_elapsed()
+    )
+    return jsonify({"stored": stored})
+
+
+def _elapsed() -> float:
+    return round((time.perf_counter() - g.started) * 1000, 2)

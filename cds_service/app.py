@@ -1,0 +1,58 @@
+"""The application factory: builds a configured Flask app; nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from .api import State, bp
+from .config import Settings
+from .feedback import FeedbackStore, SQLiteFeedbackStore
+from .logs import configure
+from .ruleset_provider import RuleSetProvider
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: FeedbackStore | None = None,
+    authenticator: Any | None = None,
+) -> Flask:
+    """Build the service. Refuses to start on an invalid rule set or without authentication
+    configured (unless ``insecure_no_auth`` is set explicitly)."""
+    settings = settings or Settings.from_env()
+    configure(settings.log_level)
+    if authenticator is None and not settings.insecure_no_auth:
+        if settings.trusted_issuers is None:
+            raise SystemExit(
+                "no trusted issuers configured: pass --trusted-issuers FILE (see docs/security.md) "
+                "or, for local development only, --insecure-no-auth"
+            )
+        from .auth import Authenticator
+
+        authenticator = Authenticator.from_file(settings.trusted_issuers)
+    if settings.insecure_no_auth:
+        log.warning("AUTHENTICATION DISABLED (--insecure-no-auth): any caller can use this service")
+    rules = RuleSetProvider(settings.rules_dir, settings.site_config_path, hot_reload=settings.hot_reload)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    CORS(
+        app,
+        origins=settings.cors_origins,
+        methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
+        max_age=600,
+    )
+    app.extensions["ketamine_cds"] = State(
+        settings, rules, store or SQLiteFeedbackStore(settings.database), authenticator
+    )
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,302 @@
+"""Turns an evaluation into CDS Hooks 2.0.1 cards: the fewest cards that carry the decision.
+
+One card per decision (rules sharing a ``decision`` key collapse to the most severe), panel rows
+gathered into one card per panel (the eligibility picture across frameworks, the data gaps),
+ordered critical → warning → info, then by rule order. Optional fields that are empty are omitted.
+Every card names its rule in ``source.topic`` and carries the facts and FHIR references that fired
+it in ``extension``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import jinja2
+
+from .engine.evaluate import Evaluation, Outcome
+from .engine.loader import Panel, Rule
+
+log = logging.getLogger(__name__)
+
+TOPIC_SYSTEM = "https://ketamine-cds.github.io/rules"
+OVERRIDE_SYSTEM = "https://ketamine-cds.github.io/override-reasons"
+EXPLANATION = "ketamine-cds.explanation"
+SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+DATA_GAPS = "data-gaps"
+
+
+def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]:
+    rs = ev.ruleset
+    base_ctx = _base_context(ev)
+    order = {r.id: i for i, r in enumerate(rs.rules)}
+    entries: list[tuple[int, int, dict[str, Any]]] = []
+
+    # 1. own cards, one per decision
+    by_decision: dict[str, list[Outcome]] = {}
+    for o in ev.fired:
+        if o.rule.kind == "card":
+            by_decision.setdefault(o.rule.decision or o.rule.id, []).append(o)
+    for outcomes in by_decision.values():
+        outcomes.sort(key=lambda o: (SEVERITY[o.indicator or "info"], order[o.rule.id]))
+        winner, others = outcomes[0], outcomes[1:]
+        card = _rule_card(winner, others, base_ctx, ev, patient_id)
+        entries.append((SEVERITY[card["indicator"]], order[winner.rule.id], card))
+
+    # 2. panels from rows
+    rows: dict[str, list[Outcome]] = {}
+    for o in ev.fired:
+        if o.rule.kind == "row" and o.rule.panel:
+            rows.setdefault(o.rule.panel, []).append(o)
+    for panel_id, outcomes in rows.items():
+        panel = rs.panels[panel_id]
+        view = [_row_view(o, base_ctx) for o in outcomes]
+        indicator = min((o.indicator or "info" for o in outcomes), key=SEVERITY.__getitem__)
+        card = _panel_card(panel, indicator, {**base_ctx, "rows": view}, outcomes, patient_id, ev)
+        entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in outcomes), card))
+
+    # 3. data gaps: every rule that could not decide, grouped by what it lacks
+    gaps = [o for o in ev.outcomes if o.status == "unknown"]
+    if gaps and DATA_GAPS in rs.panels:
+        items: dict[str, dict[str, Any]] = {}
+        for o in gaps:
+            for m in o.result.missing if o.result else []:
+                need = rs.data_needs.get(m.id, {})
+                label = need.get("label", m.label)
+                item = items.setdefault(
+                    label, {"id": m.id, "label": label, "needed_by": [], "order": need.get("order")}
+                )
+                if o.rule.title not in item["needed_by"]:
+                    item["needed_by"].append(o.rule.title)
+        view = [{**i, "needed_by": ", ".join(i["needed_by"])} for i in items.values()]
+        panel = rs.panels[DATA_GAPS]
+        card = _panel_card(
+            panel,
+            "warning" if _safety_gap(gaps) else "info",
+            {**base_ctx, "rows": view},
+            gaps,
+            patient_id,
+            ev,
+        )
+        suggestions = [
+            _suggestion(f"Order: {i['label']}", i["order"], patient_id, recommended=True)
+            for i in items.values()
+            if i.get("order")
+        ]
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "any"
+        entries.append((SEVERITY[card["indicator"]], len(order) + 1, card))
+
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return [c for _, _, c in entries]
+
+
+def _safety_gap(gaps: list[Outcome]) -> bool:
+    """A gap blocks a safety check (a rule that would warn or stop) rather than an info rule."""
+    return any(o.rule.indicator in ("warning", "critical") for o in gaps)
+
+
+def _base_context(ev: Evaluation) -> dict[str, Any]:
+    f = ev.facts
+    return {
+        "jurisdiction": ev.jurisdiction,
+        "hook": f.hook,
+        "today": f.today.isoformat(),
+        "patient": {"age": f.age, "sex": f.sex}
+        if f.record.patient is not None
+        else {"age": None, "sex": None},
+    }
+
+
+def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str) -> str:
+    if template is None:
+        return ""
+    try:
+        return template.render(ctx).strip()
+    except jinja2.TemplateError as exc:  # a rule test catches these; never fail the request
+        log.error("template error in rule %s: %s", rule_id, exc)
+        return ""
+
+
+def summary_text(text: str, fallback: str) -> str:
+    text = re.sub(r"\s+", " ", text).strip() or fallback
+    return text if len(text) < 140 else text[:138].rstrip() + "…"
+
+
+def _rule_context(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **base,
+        **(o.result.bind if o.result else {}),
+        "params": o.rule.params,
+        "rule": {"id": o.rule.id, "title": o.rule.title},
+    }
+
+
+def _rule_card(
+    o: Outcome, others: list[Outcome], base: dict[str, Any], ev: Evaluation, patient_id: str | None
+) -> dict[str, Any]:
+    rule = o.rule
+    ctx = _rule_context(o, base)
+    indicator = o.indicator or rule.indicator
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary_text(_render(rule.templates.get("summary"), ctx, rule.id), rule.title),
+        "indicator": indicator,
+        "source": _source(rule),
+    }
+    detail = _render(rule.templates.get("detail"), ctx, rule.id)
+    detail = _with_citation(detail, rule)
+    if others:
+        detail += "\n\nAlso found: " + "; ".join(f"{x.rule.title} ({x.indicator})" for x in others)
+    card["detail"] = detail
+    suggestions = [
+        _suggestion(s["label"], _suggestion_code(s, ev), patient_id, recommended=s.get("recommended", False))
+        for s in rule.card.get("suggestions") or []
+    ]
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = "any"
+    if indicator in ("warning", "critical"):
+        card["overrideReasons"] = _override_reasons(rule.card.get("override_reasons"), ev)
+    links = [
+        {"label": lk["label"], "url": lk["url"], "type": "absolute"} for lk in rule.card.get("links") or []
+    ]
+    if links:
+        card["links"] = links
+    card["extension"] = {EXPLANATION: _explanation([o, *others])}
+    return card
+
+
+def _with_citation(detail: str, rule: Rule) -> str:
+    src = rule.source
+    parts = [src.get("guideline") or src["label"]]
+    if src.get("section"):
+        parts.append(src["section"])
+    parts.append(str(src["year"]))
+    cite = f"Source: [{', '.join(parts)}]({src['url']}) — evidence: {src['evidence']}"
+    for extra in rule.also_cites:
+        cite += f"; [{extra['label']}]({extra['url']}) ({extra['evidence']})"
+    return f"{detail}\n\n{cite}" if detail else cite
+
+
+def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
+    ctx = _rule_context(o, base)
+    view = {key: re.sub(r"\s+", " ", _render(t, ctx, o.rule.id)) for key, t in o.rule.row.items()}
+    src = o.rule.source
+    view.update(
+        rule=o.rule.id,
+        indicator=o.indicator,
+        source_label=src["label"],
+        source_url=src["url"],
+        evidence=src["evidence"],
+        verified=src.get("verified", True),
+    )
+    return view
+
+
+def _panel_card(
+    panel: Panel,
+    indicator: str,
+    ctx: dict[str, Any],
+    outcomes: list[Outcome],
+    patient_id: str | None,
+    ev: Evaluation,
+) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary_text(_render(panel.summary, ctx, panel.id), panel.title),
+        "indicator": indicator,
+        "detail": _render(panel.detail, ctx, panel.id),
+        "source": {
+            "label": panel.source["label"],
+            "topic": {"system": TOPIC_SYSTEM, "code": panel.id, "display": panel.title},
+        },
+    }
+    if panel.source.get("url"):
+        card["source"]["url"] = panel.source["url"]
+    if not card["detail"]:
+        del card["detail"]
+    if indicator in ("warning", "critical"):
+        card["overrideReasons"] = _override_reasons(None, ev)
+    links = [{"label": lk["label"], "url": lk["url"], "type": "absolute"} for lk in panel.links]
+    if links:
+        card["links"] = links
+    card["extension"] = {EXPLANATION: _explanation(outcomes)}
+    return card
+
+
+def _source(rule: Rule) -> dict[str, Any]:
+    return {
+        "label": rule.source["label"],
+        "url": rule.source["url"],
+        "topic": {"system": TOPIC_SYSTEM, "code": rule.id, "display": rule.title},
+    }
+
+
+def _override_reasons(codes: list[str] | None, ev: Evaluation) -> list[dict[str, str]]:
+    rs = ev.ruleset
+    return [
+        {"system": OVERRIDE_SYSTEM, "code": c, "display": rs.override_reasons[c]}
+        for c in (codes or rs.default_override_reasons)
+    ]
+
+
+def _suggestion_code(spec: dict[str, Any], ev: Evaluation) -> dict[str, Any] | None:
+    if spec.get("need"):
+        return ev.ruleset.data_needs.get(spec["need"], {}).get("order")
+    return spec.get("service_request")
+
+
+def _suggestion(
+    label: str, code: dict[str, Any] | None, patient_id: str | None, *, recommended: bool
+) -> dict[str, Any]:
+    suggestion: dict[str, Any] = {"label": label[:120], "uuid": str(uuid.uuid4())}
+    if recommended:
+        suggestion["isRecommended"] = True
+    if code:
+        concept: dict[str, Any] = {"text": code["text"]}
+        if code.get("system") and code.get("code"):
+            coding = {"system": code["system"], "code": code["code"]}
+            if code.get("display"):
+                coding["display"] = code["display"]
+            concept["coding"] = [coding]
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "code": concept,
+        }
+        if patient_id:
+            resource["subject"] = {"reference": f"Patient/{patient_id}"}
+        suggestion["actions"] = [{"type": "create", "description": label[:200], "resource": resource}]
+    return suggestion
+
+
+def _explanation(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Why the card fired: each rule, its reason, the facts it bound and the FHIR references."""
+    out = []
+    for o in outcomes:
+        entry: dict[str, Any] = {"rule": o.rule.id, "status": o.status, "reason": o.reason}
+        if o.result is not None:
+            if o.result.evidence:
+                entry["evidence"] = list(dict.fromkeys(o.result.evidence))
+            if o.result.bind:
+                entry["facts"] = _jsonable(o.result.bind)
+            if o.result.missing:
+                entry["missing"] = [m.label for m in o.result.missing]
+        entry["evidence_status"] = o.rule.source["evidence"]
+        out.append(entry)
+    return {"rules": out}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if v is not None and v != [] and v != ""}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -1,0 +1,81 @@
+"""Settings: one dataclass, filled from defaults, ``KETAMINE_CDS_*`` environment variables and flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_rules_dir() -> Path:
+    """The ``rules/`` folder next to the package (a source checkout or editable install)."""
+    for candidate in (PACKAGE_DIR.parent / "rules", Path.cwd() / "rules"):
+        if candidate.is_dir():
+            return candidate
+    return PACKAGE_DIR.parent / "rules"
+
+
+@dataclass(frozen=True)
+class Settings:
+    rules_dir: Path = field(default_factory=bundled_rules_dir)
+    site_config: Path | None = None  # defaults to rules_dir / "site.yaml"
+    database: Path = Path("var/feedback.sqlite3")
+    trusted_issuers: Path | None = None
+    insecure_no_auth: bool = False
+    public_base_url: str | None = None
+    allow_time_override: bool = False
+    fhir_connect_timeout: float = 1.0
+    fhir_read_timeout: float = 2.0
+    fhir_deadline: float = 3.0
+    fhir_max_pages: int = 20
+    fhir_max_bytes: int = 20_000_000
+    max_body_bytes: int = 16_000_000
+    cors_origins: str = "*"
+    hot_reload: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def site_config_path(self) -> Path:
+        return self.site_config or self.rules_dir / "site.yaml"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``KETAMINE_CDS_<FIELD>`` variables, then explicit non-None overrides."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"KETAMINE_CDS_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    default = getattr(Settings(), name)
+    if name in ("rules_dir", "site_config", "database", "trusted_issuers"):
+        return Path(raw)
+    if isinstance(default, bool):
+        if raw.lower() not in _BOOL:
+            raise ValueError(f"KETAMINE_CDS_{name.upper()}: expected true/false, got {raw!r}")
+        return _BOOL[raw.lower()]
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw

@@ -1,0 +1,418 @@
+"""Loads and compiles the rule set in ``rules/``; reports every problem at once with file and line.
+
+A rule set is: terminology (``terminology/``), value sets (``valuesets/``), shared definitions,
+panels and data needs (``common.yaml``), rule files (every other ``*.yaml`` at the top level) and
+the site configuration (``site.yaml``). Compilation resolves ``$param`` references, value set ids,
+observation kinds and templates once, so evaluation does no parsing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from ..terminology import Terminology
+from ..validation import schema_validator
+from .predicates import CompileContext, CompileError, Node, compile_node
+from .yamlio import YamlError, line_of, load_with_lines
+
+SPECIAL_FILES = {"common.yaml", "site.yaml"}
+
+
+class RuleLoadError(Exception):
+    """An invalid rule set; ``problems`` lists every error as ``file:line: [rule id] message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the rule set:\n" + "\n".join(problems))
+        self.problems = problems
+
+
+def _escape_markdown(value: Any) -> Any:
+    """Text from the record must not inject HTML or break a Markdown table."""
+    if isinstance(value, str):
+        return value.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return "" if value is None else value
+
+
+TEMPLATES = SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=False,
+    finalize=_escape_markdown,
+)
+
+
+@dataclass
+class Rule:
+    id: str
+    title: str
+    file: str
+    line: int
+    source: dict[str, Any]
+    hooks: tuple[str, ...]
+    jurisdictions: tuple[str, ...]
+    params: dict[str, Any]
+    when: Node
+    indicator: str
+    kind: str = "card"
+    on_unknown: str = "ask"
+    panel: str | None = None
+    decision: str | None = None
+    indicator_by_jurisdiction: dict[str, str] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+    templates: dict[str, jinja2.Template] = field(default_factory=dict)
+    row: dict[str, jinja2.Template] = field(default_factory=dict)
+    evaluate_last: bool = False
+    enabled: bool = True
+    description: str = ""
+    also_cites: list[dict[str, Any]] = field(default_factory=list)
+    needs: set[str] = field(default_factory=set)
+
+    def applies(self, hook: str, jurisdiction: str) -> bool:
+        return (
+            self.enabled
+            and hook in self.hooks
+            and ("all" in self.jurisdictions or jurisdiction in self.jurisdictions)
+        )
+
+    def indicator_for(self, jurisdiction: str) -> str:
+        return self.indicator_by_jurisdiction.get(jurisdiction, self.indicator)
+
+
+@dataclass
+class Panel:
+    id: str
+    title: str
+    summary: jinja2.Template
+    detail: jinja2.Template
+    source: dict[str, Any]
+    links: list[dict[str, Any]]
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    definitions: dict[str, Node]
+    panels: dict[str, Panel]
+    override_reasons: dict[str, str]
+    default_override_reasons: list[str]
+    data_needs: dict[str, dict[str, Any]]
+    terminology: Terminology
+    observation_kinds: dict[str, dict[str, Any]]
+    jurisdiction: str
+    rules_dir: Path
+    fingerprint: str
+
+    def rule(self, rule_id: str) -> Rule:
+        return next(r for r in self.rules if r.id == rule_id)
+
+
+def fingerprint(rules_dir: Path, site_path: Path) -> str:
+    """Changes when any rule-set file changes (names, sizes, modification times)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in rules_dir.rglob("*.yaml") if "tests" not in p.relative_to(rules_dir).parts)
+    for p in [*files, site_path]:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+class _Problems:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.items: list[str] = []
+
+    def add(self, file: Path, line: int, message: str, rule_id: str | None = None) -> None:
+        try:
+            name = file.relative_to(self.base.parent)
+        except ValueError:
+            name = file
+        tag = f" [rule {rule_id}]" if rule_id else ""
+        self.items.append(f"{name}:{line}:{tag} {message}")
+
+
+def _load(path: Path, schema: str, problems: _Problems) -> tuple[Any, dict[Any, int]] | None:
+    try:
+        data, lines = load_with_lines(path)
+    except YamlError as exc:
+        problems.add(path, exc.line, f"YAML syntax: {exc.message}")
+        return None
+    except OSError as exc:
+        problems.add(path, 1, f"cannot read: {exc}")
+        return None
+    validator = schema_validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    for err in errors:
+        rule_id = None
+        p = tuple(err.absolute_path)
+        if len(p) >= 2 and p[0] == "rules" and isinstance(data, dict):
+            try:
+                rule_id = data["rules"][p[1]].get("id")
+            except (IndexError, KeyError, AttributeError, TypeError):
+                rule_id = None
+        where = ".".join(str(x) for x in p[2:]) if rule_id else ".".join(str(x) for x in p)
+        problems.add(path, line_of(lines, p), f"{where + ': ' if where else ''}{err.message[:300]}", rule_id)
+    return (data, lines) if not errors else None
+
+
+def load_ruleset(rules_dir: Path, site_path: Path | None = None) -> RuleSet:
+    """Load, validate and compile every file; raise :class:`RuleLoadError` listing all problems."""
+    rules_dir = Path(rules_dir)
+    site_path = Path(site_path) if site_path else rules_dir / "site.yaml"
+    problems = _Problems(rules_dir)
+    fp = fingerprint(rules_dir, site_path)
+    if not rules_dir.is_dir():
+        raise RuleLoadError([f"{rules_dir}: rules directory not found"])
+
+    # terminology and value sets
+    meds_path = rules_dir / "terminology" / "medications.yaml"
+    obs_path = rules_dir / "terminology" / "observations.yaml"
+    meds = _load(meds_path, "terminology", problems)
+    obs = _load(obs_path, "observations", problems)
+    valuesets: list[dict[str, Any]] = []
+    vs_ids: dict[str, str] = {}
+    for path in sorted((rules_dir / "valuesets").glob("*.yaml")):
+        loaded = _load(path, "valueset", problems)
+        if loaded is None:
+            continue
+        data, lines = loaded
+        if data["id"] in vs_ids:
+            problems.add(path, line_of(lines, ("id",)), f"duplicate value set id {data['id']!r}")
+        if data["id"] != path.stem:
+            problems.add(
+                path, line_of(lines, ("id",)), f"value set id {data['id']!r} differs from the file name"
+            )
+        vs_ids[data["id"]] = data.get("kind", "condition")
+        valuesets.append(data)
+        if meds is not None:
+            known = set(meds[0].get("ingredients") or {})
+            for i, ing in enumerate(data.get("ingredients") or []):
+                if ing not in known:
+                    problems.add(path, line_of(lines, ("ingredients", i)), f"unknown ingredient {ing!r}")
+            known_products = set(str(k) for k in (meds[0].get("products") or {}))
+            for i, code in enumerate(data.get("products") or []):
+                if str(code) not in known_products:
+                    problems.add(
+                        path,
+                        line_of(lines, ("products", i)),
+                        f"product {code!r} is not in terminology/medications.yaml",
+                    )
+    terminology = Terminology.build(meds[0] if meds else {}, valuesets)
+    observation_kinds: dict[str, dict[str, Any]] = (obs[0].get("observations") if obs else None) or {}
+
+    # site configuration
+    site: dict[str, Any] = {}
+    site_lines: dict[Any, int] = {}
+    if site_path.exists():
+        loaded = _load(site_path, "site", problems)
+        if loaded is not None:
+            site, site_lines = loaded
+            site = site or {}
+    jurisdiction = site.get("jurisdiction", "US")
+    site_rules: dict[str, dict[str, Any]] = site.get("rules") or {}
+
+    # common definitions, panels, data needs
+    common = _load(rules_dir / "common.yaml", "common", problems)
+    common_data, common_lines = common if common else ({}, {})
+    ref_names = set((common_data.get("definitions") or {}).keys())
+    shared_params = dict(common_data.get("params") or {})
+    for key, value in (site.get("params") or {}).items():
+        if key not in shared_params:
+            problems.add(site_path, line_of(site_lines, ("params", key)), f"unknown shared parameter {key!r}")
+        shared_params[key] = value
+    definitions: dict[str, Node] = {}
+    for name, spec in (common_data.get("definitions") or {}).items():
+        ctx = CompileContext(dict(shared_params), vs_ids, set(observation_kinds), ref_names)
+        try:
+            definitions[name] = compile_node(spec, ctx)
+        except CompileError as exc:
+            p = ("definitions", name, *exc.path)
+            problems.add(
+                rules_dir / "common.yaml", line_of(common_lines, p), f"definition {name}: {exc.message}"
+            )
+    panels: dict[str, Panel] = {}
+    for pid, spec in (common_data.get("panels") or {}).items():
+        try:
+            panels[pid] = Panel(
+                pid,
+                spec["title"],
+                TEMPLATES.from_string(spec["summary"]),
+                TEMPLATES.from_string(spec["detail"]),
+                spec["source"],
+                spec.get("links") or [],
+            )
+        except jinja2.TemplateSyntaxError as exc:
+            problems.add(
+                rules_dir / "common.yaml",
+                line_of(common_lines, ("panels", pid)),
+                f"panel {pid}: template: {exc.message}",
+            )
+    override_reasons = common_data.get("override_reasons") or {}
+    default_reasons = common_data.get("default_override_reasons") or list(override_reasons)
+    for code in default_reasons:
+        if code not in override_reasons:
+            problems.add(
+                rules_dir / "common.yaml",
+                line_of(common_lines, ("default_override_reasons",)),
+                f"unknown override reason {code!r}",
+            )
+
+    # rule files
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    rule_files = sorted(p for p in rules_dir.glob("*.yaml") if p.name not in SPECIAL_FILES)
+    for path in rule_files:
+        loaded = _load(path, "rules", problems)
+        if loaded is None:
+            continue
+        data, lines = loaded
+        for i, spec in enumerate(data["rules"]):
+            rule = _compile_rule(
+                spec,
+                path,
+                lines,
+                ("rules", i),
+                site_rules.get(spec["id"], {}),
+                shared_params,
+                vs_ids,
+                observation_kinds,
+                ref_names,
+                panels,
+                override_reasons,
+                problems,
+            )
+            if rule is None:
+                continue
+            if rule.id in seen:
+                problems.add(path, rule.line, f"duplicate rule id (also in {seen[rule.id]})", rule.id)
+                continue
+            seen[rule.id] = f"{path.name}:{rule.line}"
+            rules.append(rule)
+    for rid in site_rules:
+        if rid not in seen:
+            problems.add(
+                site_path, line_of(site_lines, ("rules", rid)), f"site.yaml overrides unknown rule {rid!r}"
+            )
+    if problems.items:
+        raise RuleLoadError(problems.items)
+    rules.sort(key=lambda r: r.evaluate_last)  # stable: file order otherwise
+    return RuleSet(
+        rules,
+        definitions,
+        panels,
+        override_reasons,
+        default_reasons,
+        common_data.get("data_needs") or {},
+        terminology,
+        observation_kinds,
+        jurisdiction,
+        rules_dir,
+        fp,
+    )
+
+
+def _compile_rule(
+    spec: dict[str, Any],
+    path: Path,
+    lines: dict[Any, int],
+    base: tuple[Any, ...],
+    override: dict[str, Any],
+    shared_params: dict[str, Any],
+    vs_ids: dict[str, str],
+    observation_kinds: dict[str, dict[str, Any]],
+    ref_names: set[str],
+    panels: dict[str, Panel],
+    override_reasons: dict[str, str],
+    problems: _Problems,
+) -> Rule | None:
+    rid = spec["id"]
+    start = len(problems.items)
+    params = dict(spec.get("params") or {})
+    for key, value in (override.get("params") or {}).items():
+        if key not in params:
+            problems.add(
+                path, line_of(lines, (*base, "params")), f"site.yaml sets unknown parameter {key!r}", rid
+            )
+        params[key] = value
+    ctx = CompileContext({**shared_params, **params}, vs_ids, set(observation_kinds), ref_names)
+    when: Node | None = None
+    try:
+        when = compile_node(spec["when"], ctx)
+    except CompileError as exc:
+        problems.add(path, line_of(lines, (*base, "when", *exc.path)), f"when: {exc.message}", rid)
+    unused = set(spec.get("params") or {}) - ctx.used_params - set(override.get("params") or {})
+    kind = spec.get("kind", "card")
+    if kind == "row" and spec.get("panel") not in panels:
+        problems.add(path, line_of(lines, (*base, "panel")), f"unknown panel {spec.get('panel')!r}", rid)
+    templates: dict[str, jinja2.Template] = {}
+    row: dict[str, jinja2.Template] = {}
+    card = spec.get("card") or {}
+    for key in ("summary", "detail"):
+        if key in card:
+            try:
+                templates[key] = TEMPLATES.from_string(card[key])
+            except jinja2.TemplateSyntaxError as exc:
+                problems.add(
+                    path,
+                    line_of(lines, (*base, "card", key)) + exc.lineno - 1,
+                    f"card.{key}: template: {exc.message}",
+                    rid,
+                )
+    for key, text in (spec.get("row") or {}).items():
+        try:
+            row[key] = TEMPLATES.from_string(text)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.add(
+                path, line_of(lines, (*base, "row", key)), f"row.{key}: template: {exc.message}", rid
+            )
+    for code in card.get("override_reasons") or []:
+        if code not in override_reasons:
+            problems.add(
+                path,
+                line_of(lines, (*base, "card", "override_reasons")),
+                f"unknown override reason {code!r}",
+                rid,
+            )
+    for key in unused:
+        # A parameter a template uses is fine; one nothing uses is probably a typo.
+        if not any(key in (card.get(k) or "") for k in ("summary", "detail")) and not any(
+            key in t for t in (spec.get("row") or {}).values()
+        ):
+            problems.add(path, line_of(lines, (*base, "params", key)), f"parameter {key!r} is not used", rid)
+    if len(problems.items) > start or when is None:
+        return None
+    return Rule(
+        id=rid,
+        title=spec["title"],
+        file=path.name,
+        line=line_of(lines, base),
+        source=spec["source"],
+        hooks=tuple(spec["hooks"]),
+        jurisdictions=tuple(spec.get("jurisdictions") or ["all"]),
+        params={**shared_params, **params},
+        when=when,
+        indicator=spec["indicator"],
+        kind=kind,
+        on_unknown=spec.get("on_unknown", "ask"),
+        panel=spec.get("panel"),
+        decision=spec.get("decision"),
+        indicator_by_jurisdiction=spec.get("indicator_by_jurisdiction") or {},
+        card=card,
+        templates=templates,
+        row=row,
+        evaluate_last=bool(spec.get("evaluate_last")),
+        enabled=bool(override.get("enabled", spec.get("enabled", True))),
+        description=spec.get("description", ""),
+        also_cites=spec.get("also_cites") or [],
+        needs=when.needs(),
+    )

@@ -1,0 +1,522 @@
+"""Clinical facts derived once per request from the patient record.
+
+Facts are neutral observations about the record (age, latest vitals, conditions by value set,
+medication use consolidated into trials, scores over time, ketamine sessions). They carry no
+clinical thresholds: those live in the rules. Each fact keeps the FHIR references it came from so a
+card can say why it fired. Properties are computed lazily, so a request the rules do not concern
+pays only for the facts its gate needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from .record import PatientRecord, ref
+from .terminology import DrugMatch, Terminology, codings, concept_text, norm_code
+
+ROUTES = {
+    "iv": ("intravenous", "iv", "i.v."),
+    "im": ("intramuscular", "im", "i.m."),
+    "sc": ("subcutaneous", "sc", "s.c.", "subcut"),
+    "nasal": ("nasal", "intranasal"),
+    "oral": ("oral", "po", "by mouth", "sublingual"),
+    "transdermal": ("transdermal", "topical"),
+}
+FORM_ROUTE = {"nasal": "nasal", "oral": "oral", "transdermal": "transdermal"}
+INACTIVE_MED_STATUS = {"completed", "stopped", "cancelled", "entered-in-error", "not-taken", "ended"}
+
+
+# -- small parsers ----------------------------------------------------------------------------------
+def parse_date(value: Any) -> date | None:
+    """A FHIR date/dateTime (any precision) as a date; partial dates take their first day."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        if len(value) == 4:
+            return date(int(value), 1, 1)
+        if len(value) == 7:
+            return date(int(value[:4]), int(value[5:7]), 1)
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        d = parse_date(value)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC) if d else None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def age_on(birth: date, day: date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def quantity_mg(q: Any) -> tuple[float | None, str | None]:
+    """(value, unit) of a dose Quantity, converted to mg when the unit is g/mcg; mg/kg kept."""
+    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
+        return None, None
+    unit = str(q.get("code") or q.get("unit") or "").strip().lower()
+    value = float(q["value"])
+    if unit in ("mg", "milligram", "milligrams"):
+        return value, "mg"
+    if unit in ("g", "gram"):
+        return value * 1000, "mg"
+    if unit in ("ug", "mcg", "microgram"):
+        return value / 1000, "mg"
+    if unit in ("mg/kg", "mg/kg/dose"):
+        return value, "mg/kg"
+    return value, unit or None
+
+
+def route_of(concept: Any) -> str | None:
+    text = concept_text(concept).lower()
+    for route, words in ROUTES.items():
+        if any(re.search(rf"(?<![a-z]){re.escape(w)}(?![a-z])", text) for w in words):
+            return route
+    return None
+
+
+def minutes(value: Any, unit: Any) -> float | None:
+    if not isinstance(value, int | float):
+        return None
+    factor = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(str(unit))
+    return float(value) * factor if factor else None
+
+
+def per_day(repeat: dict[str, Any]) -> float | None:
+    freq, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit")
+    if not isinstance(freq, int | float) or not isinstance(period, int | float) or period <= 0:
+        return None
+    days = {"h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}.get(str(unit))
+    return freq / (period * days) if days else None
+
+
+# -- fact records -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConditionFact:
+    ref: str
+    concept: dict[str, Any]
+    text: str
+    active: bool
+    onset: date | None
+    abatement: date | None
+    recorded: date | None
+
+
+@dataclass(frozen=True)
+class ObservationFact:
+    ref: str
+    kind: str
+    when: datetime
+    value: float | None = None
+    unit: str | None = None
+    code: tuple[str, str] | None = None  # coded answer (system, code)
+    text: str = ""
+
+
+@dataclass
+class MedUse:
+    """One medication record (request, statement, dispense, administration or draft order)."""
+
+    ref: str
+    kind: str
+    drug: DrugMatch
+    status: str
+    start: date | None
+    end: date | None
+    dose: float | None = None
+    dose_unit: str | None = None
+    doses_per_day: float | None = None
+    route: str | None = None
+    infusion_minutes: float | None = None
+    stop_reason: str = ""
+    resource: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def daily_dose(self) -> float | None:
+        if self.dose is None or self.dose_unit != "mg":
+            return None
+        return self.dose * (self.doses_per_day or 1)
+
+    def describe(self) -> str:
+        name = self.drug.text or "/".join(sorted(self.drug.ingredients))
+        return name[:80]
+
+
+@dataclass
+class Trial:
+    """Use of one ingredient consolidated from every record of it (dose changes are one trial)."""
+
+    ingredient: str
+    start: date
+    end: date
+    ongoing: bool
+    refs: list[str]
+    max_daily_dose: float | None
+    stop_reasons: list[str]
+    text_matched: bool
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+    @property
+    def weeks(self) -> int:
+        return self.days // 7
+
+
+# -- the facts object -------------------------------------------------------------------------------
+class Facts:
+    def __init__(
+        self,
+        record: PatientRecord,
+        terminology: Terminology,
+        observation_kinds: dict[str, dict[str, Any]],
+        now: datetime,
+        hook: str,
+    ) -> None:
+        self.record = record
+        self.t = terminology
+        self.now = now
+        self.today = now.date()
+        self.hook = hook
+        self._obs_codes: dict[tuple[str, str], str] = {}
+        self.positive_answers: dict[str, set[tuple[str, str]]] = {}
+        for kind, spec in observation_kinds.items():
+            for c in spec.get("codes") or []:
+                self._obs_codes[norm_code(c["system"], str(c["code"]))] = kind
+            self.positive_answers[kind] = {
+                norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
+            }
+
+    # patient ------------------------------------------------------------------------------------
+    @cached_property
+    def patient(self) -> dict[str, Any] | None:
+        p = self.record.patient
+        return p if p is not None and self.record.usable(p) else None
+
+    @cached_property
+    def birth_date(self) -> date | None:
+        return parse_date((self.patient or {}).get("birthDate"))
+
+    @cached_property
+    def age(self) -> int | None:
+        return age_on(self.birth_date, self.today) if self.birth_date else None
+
+    @cached_property
+    def sex(self) -> str | None:
+        g = (self.patient or {}).get("gender")
+        return g if g in ("male", "female", "other") else None
+
+    # conditions ---------------------------------------------------------------------------------
+    @cached_property
+    def conditions(self) -> list[ConditionFact]:
+        out = []
+        for c in self.record.resources("Condition"):
+            if not codings(c.get("code")) and not concept_text(c.get("code")):
+                continue
+            if not self.record.usable(c):
+                continue
+            verification = _first_code(c.get("verificationStatus"))
+            if verification in ("refuted", "entered-in-error"):
+                continue
+            clinical = _first_code(c.get("clinicalStatus"))
+            abatement = parse_date(c.get("abatementDateTime")) or parse_date(
+                (c.get("abatementPeriod") or {}).get("end")
+            )
+            active = clinical in ("active", "recurrence", "relapse") or (
+                clinical is None and (abatement is None or abatement > self.today)
+            )
+            out.append(
+                ConditionFact(
+                    ref(c),
+                    c.get("code") or {},
+                    concept_text(c.get("code")),
+                    active,
+                    parse_date(c.get("onsetDateTime"))
+                    or parse_date((c.get("onsetPeriod") or {}).get("start")),
+                    abatement,
+                    parse_date(c.get("recordedDate")),
+                )
+            )
+        return out
+
+    def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
+        return [
+            c
+            for c in self.conditions
+            if (c.active or not active_only) and self.t.concept_in(c.concept, valueset)
+        ]
+
+    # observations -------------------------------------------------------------------------------
+    @cached_property
+    def observations(self) -> dict[str, list[ObservationFact]]:
+        """Observations by kind, newest first (BP panels contribute their components)."""
+        out: dict[str, list[ObservationFact]] = {}
+        for o in self.record.resources("Observation"):
+            if o.get("status") in ("entered-in-error", "cancelled", "preliminary"):
+                continue
+            kinds = [self._obs_codes[c] for c in codings(o.get("code")) if c in self._obs_codes]
+            components = []
+            for comp in o.get("component") or []:
+                if isinstance(comp, dict):
+                    ck = [self._obs_codes[c] for c in codings(comp.get("code")) if c in self._obs_codes]
+                    if ck:
+                        components.append((ck[0], comp))
+            if not kinds and not components:
+                continue
+            when = (
+                parse_datetime(o.get("effectiveDateTime"))
+                or parse_datetime((o.get("effectivePeriod") or {}).get("start"))
+                or parse_datetime(o.get("issued"))
+            )
+            if when is None or not self.record.usable(o):
+                continue
+            if kinds:
+                out.setdefault(kinds[0], []).append(_obs_fact(ref(o), kinds[0], when, o))
+            for kind, comp in components:
+                out.setdefault(kind, []).append(_obs_fact(ref(o), kind, when, comp))
+        for facts in out.values():
+            facts.sort(key=lambda f: f.when, reverse=True)
+        return out
+
+    def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
+        for f in self.observations.get(kind, []):
+            if f.when > self.now + timedelta(hours=1):
+                continue  # a future-dated reading is not a current one
+            if within_days is not None and (self.now - f.when) > timedelta(days=within_days):
+                return None
+            return f
+        return None
+
+    def series(self, kind: str) -> list[ObservationFact]:
+        return sorted(self.observations.get(kind, []), key=lambda f: f.when)
+
+    # medications --------------------------------------------------------------------------------
+    @cached_property
+    def medication_uses(self) -> list[MedUse]:
+        uses: list[MedUse] = []
+        for rtype in (
+            "MedicationRequest",
+            "MedicationStatement",
+            "MedicationDispense",
+            "MedicationAdministration",
+        ):
+            for res in self.record.resources(rtype):
+                use = self._med_use(res, rtype)
+                if use is not None:
+                    uses.append(use)
+        return uses
+
+    @cached_property
+    def orders(self) -> list[MedUse]:
+        """The orders being decided on: the selected draft orders (order-select) or all of them."""
+        drafts = []
+        selected = set(self.record.selections)
+        for res in self.record.draft_orders:
+            if res.get("resourceType") != "MedicationRequest":
+                continue
+            if self.hook == "order-select" and selected and ref(res) not in selected:
+                continue
+            use = self._med_use(res, "draft")
+            if use is not None:
+                drafts.append(use)
+        return drafts
+
+    def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
+        concept = res.get("medicationCodeableConcept")
+        if concept is None and isinstance(res.get("medicationReference"), dict):
+            concept = {"text": res["medicationReference"].get("display", "")}
+        drug = self.t.match_drug(concept)
+        if not drug.ingredients:
+            return None
+        status = str(res.get("status") or "")
+        if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
+            return None
+        if not self.record.usable(res):
+            return None
+        start = end = None
+        dose = dose_unit = per = infusion = None
+        route = None
+        if kind in ("MedicationRequest", "draft"):
+            start = parse_date(res.get("authoredOn"))
+            dosage = (res.get("dosageInstruction") or [{}])[0]
+            validity = (res.get("dispenseRequest") or {}).get("validityPeriod") or {}
+            bounds = ((dosage.get("timing") or {}).get("repeat") or {}).get("boundsPeriod") or {}
+            start = parse_date(bounds.get("start")) or parse_date(validity.get("start")) or start
+            end = parse_date(bounds.get("end")) or parse_date(validity.get("end"))
+        elif kind == "MedicationStatement":
+            period = res.get("effectivePeriod") or {}
+            start = parse_date(period.get("start")) or parse_date(res.get("effectiveDateTime"))
+            end = parse_date(period.get("end"))
+            dosage = (res.get("dosage") or [{}])[0]
+        elif kind == "MedicationDispense":
+            start = parse_date(res.get("whenHandedOver")) or parse_date(res.get("whenPrepared"))
+            supply = (res.get("daysSupply") or {}).get("value")
+            end = start + timedelta(days=int(supply)) if start and isinstance(supply, int | float) else start
+            dosage = (res.get("dosageInstruction") or [{}])[0]
+        else:  # MedicationAdministration
+            start = parse_date(res.get("effectiveDateTime")) or parse_date(
+                (res.get("effectivePeriod") or {}).get("start")
+            )
+            end = start
+            adm = res.get("dosage") or {}
+            dose, dose_unit = quantity_mg(adm.get("dose"))
+            route = route_of(adm.get("route"))
+            dosage = {}
+        if dosage:
+            dr = (dosage.get("doseAndRate") or [{}])[0]
+            dose, dose_unit = quantity_mg(dr.get("doseQuantity"))
+            repeat = (dosage.get("timing") or {}).get("repeat") or {}
+            per = per_day(repeat)
+            infusion = minutes(repeat.get("duration"), repeat.get("durationUnit"))
+            route = route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")})
+        route = route or FORM_ROUTE.get(drug.form or "")
+        if route is None and drug.form == "injection":
+            route = "injection"
+        status_reason = res.get("statusReason")
+        reasons = status_reason if isinstance(status_reason, list) else [status_reason]
+        reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
+        notes = " ".join(n.get("text", "") for n in res.get("note") or [] if isinstance(n, dict))
+        return MedUse(
+            ref(res),
+            kind,
+            drug,
+            status,
+            start,
+            end,
+            dose,
+            dose_unit,
+            per,
+            route,
+            infusion,
+            (reason + " " + notes).strip(),
+            res,
+        )
+
+    def active_uses(self, valueset: str, *, grace_days: int = 0) -> list[MedUse]:
+        """Medication records of a value set in effect today (not the draft orders)."""
+        out = []
+        for u in self.medication_uses:
+            if not self.t.drug_in(u.drug, valueset):
+                continue
+            if u.kind == "MedicationAdministration":
+                if u.start and (self.today - u.start).days <= max(grace_days, 1):
+                    out.append(u)
+                continue
+            if u.status in INACTIVE_MED_STATUS and u.kind != "MedicationDispense":
+                continue
+            if u.start and u.start > self.today:
+                continue
+            if u.end and (self.today - u.end).days > grace_days:
+                continue
+            out.append(u)
+        return out
+
+    def orders_in(self, valueset: str) -> list[MedUse]:
+        return [o for o in self.orders if self.t.drug_in(o.drug, valueset)]
+
+    def trials(self, valueset: str, *, merge_gap_days: int = 30) -> list[Trial]:
+        """Use of each ingredient of a value set, consolidated into trials, oldest first."""
+        spans: dict[str, list[MedUse]] = {}
+        for u in self.medication_uses:
+            if u.kind == "MedicationAdministration" or u.start is None:
+                continue
+            for ing in self.t.drug_in(u.drug, valueset):
+                spans.setdefault(ing, []).append(u)
+        trials: list[Trial] = []
+        for ing, uses in spans.items():
+            uses.sort(key=lambda u: u.start or date.min)
+            current: Trial | None = None
+            for u in uses:
+                assert u.start is not None
+                ongoing = u.status not in INACTIVE_MED_STATUS and (u.end is None or u.end >= self.today)
+                if u.kind == "MedicationDispense":
+                    ongoing = False
+                end = u.end or (self.today if ongoing else u.start)
+                end = min(end, self.today)
+                if current and (u.start - current.end).days <= merge_gap_days:
+                    current.end = max(current.end, end)
+                    current.ongoing = current.ongoing or ongoing
+                    current.refs.append(u.ref)
+                    current.text_matched = current.text_matched or u.drug.matched_by == "text"
+                    if u.daily_dose is not None:
+                        current.max_daily_dose = max(current.max_daily_dose or 0, u.daily_dose)
+                    if u.stop_reason:
+                        current.stop_reasons.append(u.stop_reason)
+                    continue
+                current = Trial(
+                    ing,
+                    u.start,
+                    end,
+                    ongoing,
+                    [u.ref],
+                    u.daily_dose,
+                    [u.stop_reason] if u.stop_reason else [],
+                    u.drug.matched_by == "text",
+                )
+                trials.append(current)
+        # A request that says "active" but whose dispenses stopped long ago is not ongoing.
+        trials.sort(key=lambda t: t.start)
+        return trials
+
+    # procedures ---------------------------------------------------------------------------------
+    def procedures_in(self, valueset: str) -> list[tuple[str, date | None]]:
+        out = []
+        for p in self.record.resources("Procedure"):
+            if p.get("status") in ("entered-in-error", "not-done", "preparation"):
+                continue
+            if self.t.concept_in(p.get("code"), valueset) and self.record.usable(p):
+                when = parse_date(p.get("performedDateTime")) or parse_date(
+                    (p.get("performedPeriod") or {}).get("start")
+                )
+                out.append((ref(p), when))
+        return out
+
+    # ketamine sessions --------------------------------------------------------------------------
+    def sessions(self, valueset: str) -> list[MedUse]:
+        """Administrations of a drug (e.g. ketamine), oldest first, none in the future."""
+        out = [
+            u
+            for u in self.medication_uses
+            if u.kind == "MedicationAdministration"
+            and u.start is not None
+            and u.start <= self.today
+            and u.status not in ("not-done", "entered-in-error", "stopped")
+            and self.t.drug_in(u.drug, valueset)
+        ]
+        out.sort(key=lambda u: u.start or date.min)
+        return out
+
+
+def _first_code(concept: Any) -> str | None:
+    for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            return c["code"]
+    return None
+
+
+def _obs_fact(reference: str, kind: str, when: datetime, element: dict[str, Any]) -> ObservationFact:
+    q = element.get("valueQuantity")
+    if isinstance(q, dict) and isinstance(q.get("value"), int | float):
+        return ObservationFact(reference, kind, when, float(q["value"]), q.get("code") or q.get("unit"))
+    if isinstance(element.get("valueInteger"), int):
+        return ObservationFact(reference, kind, when, float(element["valueInteger"]))
+    if isinstance(element.get("valueDecimal"), int | float):
+        return ObservationFact(reference, kind, when, float(element["valueDecimal"]))
+    cc = element.get("valueCodeableConcept")
+    if isinstance(cc, dict):
+        cs = codings(cc)
+        return ObservationFact(reference, kind, when, code=cs[0] if cs else None, text=concept_text(cc))
+    if isinstance(element.get("valueString"), str):
+        return ObservationFact(reference, kind, when, text=element["valueString"])
+    return ObservationFact(reference, kind, when)

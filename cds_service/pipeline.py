@@ -1,0 +1,79 @@
+"""One CDS request end to end: FHIR access → record → facts → rules → cards.
+
+Shared by the HTTP endpoint, ``ketamine-cds evaluate``/``explain`` and the playground, so all of
+them give the same answer for the same request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .cards import render_cards
+from .config import Settings
+from .engine.evaluate import Evaluation, evaluate
+from .engine.loader import RuleSet
+from .errors import ApiError
+from .facts import Facts, parse_datetime
+from .prefetch import PrefetchResult, resolve_prefetch
+from .record import PatientRecord
+
+TIME_EXTENSION = "ketamine-cds.evaluation-time"
+
+
+@dataclass
+class Outcome:
+    response: dict[str, Any]
+    evaluation: Evaluation
+    prefetch: PrefetchResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def evaluation_time(request: dict[str, Any], allow_override: bool) -> datetime:
+    ext = request.get("extension") or {}
+    if allow_override and isinstance(ext, dict) and TIME_EXTENSION in ext:
+        when = parse_datetime(ext[TIME_EXTENSION])
+        if when is None:
+            raise ApiError(
+                400, f"extension.{TIME_EXTENSION} is not a FHIR dateTime", f"extension.{TIME_EXTENSION}"
+            )
+        return when
+    return datetime.now(UTC)
+
+
+def run(
+    request: dict[str, Any],
+    ruleset: RuleSet,
+    settings: Settings,
+    *,
+    request_id: str | None = None,
+    jurisdiction: str | None = None,
+) -> Outcome:
+    """Raises DataUnavailable (→ 412) when needed data can be neither prefetched nor fetched."""
+    t0 = time.perf_counter()
+    now = evaluation_time(request, settings.allow_time_override)
+    prefetched = resolve_prefetch(
+        request,
+        deadline_seconds=settings.fhir_deadline,
+        connect_timeout=settings.fhir_connect_timeout,
+        read_timeout=settings.fhir_read_timeout,
+        max_pages=settings.fhir_max_pages,
+        max_bytes=settings.fhir_max_bytes,
+        request_id=request_id,
+    )
+    t1 = time.perf_counter()
+    context = request["context"]
+    record = PatientRecord.from_prefetch(prefetched.resources, context)
+    facts = Facts(record, ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
+    ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)
+    t2 = time.perf_counter()
+    cards = render_cards(ev, context.get("patientId"))
+    t3 = time.perf_counter()
+    return Outcome(
+        {"cards": cards},
+        ev,
+        prefetched,
+        {"fhir_ms": (t1 - t0) * 1000, "rules_ms": (t2 - t1) * 1000, "cards_ms": (t3 - t2) * 1000},
+    )

@@ -1,0 +1,175 @@
+"""Resolves the service's prefetch: what the client sent, and what must be fetched.
+
+The four cases of CDS Hooks 2.0.1 §Prefetch, per key:
+
+* a resource or a searchset Bundle: used as is (a Bundle's ``next`` pages are fetched);
+* ``null``: the client looked and found nothing — an empty result, not a gap;
+* key missing: fetched from ``fhirServer`` with the bearer token;
+* an OperationOutcome: the client could not get it — treated like a missing key.
+
+Data that can be neither prefetched nor fetched raises :class:`DataUnavailable` (HTTP 412).
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DataUnavailable
+from .fhir_client import Deadline, FetchStats, FhirClient, FhirFetchError, bundle_resources
+from .services import PREFETCH
+
+TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+def fill_template(template: str, context: dict[str, Any]) -> str | None:
+    """Replace 2.0.1 tokens; ``None`` when a token cannot be resolved (the key is then skipped)."""
+    unresolved = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal unresolved
+        name = match.group(1)
+        if name.startswith("context."):
+            v = context.get(name.removeprefix("context."))
+            if isinstance(v, str | int | float) and not isinstance(v, bool):
+                return str(v)
+        elif name in USER_TOKENS:
+            kind, _, ident = str(context.get("userId", "")).partition("/")
+            if kind == USER_TOKENS[name] and ident:
+                return ident
+        unresolved = True
+        return ""
+
+    filled = TOKEN.sub(value, template)
+    return None if unresolved else filled
+
+
+@dataclass
+class PrefetchResult:
+    """Resources per prefetch key, and how each key was obtained (for explanations and logs)."""
+
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # key -> prefetched|null|fetched|...
+    stats: FetchStats = field(default_factory=FetchStats)
+
+
+def is_operation_outcome(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+
+
+def resolve_prefetch(
+    request: dict[str, Any],
+    *,
+    deadline_seconds: float = 3.0,
+    connect_timeout: float = 1.0,
+    read_timeout: float = 2.0,
+    max_pages: int = 20,
+    max_bytes: int = 20_000_000,
+    request_id: str | None = None,
+    templates: dict[str, str] = PREFETCH,
+) -> PrefetchResult:
+    prefetch = request.get("prefetch") or {}
+    context = request.get("context") or {}
+    result = PrefetchResult()
+    to_fetch: dict[str, str] = {}
+    continuations: dict[str, dict[str, Any]] = {}
+    unresolvable: list[str] = []
+
+    for key, template in templates.items():
+        value = prefetch.get(key, ...)
+        if value is None:
+            result.resources[key] = []
+            result.origin[key] = "null"
+        elif value is ... or is_operation_outcome(value):
+            query = fill_template(template, context)
+            if query is None:
+                unresolvable.append(key)
+                continue
+            to_fetch[key] = query
+            result.origin[key] = "fetched" if value is ... else "fetched-after-operationoutcome"
+        elif isinstance(value, dict) and value.get("resourceType") == "Bundle" and _has_next(value):
+            continuations[key] = value
+            result.origin[key] = "prefetched+paged"
+        else:
+            result.resources[key] = _resources_of(value)
+            result.origin[key] = "prefetched"
+
+    if unresolvable:
+        raise DataUnavailable(
+            "prefetch template tokens could not be resolved from context for: " + ", ".join(unresolvable),
+            unresolvable,
+        )
+    if not to_fetch and not continuations:
+        return result
+
+    fhir_server = request.get("fhirServer")
+    if not fhir_server:
+        missing = sorted([*to_fetch, *continuations])
+        raise DataUnavailable(
+            "no fhirServer in the request to fetch data that was not prefetched: " + ", ".join(missing),
+            missing,
+        )
+    auth = request.get("fhirAuthorization") or {}
+    client = FhirClient(
+        fhir_server,
+        access_token=auth.get("access_token"),
+        deadline=Deadline(deadline_seconds),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pages=max_pages,
+        max_bytes=max_bytes,
+        request_id=request_id,
+    )
+    # The main thread waits only until the deadline; a fetch still running then is abandoned
+    # (its sockets time out on their own), so a slow server never holds the worker longer.
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-fetch")
+    jobs: dict[str, Future[list[dict[str, Any]]]] = {}
+    for key, query in to_fetch.items():
+        jobs[key] = pool.submit(_fetch, client, query)
+    for key, bundle in continuations.items():
+        jobs[key] = pool.submit(client.continue_bundle, bundle)
+    wait(jobs.values(), timeout=max(client.deadline.remaining(), 0) + 0.05)
+    pool.shutdown(wait=False, cancel_futures=True)
+    failures: dict[str, str] = {}
+    for key, job in jobs.items():
+        if not job.done():
+            failures[key] = f"FHIR deadline of {deadline_seconds:g} s exceeded"
+            continue
+        try:
+            result.resources[key] = job.result()
+        except FhirFetchError as exc:
+            failures[key] = exc.reason
+    result.stats = client.stats
+    if failures:
+        reasons = sorted(set(failures.values()))
+        raise DataUnavailable(
+            f"could not fetch {', '.join(sorted(failures))} from the FHIR server: " + "; ".join(reasons),
+            sorted(failures),
+        )
+    return result
+
+
+def _fetch(client: FhirClient, query: str) -> list[dict[str, Any]]:
+    if "?" in query:
+        return client.search(query)
+    return _resources_of(client.get_json(query))
+
+
+def _has_next(bundle: dict[str, Any]) -> bool:
+    return any(isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or [])
+
+
+def _resources_of(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, dict):
+        return []
+    if value.get("resourceType") == "Bundle":
+        return bundle_resources(value)
+    return [value]

@@ -1,0 +1,137 @@
+"""Runs the YAML rule tests: a compact patient, a hook, and the cards expected.
+
+Used by ``ketamine-cds test-rules`` and by pytest, so informaticians and CI run the same checks.
+Each case's cards are asserted by topic (rule or panel id) and indicator, in order; ``fired`` and
+``not_fired`` assert on single rules, including rows inside panel cards.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import pipeline
+from .compact import build_request
+from .config import Settings
+from .engine.loader import RuleSet, load_ruleset
+from .engine.yamlio import line_of, load_with_lines
+from .errors import ApiError, DataUnavailable
+from .services import SERVICES
+from .validation import schema_validator, validate_request
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    file: str
+    line: int
+    failures: list[str] = field(default_factory=list)
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    outcome: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def default_case_files(rules_dir: Path) -> list[Path]:
+    return sorted((Path(rules_dir) / "tests").glob("*.yaml"))
+
+
+def load_case_file(path: Path) -> list[tuple[dict[str, Any], int]]:
+    data, lines = load_with_lines(path)
+    cases = (data or {}).get("cases") or []
+    return [(c, line_of(lines, ("cases", i))) for i, c in enumerate(cases)]
+
+
+class RuleSets:
+    """Rule sets per site override, loaded once each."""
+
+    def __init__(self, rules_dir: Path) -> None:
+        self.rules_dir = Path(rules_dir)
+        self._cache: dict[str, RuleSet] = {}
+
+    def get(self, site: dict[str, Any]) -> RuleSet:
+        overrides = site.get("rules") or {}
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in self._cache:
+            site_path = self.rules_dir / "site.yaml"
+            if overrides:
+                base = yaml.safe_load(site_path.read_text()) if site_path.exists() else {}
+                base = base or {}
+                merged = dict(base.get("rules") or {})
+                for rid, o in overrides.items():
+                    m = dict(merged.get(rid) or {})
+                    m.update({k: v for k, v in o.items() if k != "params"})
+                    m["params"] = {**(m.get("params") or {}), **(o.get("params") or {})}
+                    merged[rid] = m
+                tmp = Path(tempfile.mkdtemp(prefix="ketamine-cds-site-")) / "site.yaml"
+                tmp.write_text(yaml.safe_dump({**base, "rules": merged}))
+                site_path = tmp
+            self._cache[key] = load_ruleset(self.rules_dir, site_path)
+        return self._cache[key]
+
+
+def run_case(case: dict[str, Any], rulesets: RuleSets, *, file: str = "", line: int = 0) -> CaseResult:
+    result = CaseResult(case.get("id", "?"), file, line)
+    site = case.get("site") or {}
+    ruleset = rulesets.get(site)
+    settings = Settings(rules_dir=rulesets.rules_dir, allow_time_override=True)
+    try:
+        request = validate_request(build_request(case), SERVICES[case["hook"]])
+        outcome = pipeline.run(request, ruleset, settings, jurisdiction=site.get("jurisdiction"))
+    except (ApiError, DataUnavailable, KeyError) as exc:
+        result.failures.append(f"request failed: {type(exc).__name__}: {exc}")
+        return result
+    result.outcome = outcome
+    result.cards = outcome.response["cards"]
+    errors = list(schema_validator("response").iter_errors(outcome.response))
+    result.failures += [
+        f"response schema: {'/'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in errors
+    ]
+    expect = case.get("expect") or {}
+    if "cards" in expect:
+        want = [(c["topic"], c["indicator"]) for c in expect["cards"] or []]
+        got = [(c["source"]["topic"]["code"], c["indicator"]) for c in result.cards]
+        if want != got:
+            result.failures.append(f"cards: expected {_fmt(want)}, got {_fmt(got)}")
+    status = {o.rule.id: o for o in outcome.evaluation.outcomes}
+    for rid in expect.get("fired") or []:
+        o = status.get(rid)
+        if o is None:
+            result.failures.append(f"fired: no rule {rid!r}")
+        elif o.status != "fired":
+            result.failures.append(f"fired: {rid} did not fire ({o.status}: {o.reason})")
+    for rid in expect.get("not_fired") or []:
+        o = status.get(rid)
+        if o is None:
+            result.failures.append(f"not_fired: no rule {rid!r}")
+        elif o.status == "fired":
+            result.failures.append(f"not_fired: {rid} fired ({o.reason})")
+    for text in expect.get("summary_contains") or []:
+        if not any(text.lower() in c["summary"].lower() for c in result.cards):
+            result.failures.append(f"summary_contains: no card summary contains {text!r}")
+    for text in expect.get("detail_contains") or []:
+        if not any(text.lower() in (c.get("detail") or "").lower() for c in result.cards):
+            result.failures.append(f"detail_contains: no card detail contains {text!r}")
+    return result
+
+
+def run_cases(paths: list[Path], rules_dir: Path, *, select: str | None = None) -> list[CaseResult]:
+    rulesets = RuleSets(rules_dir)
+    results = []
+    for path in paths:
+        for case, line in load_case_file(path):
+            if select and select not in case.get("id", ""):
+                continue
+            results.append(run_case(case, rulesets, file=str(path), line=line))
+    return results
+
+
+def _fmt(pairs: list[tuple[str, str]]) -> str:
+    return "[" + ", ".join(f"{t}:{i}" for t, i in pairs) + "]" if pairs else "no cards"

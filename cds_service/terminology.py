@@ -1,0 +1,213 @@
+"""Value sets and the RxNorm product → ingredient map, loaded from ``rules/``.
+
+Everything is compiled into frozensets and dicts once at load, so a lookup during a request is a
+hash probe. Medication matching goes code first (product or ingredient, RxNorm or ATC) and falls
+back to the medication's text (generic and brand names); a text match is flagged so cards can say so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+SYSTEM_ALIASES = {
+    "rxnorm": RXNORM,
+    "atc": ATC,
+    "icd": ICD10CM,
+    "icd-10-cm": ICD10CM,
+    "sct": "http://snomed.info/sct",
+    "snomed": "http://snomed.info/sct",
+    "loinc": "http://loinc.org",
+    "cpt": "http://www.ama-assn.org/go/cpt",
+}
+
+
+def norm_code(system: str, code: str) -> tuple[str, str]:
+    """ICD-10-CM codes compare without dots and case; other systems compare exactly."""
+    system = SYSTEM_ALIASES.get(system, system)
+    if system == ICD10CM:
+        return system, code.replace(".", "").upper().strip()
+    return system, code.strip()
+
+
+def codings(concept: Any) -> list[tuple[str, str]]:
+    """(system, code) pairs of a CodeableConcept dict, normalised."""
+    out = []
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and isinstance(c.get("code"), str) and isinstance(c.get("system"), str):
+                out.append(norm_code(c["system"], c["code"]))
+    return out
+
+
+def concept_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    parts = [concept.get("text") or ""]
+    parts += [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
+    return " ".join(p for p in parts if isinstance(p, str)).strip()
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    id: str
+    display: str
+    classes: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Product:
+    code: str
+    display: str
+    ingredients: frozenset[str]
+    form: str | None
+
+
+@dataclass(frozen=True)
+class DrugMatch:
+    """What a medication concept was recognised as."""
+
+    ingredients: frozenset[str] = frozenset()
+    products: frozenset[str] = frozenset()
+    form: str | None = None
+    matched_by: str | None = None  # "code" | "text" | None
+    text: str = ""
+
+
+@dataclass
+class ValueSet:
+    id: str
+    title: str
+    kind: str
+    source: str
+    ingredients: frozenset[str] = frozenset()
+    products: frozenset[str] = frozenset()
+    codes: frozenset[tuple[str, str]] = frozenset()
+    description: str = ""
+    size: int = 0
+
+
+@dataclass
+class Terminology:
+    ingredients: dict[str, Ingredient] = field(default_factory=dict)
+    products: dict[str, Product] = field(default_factory=dict)
+    valuesets: dict[str, ValueSet] = field(default_factory=dict)
+    # (system, code) of an ingredient code (RxNorm IN or ATC) -> ingredient id
+    ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
+    _name_pattern: re.Pattern[str] | None = None
+    _name_to_ingredient: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, medications: dict[str, Any], valuesets: Iterable[dict[str, Any]]) -> Terminology:
+        t = cls()
+        systems = medications.get("systems") or {}
+        rx_system = systems.get("rxnorm", RXNORM)
+        atc_system = systems.get("atc", ATC)
+        for ing_id, spec in (medications.get("ingredients") or {}).items():
+            names = tuple(sorted({n.lower() for n in spec.get("names") or []} | {ing_id.lower()}))
+            t.ingredients[ing_id] = Ingredient(
+                ing_id, spec.get("display", ing_id), tuple(spec.get("classes") or ()), names
+            )
+            for code in spec.get("rxnorm") or []:
+                t.ingredient_codes[norm_code(rx_system, str(code))] = ing_id
+            for code in spec.get("atc") or []:
+                t.ingredient_codes[norm_code(atc_system, str(code))] = ing_id
+            for name in names:
+                t._name_to_ingredient[name] = ing_id
+        for code, spec in (medications.get("products") or {}).items():
+            t.products[str(code)] = Product(
+                str(code),
+                spec.get("display", ""),
+                frozenset(spec.get("ingredients") or ()),
+                spec.get("form"),
+            )
+        if t._name_to_ingredient:
+            alternatives = sorted(t._name_to_ingredient, key=len, reverse=True)
+            t._name_pattern = re.compile(
+                r"(?<![a-z])(" + "|".join(re.escape(n) for n in alternatives) + r")(?![a-z])"
+            )
+        for spec in valuesets:
+            vs = ValueSet(
+                id=spec["id"],
+                title=spec.get("title", spec["id"]),
+                kind=spec.get("kind", "condition"),
+                source=spec.get("source", ""),
+                description=spec.get("description", ""),
+                ingredients=frozenset(spec.get("ingredients") or ()),
+                products=frozenset(str(p) for p in spec.get("products") or ()),
+                codes=frozenset(norm_code(c["system"], str(c["code"])) for c in spec.get("codes") or ()),
+            )
+            vs.size = len(vs.ingredients) + len(vs.products) + len(vs.codes)
+            t.valuesets[vs.id] = vs
+        return t
+
+    # -- medications ---------------------------------------------------------------------------
+    def match_drug(self, concept: Any) -> DrugMatch:
+        """Ingredients of a medication CodeableConcept: by code, else by text."""
+        text = concept_text(concept)
+        ingredients: set[str] = set()
+        products: set[str] = set()
+        form = None
+        for system, code in codings(concept):
+            if system == RXNORM and code in self.products:
+                p = self.products[code]
+                products.add(code)
+                ingredients |= p.ingredients
+                form = form or p.form
+            elif (system, code) in self.ingredient_codes:
+                ingredients.add(self.ingredient_codes[(system, code)])
+        if ingredients:
+            return DrugMatch(frozenset(ingredients), frozenset(products), form, "code", text)
+        by_text = self.ingredients_in_text(text)
+        if by_text:
+            return DrugMatch(by_text, frozenset(), _form_from_text(text), "text", text)
+        return DrugMatch(text=text)
+
+    def ingredients_in_text(self, text: str) -> frozenset[str]:
+        if not text or self._name_pattern is None:
+            return frozenset()
+        found = {self._name_to_ingredient[m] for m in self._name_pattern.findall(text.lower())}
+        # "esketamine" also contains "ketamine" only as a substring, which the word boundary rules out.
+        return frozenset(found)
+
+    def drug_in(self, match: DrugMatch, valueset_id: str) -> frozenset[str]:
+        """The ingredients (or product codes) of a match that belong to a medication value set."""
+        vs = self.valuesets[valueset_id]
+        hits = set(match.ingredients & vs.ingredients)
+        for code in match.products & vs.products:
+            hits |= self.products[code].ingredients
+        return frozenset(hits)
+
+    # -- conditions, procedures, observations --------------------------------------------------
+    def concept_in(self, concept: Any, valueset_id: str) -> bool:
+        codes = self.valuesets[valueset_id].codes
+        return any(c in codes for c in codings(concept))
+
+    def display(self, ingredient_id: str) -> str:
+        ing = self.ingredients.get(ingredient_id)
+        return ing.display if ing else ingredient_id
+
+
+def _form_from_text(text: str) -> str | None:
+    t = text.lower()
+    for needle, form in (
+        ("nasal", "nasal"),
+        ("spray", "nasal"),
+        ("inject", "injection"),
+        ("infusion", "injection"),
+        ("transdermal", "transdermal"),
+        ("patch", "transdermal"),
+        ("tablet", "oral"),
+        ("capsule", "oral"),
+        ("oral", "oral"),
+    ):
+        if needle in t:
+            return form
+    return None
