@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -33,9 +34,13 @@ def create_app(
                 "no trusted issuers configured: pass --trusted-issuers FILE (see docs/security.md) "
                 "or, for local development only, --insecure-no-auth"
             )
-        from .auth import Authenticator
+        from .auth import Authenticator, SqliteJtiCache
 
-        authenticator = Authenticator.from_file(settings.trusted_issuers)
+        # One replay cache file for every gunicorn worker on this host (see docs/security.md).
+        jti_cache = SqliteJtiCache(Path(settings.database).with_name("jti-replay.sqlite3"))
+        authenticator = Authenticator.from_file(settings.trusted_issuers, jti_cache=jti_cache)
+        if not authenticator.issuers:
+            raise SystemExit(f"{settings.trusted_issuers}: no trusted issuers listed")
     if settings.insecure_no_auth:
         log.warning("AUTHENTICATION DISABLED (--insecure-no-auth): any caller can use this service")
     rules = RuleSetProvider(settings.rules_dir, settings.site_config_path, hot_reload=settings.hot_reload)
