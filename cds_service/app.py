@@ -14,6 +14,7 @@ from .config import Settings
 from .feedback import FeedbackStore, SQLiteFeedbackStore
 from .logs import configure
 from .ruleset_provider import RuleSetProvider
+from .web import web
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +61,5 @@ def create_app(
         settings, rules, store or SQLiteFeedbackStore(settings.database), authenticator
     )
     app.register_blueprint(bp)
+    app.register_blueprint(web)
     return app

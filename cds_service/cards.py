@@ -31,8 +31,9 @@ DATA_GAPS = "data-gaps"
 def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]:
     rs = ev.ruleset
     base_ctx = _base_context(ev)
-    order = {r.id: i for i, r in enumerate(rs.rules)}
-    entries: list[tuple[int, int, dict[str, Any]]] = []
+    # Within one indicator: the file's `order` (TRD before frameworks before …), then rule order.
+    order = {r.id: (r.file_order, i) for i, r in enumerate(rs.rules)}
+    entries: list[tuple[int, tuple[int, int], dict[str, Any]]] = []
 
     # 1. own cards, one per decision
     by_decision: dict[str, list[Outcome]] = {}
@@ -88,7 +89,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
-        entries.append((SEVERITY[card["indicator"]], len(order) + 1, card))
+        entries.append((SEVERITY[card["indicator"]], (10_000, 0), card))
 
     entries.sort(key=lambda e: (e[0], e[1]))
     return [c for _, _, c in entries]

@@ -323,5 +323,12 @@ def feedback_stats(database: Path | None, as_json: bool) -> None:
             click.echo(f"{'':42}{n:>5} × {reason}")
 
 
+# -- integrators: seed, call, fhir-server (cds_service/integrator_cli.py) --------------------------
+from .integrator_cli import call, fhir_server, seed  # noqa: E402
+
+main.add_command(seed)
+main.add_command(call)
+main.add_command(fhir_server)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -880,9 +880,12 @@ class _Builder:
     def order(self, entry: dict[str, Any], index: int) -> dict[str, Any]:
         where = self.where("orders", index)
         _check_keys(entry, ORDER_KEYS, where)
-        if "code" not in entry:
-            raise CaseError(f"{where}: code is required")
-        med = concept(entry["code"], entry.get("text"), where)
+        if "code" in entry:
+            med = concept(entry["code"], entry.get("text"), where)
+        elif entry.get("text"):  # an uncoded order, as some EHRs send: the service matches its name
+            med = {"text": str(entry["text"])}
+        else:
+            raise CaseError(f"{where}: code or text is required")
         out: dict[str, Any] = {
             "resourceType": "MedicationRequest",
             "id": self.next_id("order"),

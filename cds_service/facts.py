@@ -189,6 +189,7 @@ class Facts:
         self.now = now
         self.today = now.date()
         self.hook = hook
+        self._trials: dict[tuple[str, int], list[Trial]] = {}
         self._obs_codes: dict[tuple[str, str], str] = {}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
@@ -274,12 +275,14 @@ class Facts:
                         components.append((ck[0], comp))
             if not kinds and not components:
                 continue
+            if not self.record.usable(o):  # relevant but malformed: skipped and reported
+                continue
             when = (
                 parse_datetime(o.get("effectiveDateTime"))
                 or parse_datetime((o.get("effectivePeriod") or {}).get("start"))
                 or parse_datetime(o.get("issued"))
             )
-            if when is None or not self.record.usable(o):
+            if when is None:
                 continue
             if kinds:
                 out.setdefault(kinds[0], []).append(_obs_fact(ref(o), kinds[0], when, o))
@@ -426,7 +429,15 @@ class Facts:
         return [o for o in self.orders if self.t.drug_in(o.drug, valueset)]
 
     def trials(self, valueset: str, *, merge_gap_days: int = 30) -> list[Trial]:
-        """Use of each ingredient of a value set, consolidated into trials, oldest first."""
+        """Use of each ingredient of a value set, consolidated into trials, oldest first.
+
+        Records of one ingredient less than ``merge_gap_days`` apart are one trial (dose changes,
+        refills). A stopped or completed prescription's own end date is the trial's end: the tail of
+        the last dispensed supply does not lengthen it.
+        """
+        key = (valueset, merge_gap_days)
+        if key in self._trials:
+            return self._trials[key]
         spans: dict[str, list[MedUse]] = {}
         for u in self.medication_uses:
             if u.kind == "MedicationAdministration" or u.start is None:
@@ -436,38 +447,47 @@ class Facts:
         trials: list[Trial] = []
         for ing, uses in spans.items():
             uses.sort(key=lambda u: u.start or date.min)
-            current: Trial | None = None
+            groups: list[list[MedUse]] = []
+            group_end = date.min
             for u in uses:
                 assert u.start is not None
-                ongoing = u.status not in INACTIVE_MED_STATUS and (u.end is None or u.end >= self.today)
-                if u.kind == "MedicationDispense":
-                    ongoing = False
-                end = u.end or (self.today if ongoing else u.start)
-                end = min(end, self.today)
-                if current and (u.start - current.end).days <= merge_gap_days:
-                    current.end = max(current.end, end)
-                    current.ongoing = current.ongoing or ongoing
-                    current.refs.append(u.ref)
-                    current.text_matched = current.text_matched or u.drug.matched_by == "text"
-                    if u.daily_dose is not None:
-                        current.max_daily_dose = max(current.max_daily_dose or 0, u.daily_dose)
-                    if u.stop_reason:
-                        current.stop_reasons.append(u.stop_reason)
-                    continue
-                current = Trial(
-                    ing,
-                    u.start,
-                    end,
-                    ongoing,
-                    [u.ref],
-                    u.daily_dose,
-                    [u.stop_reason] if u.stop_reason else [],
-                    u.drug.matched_by == "text",
-                )
-                trials.append(current)
-        # A request that says "active" but whose dispenses stopped long ago is not ongoing.
+                if groups and (u.start - group_end).days <= merge_gap_days:
+                    groups[-1].append(u)
+                else:
+                    groups.append([u])
+                group_end = max(group_end if len(groups[-1]) > 1 else date.min, self._use_end(u))
+            trials += [self._trial(ing, g) for g in groups]
         trials.sort(key=lambda t: t.start)
+        self._trials[key] = trials
         return trials
+
+    def _use_end(self, u: MedUse) -> date:
+        assert u.start is not None
+        end = u.end or (self.today if self._use_ongoing(u) else u.start)
+        return min(end, self.today)
+
+    def _use_ongoing(self, u: MedUse) -> bool:
+        if u.kind == "MedicationDispense":
+            return False
+        return u.status not in INACTIVE_MED_STATUS and (u.end is None or u.end >= self.today)
+
+    def _trial(self, ingredient: str, uses: list[MedUse]) -> Trial:
+        ongoing = any(self._use_ongoing(u) for u in uses)
+        end = max(self._use_end(u) for u in uses)
+        explicit = [u.end for u in uses if u.kind != "MedicationDispense" and u.end is not None]
+        if not ongoing and explicit:
+            end = min(end, max(explicit))
+        doses = [u.daily_dose for u in uses if u.daily_dose is not None]
+        return Trial(
+            ingredient,
+            min(u.start for u in uses if u.start is not None),
+            end,
+            ongoing,
+            [u.ref for u in uses],
+            max(doses) if doses else None,
+            [u.stop_reason for u in uses if u.stop_reason],
+            any(u.drug.matched_by == "text" for u in uses),
+        )
 
     # procedures ---------------------------------------------------------------------------------
     def procedures_in(self, valueset: str) -> list[tuple[str, date | None]]:

@@ -57,35 +57,58 @@ class RuleSets:
         self._cache: dict[str, RuleSet] = {}
 
     def get(self, site: dict[str, Any]) -> RuleSet:
-        overrides = site.get("rules") or {}
+        """The rule set with the case's `site` overrides (`params`, `rules`) on top of site.yaml."""
+        overrides = {k: site[k] for k in ("rules", "params") if site.get(k)}
         key = json.dumps(overrides, sort_keys=True)
         if key not in self._cache:
             site_path = self.rules_dir / "site.yaml"
             if overrides:
-                base = yaml.safe_load(site_path.read_text()) if site_path.exists() else {}
-                base = base or {}
+                base = (yaml.safe_load(site_path.read_text()) if site_path.exists() else None) or {}
                 merged = dict(base.get("rules") or {})
-                for rid, o in overrides.items():
+                for rid, o in (overrides.get("rules") or {}).items():
                     m = dict(merged.get(rid) or {})
                     m.update({k: v for k, v in o.items() if k != "params"})
                     m["params"] = {**(m.get("params") or {}), **(o.get("params") or {})}
                     merged[rid] = m
+                params = {**(base.get("params") or {}), **(overrides.get("params") or {})}
                 tmp = Path(tempfile.mkdtemp(prefix="ketamine-cds-site-")) / "site.yaml"
-                tmp.write_text(yaml.safe_dump({**base, "rules": merged}))
+                tmp.write_text(yaml.safe_dump({**base, "rules": merged, "params": params}))
                 site_path = tmp
             self._cache[key] = load_ruleset(self.rules_dir, site_path)
         return self._cache[key]
 
 
+SECTIONS = ("conditions", "medications", "observations", "procedures", "orders")
+
+
+def splice(case: dict[str, Any]) -> dict[str, Any]:
+    """A list item that is itself a list (a YAML anchor of several entries) is spliced in place."""
+    out = dict(case)
+    for key in SECTIONS:
+        items = out.get(key)
+        if isinstance(items, list):
+            out[key] = [x for item in items for x in (item if isinstance(item, list) else [item])]
+    return out
+
+
 def run_case(case: dict[str, Any], rulesets: RuleSets, *, file: str = "", line: int = 0) -> CaseResult:
+    case = splice(case)
     result = CaseResult(case.get("id", "?"), file, line)
     site = case.get("site") or {}
+    if not isinstance(site.get("jurisdiction", "US"), str):
+        result.failures.append('site.jurisdiction must be a string (quote "NO": YAML reads NO as false)')
+        return result
     ruleset = rulesets.get(site)
     settings = Settings(rules_dir=rulesets.rules_dir, allow_time_override=True)
     try:
-        request = validate_request(build_request(case), SERVICES[case["hook"]])
+        built = build_request({k: v for k, v in case.items() if k != "inject"})
+        for key, resources in (case.get("inject") or {}).items():
+            # raw FHIR the compact format cannot express (e.g. a malformed resource)
+            bundle = built["prefetch"][key]
+            bundle.setdefault("entry", []).extend({"resource": r} for r in resources)
+        request = validate_request(built, SERVICES[case["hook"]])
         outcome = pipeline.run(request, ruleset, settings, jurisdiction=site.get("jurisdiction"))
-    except (ApiError, DataUnavailable, KeyError) as exc:
+    except (ApiError, DataUnavailable, KeyError, ValueError) as exc:
         result.failures.append(f"request failed: {type(exc).__name__}: {exc}")
         return result
     result.outcome = outcome
@@ -101,15 +124,22 @@ def run_case(case: dict[str, Any], rulesets: RuleSets, *, file: str = "", line: 
         if want != got:
             result.failures.append(f"cards: expected {_fmt(want)}, got {_fmt(got)}")
     status = {o.rule.id: o for o in outcome.evaluation.outcomes}
+    shown = {c["source"]["topic"]["code"] for c in result.cards}
     for rid in expect.get("fired") or []:
         o = status.get(rid)
-        if o is None:
+        if rid in ruleset.panels or rid == "data-gaps":
+            if rid not in shown:
+                result.failures.append(f"fired: no {rid} card")
+        elif o is None:
             result.failures.append(f"fired: no rule {rid!r}")
         elif o.status != "fired":
             result.failures.append(f"fired: {rid} did not fire ({o.status}: {o.reason})")
     for rid in expect.get("not_fired") or []:
         o = status.get(rid)
-        if o is None:
+        if rid in ruleset.panels or rid == "data-gaps":
+            if rid in shown:
+                result.failures.append(f"not_fired: a {rid} card was shown")
+        elif o is None:
             result.failures.append(f"not_fired: no rule {rid!r}")
         elif o.status == "fired":
             result.failures.append(f"not_fired: {rid} fired ({o.reason})")

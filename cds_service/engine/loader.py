@@ -74,6 +74,7 @@ class Rule:
     description: str = ""
     also_cites: list[dict[str, Any]] = field(default_factory=list)
     needs: set[str] = field(default_factory=set)
+    file_order: int = 100
 
     def applies(self, hook: str, jurisdiction: str) -> bool:
         return (
@@ -165,12 +166,28 @@ def _load(path: Path, schema: str, problems: _Problems) -> tuple[Any, dict[Any, 
     return (data, lines) if not errors else None
 
 
+_CACHE: dict[tuple[str, str, str], RuleSet] = {}
+
+
 def load_ruleset(rules_dir: Path, site_path: Path | None = None) -> RuleSet:
-    """Load, validate and compile every file; raise :class:`RuleLoadError` listing all problems."""
-    rules_dir = Path(rules_dir)
-    site_path = Path(site_path) if site_path else rules_dir / "site.yaml"
-    problems = _Problems(rules_dir)
+    """Load, validate and compile every file; raise :class:`RuleLoadError` listing all problems.
+
+    A rule set is read-only once compiled, so an unchanged set of files is compiled once per
+    process (app factories in tests, the CLI and hot reload all share it).
+    """
+    rules_dir = Path(rules_dir).resolve()
+    site_path = Path(site_path).resolve() if site_path else rules_dir / "site.yaml"
     fp = fingerprint(rules_dir, site_path)
+    key = (str(rules_dir), str(site_path), fp)
+    if key not in _CACHE:
+        while len(_CACHE) >= 8:  # a few (site variants in rule tests); old versions drop out
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _load_ruleset(rules_dir, site_path, fp)
+    return _CACHE[key]
+
+
+def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
+    problems = _Problems(rules_dir)
     if not rules_dir.is_dir():
         raise RuleLoadError([f"{rules_dir}: rules directory not found"])
 
@@ -293,6 +310,7 @@ def load_ruleset(rules_dir: Path, site_path: Path | None = None) -> RuleSet:
             )
             if rule is None:
                 continue
+            rule.file_order = int(data.get("order", 100))
             if rule.id in seen:
                 problems.add(path, rule.line, f"duplicate rule id (also in {seen[rule.id]})", rule.id)
                 continue

@@ -470,12 +470,19 @@ def _obs_view(o: ObservationFact) -> dict[str, Any]:
 
 
 # -- medications --------------------------------------------------------------------------------
+def num(value: float | None) -> int | float | None:
+    """56.0 → 56, so card text reads like a person wrote it."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else round(value, 2)
+
+
 def _med_view(env: Env, u: MedUse) -> dict[str, Any]:
     t = env.facts.t
     return {
         "name": u.describe(),
         "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
-        "dose": u.dose,
+        "dose": num(u.dose),
         "dose_unit": u.dose_unit,
         "route": u.route,
         "infusion_minutes": u.infusion_minutes,
@@ -617,7 +624,7 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             results.append((o, per_kg, mg))
         o, per_kg, mg = max(results, key=lambda r: r[1])
         bind = {
-            "dose_mg": round(mg, 1) if mg is not None else None,
+            "dose_mg": num(round(mg, 1)) if mg is not None else None,
             "dose_mg_per_kg": round(per_kg, 2),
             "weight": _obs_view(weight) if weight else None,
             "order": _med_view(env, o),
@@ -654,7 +661,7 @@ def _dose_mg(args: Any, ctx: CompileContext) -> Node:
         top = max(orders, key=lambda o: o.dose or 0)
         return Result(
             bool(hits),
-            bind={"dose_mg": top.dose, "order": _med_view(env, top)},
+            bind={"dose_mg": num(top.dose), "order": _med_view(env, top)},
             evidence=[o.ref for o in orders],
         )
 
@@ -754,6 +761,15 @@ def _current_course(sessions: list[MedUse], today: date, gap_days: int) -> list[
 
 
 # -- treatment-resistant depression -------------------------------------------------------------
+NON_RESPONSE_WORDS = (
+    "inadequate response",
+    "non-response",
+    "nonresponse",
+    "no response",
+    "not respond",
+    "lack of efficacy",
+    "ineffective",
+)
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -824,8 +840,11 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
             if t.end < episode_start:
                 reasons.append(f"ended before the current episode ({episode_start.isoformat()})")
                 continue
-            if t.ongoing:
-                reasons.append(f"ongoing ({t.weeks} wk): outcome not yet known")
+            attested = any(w in r.lower() for r in t.stop_reasons for w in NON_RESPONSE_WORDS)
+            if t.ongoing and not attested:
+                reasons.append(
+                    f"ongoing ({t.weeks} wk): outcome not yet known (a clinician can attest non-response)"
+                )
                 continue
             if any(w in r.lower() for r in t.stop_reasons for w in INTOLERANCE_WORDS):
                 reasons.append(f"stopped for intolerance after {t.days} d (intolerance is not resistance)")
@@ -845,7 +864,9 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                 continue
             view["dose_assessed"] = minimum is not None and t.max_daily_dose is not None
             view["outcome"] = (
-                f"{change['kind']} {change['start']}→{change['end']}"
+                "clinician-attested non-response"
+                if attested and change is None
+                else f"{change['kind']} {change['start']}→{change['end']}"
                 if change
                 else "no scores recorded: failure presumed from the switch"
             )

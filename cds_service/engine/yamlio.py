@@ -19,7 +19,8 @@ class YamlError(Exception):
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file; return the data and a map from JSON path to 1-based line number."""
     text = path.read_text(encoding="utf-8")
-    loader = yaml.SafeLoader(text)
+    # libyaml's parser when present: ten times faster on the large terminology files.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

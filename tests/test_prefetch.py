@@ -1,0 +1,223 @@
+"""Prefetch, all four cases, and FHIR server faults — each answered, none hanging, none a 500."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import pytest
+
+from tests.support.fault_fhir import FaultFhirServer, operation_outcome, refused_url
+
+from .conftest import load_example, make_settings
+
+TOKEN = "s3cret-token"
+AUTH = {
+    "access_token": TOKEN,
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.read",
+    "subject": "ketamine-cds",
+}
+
+
+def post(client, body, service="order-sign"):
+    return client.post(f"/cds-services/{service}", data=json.dumps(body), content_type="application/json")
+
+
+def topics(resp) -> list[tuple[str, str]]:
+    return [(c["source"]["topic"]["code"], c["indicator"]) for c in resp.get_json()["cards"]]
+
+
+@pytest.fixture
+def v1():
+    return load_example("v01-clear-trd-eligible")
+
+
+def serve_keys(srv: FaultFhirServer, request: dict, keys: list[str]) -> None:
+    """Make the fake server answer each key's query with what the prefetch held."""
+    paths = {
+        "conditions": "/Condition",
+        "medicationRequests": "/MedicationRequest",
+        "medicationStatements": "/MedicationStatement",
+        "medicationDispenses": "/MedicationDispense",
+        "medicationAdministrations": "/MedicationAdministration",
+        "procedures": "/Procedure",
+    }
+    obs_query = {"vitalSigns": {"category": "vital-signs"}, "assessments": {"category": "survey"}}
+    for key in keys:
+        value = request["prefetch"][key]
+        if key == "patient":
+            srv.ok(f"/Patient/{request['context']['patientId']}", value)
+        elif key in obs_query:
+            srv.route("/Observation", mode="ok", body=value, query=obs_query[key])
+        elif key == "pregnancyStatus":
+            srv.route("/Observation", mode="ok", body=value, query={"code": "http://loinc.org|82810-3"})
+        else:
+            srv.ok(paths[key], value)
+
+
+def test_present_prefetch_needs_no_fhir_server(client, v1):
+    resp = post(client, v1)
+    assert resp.status_code == 200
+    assert topics(resp)
+
+
+def test_null_prefetch_means_nothing_found_and_fetches_nothing(client, v1):
+    body = copy.deepcopy(v1)
+    for key in body["prefetch"]:
+        if key != "patient":
+            body["prefetch"][key] = None
+    with FaultFhirServer() as srv:
+        body["fhirServer"] = srv.base_url
+        resp = post(client, body)
+        assert srv.requests == []
+    assert resp.status_code == 200
+    # no history at all: TRD cannot be established for this ketamine order
+    assert ("trd-not-established", "warning") in topics(resp) or not any(
+        t == "trd-met" for t, _ in topics(resp)
+    )
+
+
+def test_missing_keys_are_fetched_with_the_bearer_token(client, v1):
+    full = topics(post(client, v1))
+    body = copy.deepcopy(v1)
+    missing = [
+        "patient",
+        "conditions",
+        "medicationRequests",
+        "medicationDispenses",
+        "vitalSigns",
+        "assessments",
+    ]
+    with FaultFhirServer() as srv:
+        serve_keys(srv, v1, missing)
+        for key in missing:
+            del body["prefetch"][key]
+        body["fhirServer"] = srv.base_url
+        body["fhirAuthorization"] = AUTH
+        resp = post(client, body)
+        assert resp.status_code == 200, resp.get_json()
+        assert len(srv.requests) == len(missing)
+        for r in srv.requests:
+            assert r.headers["Authorization"] == f"Bearer {TOKEN}"
+            assert r.headers.get("X-Request-ID")
+        queries = {
+            r.path + "?" + "&".join(f"{k}={v[0]}" for k, v in sorted(r.query.items())) for r in srv.requests
+        }
+        assert any("patient=" + v1["context"]["patientId"] in q for q in queries)
+    assert topics(resp) == full, "fetched data gives the same cards as prefetched data"
+
+
+def test_operation_outcome_in_prefetch_is_fetched_instead(client, v1):
+    full = topics(post(client, v1))
+    body = copy.deepcopy(v1)
+    body["prefetch"]["conditions"] = operation_outcome(500, "could not search")
+    with FaultFhirServer() as srv:
+        serve_keys(srv, v1, ["conditions"])
+        body["fhirServer"] = srv.base_url
+        resp = post(client, body)
+        assert [r.path for r in srv.requests] == ["/Condition"]
+    assert resp.status_code == 200
+    assert topics(resp) == full
+
+
+def test_missing_key_without_fhir_server_is_412(client, v1):
+    body = copy.deepcopy(v1)
+    del body["prefetch"]["conditions"]
+    resp = post(client, body)
+    assert resp.status_code == 412
+    assert "conditions" in resp.get_json()["error"] and resp.get_json()["missing"] == ["conditions"]
+
+
+def test_unreachable_fhir_server_is_412(client, v1):
+    body = copy.deepcopy(v1)
+    del body["prefetch"]["medicationRequests"]
+    body["fhirServer"] = refused_url()
+    resp = post(client, body)
+    assert resp.status_code == 412
+    assert "unreachable" in resp.get_json()["error"]
+
+
+def test_prefetched_bundle_next_page_is_followed(client, v1):
+    body = copy.deepcopy(v1)
+    bundle = body["prefetch"]["medicationRequests"]
+    entries = bundle["entry"]
+    first, rest = entries[:1], entries[1:]
+    with FaultFhirServer() as srv:
+        page2 = {"resourceType": "Bundle", "type": "searchset", "entry": rest}
+        srv.ok("/MedicationRequest", page2)
+        bundle["entry"] = first
+        bundle["link"] = [{"relation": "next", "url": srv.url("/MedicationRequest?patient=x&page=2")}]
+        body["fhirServer"] = srv.base_url
+        resp = post(client, body)
+        assert len(srv.requests) == 1
+    assert resp.status_code == 200
+    assert topics(resp) == topics(post(client, v1))
+
+
+@pytest.mark.parametrize(
+    ("route", "expect"),
+    [
+        ({"mode": "status", "status": 401}, "refused access (401)"),
+        ({"mode": "status", "status": 403}, "refused access (403)"),
+        ({"mode": "status", "status": 404}, "answered 404"),
+        ({"mode": "status", "status": 500}, "answered 500"),
+        ({"mode": "non_json"}, "non-JSON"),
+        ({"mode": "huge", "size": 3_000_000}, "larger than"),
+        ({"mode": "next_cycle"}, "loops back"),
+        ({"mode": "next_endless"}, "more than"),
+        ({"mode": "drop"}, "unreachable"),
+        ({"mode": "slow", "delay": 5}, "timed out"),
+    ],
+)
+def test_fhir_faults_are_412_with_a_reason_within_the_deadline(tmp_path, v1, route, expect):
+    from cds_service.app import create_app
+
+    app = create_app(
+        make_settings(
+            tmp_path, fhir_deadline=1.5, fhir_read_timeout=1.0, fhir_max_bytes=1_000_000, fhir_max_pages=5
+        )
+    )
+    body = copy.deepcopy(v1)
+    del body["prefetch"]["conditions"]
+    with FaultFhirServer() as srv, app.test_client() as c:
+        srv.route("/Condition", **route)
+        body["fhirServer"] = srv.base_url
+        started = time.monotonic()
+        resp = post(c, body)
+        elapsed = time.monotonic() - started
+    assert resp.status_code == 412, resp.get_json()
+    assert expect in resp.get_json()["error"], resp.get_json()
+    assert elapsed < 1.5 + 0.5, f"answered after {elapsed:.2f}s, past the deadline"
+
+
+def test_dribbling_server_cannot_hold_the_worker_past_the_deadline(tmp_path, v1):
+    from cds_service.app import create_app
+
+    app = create_app(make_settings(tmp_path, fhir_deadline=1.0, fhir_read_timeout=0.9))
+    body = copy.deepcopy(v1)
+    for key in ("conditions", "medicationRequests", "procedures"):
+        del body["prefetch"][key]
+    with FaultFhirServer() as srv, app.test_client() as c:
+        srv.route("/*", mode="slow", delay=0.8)  # each answer just under the read timeout
+        srv.route("/Condition", mode="next_endless", delay=0.5)
+        body["fhirServer"] = srv.base_url
+        started = time.monotonic()
+        resp = post(c, body)
+        elapsed = time.monotonic() - started
+    assert resp.status_code == 412
+    assert elapsed < 1.6
+
+
+def test_links_off_the_fhir_server_are_not_followed(client, v1):
+    body = copy.deepcopy(v1)
+    with FaultFhirServer() as srv, FaultFhirServer() as other:
+        body["prefetch"]["conditions"]["link"] = [{"relation": "next", "url": other.url("/Condition?page=2")}]
+        body["fhirServer"] = srv.base_url
+        body["fhirAuthorization"] = AUTH
+        resp = post(client, body)
+        assert other.requests == [], "the token must never go to another host"
+    assert resp.status_code == 412
+    assert "off the FHIR server" in resp.get_json()["error"]
