@@ -77,10 +77,18 @@ def quantity_mg(q: Any) -> tuple[float | None, str | None]:
     return value, unit or None
 
 
+_ROUTE_PATTERNS = [
+    (route, re.compile("|".join(rf"(?<![a-z]){re.escape(w)}(?![a-z])" for w in words)))
+    for route, words in ROUTES.items()
+]
+
+
 def route_of(concept: Any) -> str | None:
     text = concept_text(concept).lower()
-    for route, words in ROUTES.items():
-        if any(re.search(rf"(?<![a-z]){re.escape(w)}(?![a-z])", text) for w in words):
+    if not text:
+        return None
+    for route, pattern in _ROUTE_PATTERNS:
+        if pattern.search(text):
             return route
     return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def call(
     try:
         fhir = client.Fhir(fhir_url, token)
         at = client.parse_time(at_text) if at_text else None
-        orders = []
+        orders: list[dict[str, Any]] = []
         if hook != "patient-view":
             order = _order(
                 fhir, patient_id, at, user_id, order_code, preset, dose, route, minutes, frequency, text
@@ -220,7 +221,7 @@ def call(
 def _order(
     fhir: client.Fhir,
     patient_id: str,
-    at: Any,
+    at: datetime | None,
     user_id: str,
     order_code: str | None,
     preset_name: str | None,

@@ -8,6 +8,8 @@ is skipped and reported instead of failing the request.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,23 +84,23 @@ class PatientRecord:
         return self._checked[key]
 
     def _validate(self, resource: dict[str, Any]) -> bool:
-        rtype = resource.get("resourceType")
         where = self._origin.get(id(resource), "?")
         try:
-            model = get_fhir_model_class(rtype)
-        except (KeyError, ValueError, TypeError, AttributeError):
-            self.problems.append(Problem(where, _ref(resource), f"unknown resourceType {rtype!r}"))
-            return False
-        try:
-            model.model_validate(resource)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first.get("loc", ()))
-            msg = first.get("msg", "invalid")
-            self.problems.append(Problem(where, _ref(resource), f"{loc}: {msg}"[:200]))
-            return False
-        except (ValueError, TypeError, RecursionError) as exc:
-            self.problems.append(Problem(where, _ref(resource), f"invalid: {exc}"[:200]))
+            digest = hashlib.blake2b(
+                json.dumps(resource, separators=(",", ":")).encode(), digest_size=16
+            ).digest()
+        except (TypeError, ValueError, RecursionError):
+            digest = None
+        if digest is not None and digest in _VERDICTS:
+            error = _VERDICTS[digest]
+        else:
+            error = _model_error(resource)
+            if digest is not None:
+                if len(_VERDICTS) >= _VERDICT_LIMIT:
+                    _VERDICTS.clear()
+                _VERDICTS[digest] = error
+        if error is not None:
+            self.problems.append(Problem(where, _ref(resource), error))
             return False
         return True
 
@@ -109,6 +111,32 @@ class PatientRecord:
     @property
     def size(self) -> int:
         return sum(len(v) for v in self.by_type.values()) + (1 if self.patient else 0)
+
+
+# Validation verdicts by content digest. EHRs send the same resources with every hook call of a
+# session (patient-view, then order-select on each change, then order-sign), and validating a
+# MedicationRequest against the R4 model costs about a millisecond; identical content always gets
+# the same verdict, so it is computed once per process.
+_VERDICTS: dict[bytes, str | None] = {}
+_VERDICT_LIMIT = 200_000
+
+
+def _model_error(resource: dict[str, Any]) -> str | None:
+    """Why a resource fails its FHIR R4 model, or None when it is valid."""
+    rtype = resource.get("resourceType")
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return f"unknown resourceType {rtype!r}"
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg', 'invalid')}"[:200]
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"invalid: {exc}"[:200]
+    return None
 
 
 def _ref(resource: Any) -> str:

@@ -103,6 +103,9 @@ class Terminology:
     ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
     _name_pattern: re.Pattern[str] | None = None
     _name_to_ingredient: dict[str, str] = field(default_factory=dict)
+    _drug_in_cache: dict[tuple[frozenset[str], frozenset[str], str], frozenset[str]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def build(cls, medications: dict[str, Any], valuesets: Iterable[dict[str, Any]]) -> Terminology:
@@ -178,7 +181,18 @@ class Terminology:
         return frozenset(found)
 
     def drug_in(self, match: DrugMatch, valueset_id: str) -> frozenset[str]:
-        """The ingredients (or product codes) of a match that belong to a medication value set."""
+        """The ingredients of a match that belong to a medication value set (memoised: rules ask
+        the same question of the same drugs many times per request)."""
+        key = (match.ingredients, match.products, valueset_id)
+        hit = self._drug_in_cache.get(key)
+        if hit is None:
+            hit = self._drug_in(match, valueset_id)
+            if len(self._drug_in_cache) > 100_000:
+                self._drug_in_cache.clear()
+            self._drug_in_cache[key] = hit
+        return hit
+
+    def _drug_in(self, match: DrugMatch, valueset_id: str) -> frozenset[str]:
         vs = self.valuesets[valueset_id]
         hits = set(match.ingredients & vs.ingredients)
         for code in match.products & vs.products:
