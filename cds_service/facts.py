@@ -198,6 +198,9 @@ class Facts:
         self.today = now.date()
         self.hook = hook
         self._trials: dict[tuple[str, int], list[Trial]] = {}
+        # Relevant records that failed validation: a rule that would have read them is unknown, not false.
+        self.malformed_conditions: list[dict[str, Any]] = []
+        self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self._obs_codes: dict[tuple[str, str], str] = {}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
@@ -234,6 +237,7 @@ class Facts:
             if not codings(c.get("code")) and not concept_text(c.get("code")):
                 continue
             if not self.record.usable(c):
+                self.malformed_conditions.append(c)
                 continue
             verification = _first_code(c.get("verificationStatus"))
             if verification in ("refuted", "entered-in-error"):
@@ -258,6 +262,16 @@ class Facts:
                 )
             )
         return out
+
+    def unreadable_conditions_in(self, valueset: str) -> list[str]:
+        """References of malformed Conditions whose code is in the value set."""
+        _ = self.conditions
+        return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]
+
+    def unreadable_medications_in(self, valueset: str) -> list[str]:
+        """References of malformed medication records of a drug in the value set."""
+        _ = self.medication_uses
+        return [r for r, drug in self.malformed_meds if self.t.drug_in(drug, valueset)]
 
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
         return [
@@ -354,6 +368,7 @@ class Facts:
         if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
             return None
         if not self.record.usable(res):
+            self.malformed_meds.append((ref(res), drug))
             return None
         start = end = None
         dose = dose_unit = per = infusion = None

@@ -365,6 +365,10 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
 
     def run(env: Env, a: dict[str, Any]) -> Result:
         found = env.facts.conditions_in(vs, active_only=active_only)
+        if not found:
+            unreadable = env.facts.unreadable_conditions_in(vs)
+            if unreadable:
+                return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
         return Result(
             bool(found),
             bind={bind_as: [_condition_view(c) for c in found]} if found else {},
@@ -372,6 +376,14 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
         )
 
     return Leaf("condition", run, {"vs": vs, "active_only": active_only, "bind": bind_as}, {f"valueset:{vs}"})
+
+
+def _unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
+    """A relevant record that could not be read: the check cannot say 'absent'."""
+    title = env.facts.t.valuesets[vs].title
+    return Missing(
+        "unreadable-record", f"a readable record of {title.lower()} ({', '.join(refs[:3])} malformed)"
+    )
 
 
 def _condition_view(c: Any) -> dict[str, Any]:
@@ -541,6 +553,9 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         found = env.facts.active_uses(vs, grace_days=int(grace))
         if not found:
+            unreadable = env.facts.unreadable_medications_in(vs)
+            if unreadable:
+                return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
             return Result(False)
         seen: dict[str, dict[str, Any]] = {}
         for u in found:
