@@ -50,11 +50,13 @@ def test_every_problem_is_listed_with_file_line_and_rule(rules_copy: Path):
     text = "\n".join(problems)
     assert len(problems) >= 5, text
     assert re.search(
-        rf"contraindications.yaml:{line_of(ci, 'age_in_years')}: \[rule ci-age-under-18\].*unknown predicate 'age_in_years'",
+        rf"contraindications.yaml:{line_of(ci, 'age_in_years')}: \[rule ci-age-under-18\]"
+        r".*unknown predicate 'age_in_years'",
         text,
     ), text
     assert re.search(
-        rf"contraindications.yaml:{line_of(ci, 'breast-feeding')}: \[rule ci-breastfeeding\].*unknown value set 'breast-feeding'",
+        rf"contraindications.yaml:{line_of(ci, 'breast-feeding')}: \[rule ci-breastfeeding\]"
+        r".*unknown value set 'breast-feeding'",
         text,
     ), text
     assert re.search(r"dosing.yaml:\d+: \[rule dose-ketamine-high\].*'url' is a required property", text), (
