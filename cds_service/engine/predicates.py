@@ -917,7 +917,7 @@ def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
         "weeks": t.weeks,
         "days": t.days,
         "ongoing": t.ongoing,
-        "max_daily_dose": t.max_daily_dose,
+        "max_daily_dose": num(t.max_daily_dose),
         "refs": list(t.refs),
         "text_matched": t.text_matched,
     }
