@@ -80,6 +80,15 @@ def _json_body() -> Any:
 # -- errors -----------------------------------------------------------------------------------------
 @bp.app_errorhandler(ApiError)
 def _api_error(exc: ApiError) -> tuple[Response | str, int]:
+    if request.path.startswith("/cds-services"):
+        # every call gets its log line; the field name only, never the value
+        log_call(
+            path=request.path,
+            status=exc.status,
+            field=exc.field,
+            request_id=g.get("request_id"),
+            duration_ms=_elapsed(),
+        )
     if exc.status == 401:
         return "", 401
     return jsonify(exc.body()), exc.status
@@ -185,4 +194,5 @@ def feedback(service_id: str) -> Response:
 
 
 def _elapsed() -> float:
-    return round((time.perf_counter() - g.started) * 1000, 2)
+    started = g.get("started")
+    return round((time.perf_counter() - started) * 1000, 2) if started else 0.0

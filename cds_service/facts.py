@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, codings, concept_text, norm_code
 
@@ -62,10 +63,10 @@ def age_on(birth: date, day: date) -> int:
 
 def quantity_mg(q: Any) -> tuple[float | None, str | None]:
     """(value, unit) of a dose Quantity, converted to mg when the unit is g/mcg; mg/kg kept."""
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
+    value = as_float(q.get("value")) if isinstance(q, dict) else None
+    if value is None:
         return None, None
     unit = str(q.get("code") or q.get("unit") or "").strip().lower()
-    value = float(q["value"])
     if unit in ("mg", "milligram", "milligrams"):
         return value, "mg"
     if unit in ("g", "gram"):
@@ -94,15 +95,20 @@ def route_of(concept: Any) -> str | None:
 
 
 def minutes(value: Any, unit: Any) -> float | None:
-    if not isinstance(value, int | float):
+    value = as_float(value)
+    if value is None:
         return None
     factor = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(str(unit))
     return float(value) * factor if factor else None
 
 
 def per_day(repeat: dict[str, Any]) -> float | None:
-    freq, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit")
-    if not isinstance(freq, int | float) or not isinstance(period, int | float) or period <= 0:
+    freq, period, unit = (
+        as_float(repeat.get("frequency")),
+        as_float(repeat.get("period")),
+        repeat.get("periodUnit"),
+    )
+    if freq is None or period is None or period <= 0:
         return None
     days = {"h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}.get(str(unit))
     return freq / (period * days) if days else None
@@ -201,6 +207,7 @@ class Facts:
         # Relevant records that failed validation: a rule that would have read them is unknown, not false.
         self.malformed_conditions: list[dict[str, Any]] = []
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
+        self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self._obs_codes: dict[tuple[str, str], str] = {}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
@@ -273,6 +280,11 @@ class Facts:
         _ = self.medication_uses
         return [r for r, drug in self.malformed_meds if self.t.drug_in(drug, valueset)]
 
+    def unreadable_orders_in(self, valueset: str) -> list[str]:
+        """References of malformed draft orders of a drug in the value set."""
+        _ = self.orders
+        return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
+
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
         return [
             c
@@ -290,7 +302,7 @@ class Facts:
                 continue
             kinds = [self._obs_codes[c] for c in codings(o.get("code")) if c in self._obs_codes]
             components = []
-            for comp in o.get("component") or []:
+            for comp in as_list(o.get("component")):
                 if isinstance(comp, dict):
                     ck = [self._obs_codes[c] for c in codings(comp.get("code")) if c in self._obs_codes]
                     if ck:
@@ -368,14 +380,14 @@ class Facts:
         if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
             return None
         if not self.record.usable(res):
-            self.malformed_meds.append((ref(res), drug))
+            (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
             return None
         start = end = None
         dose = dose_unit = per = infusion = None
         route = None
         if kind in ("MedicationRequest", "draft"):
             start = parse_date(res.get("authoredOn"))
-            dosage = (res.get("dosageInstruction") or [{}])[0]
+            dosage = as_dict((as_list(res.get("dosageInstruction")) or [{}])[0])
             validity = (res.get("dispenseRequest") or {}).get("validityPeriod") or {}
             bounds = ((dosage.get("timing") or {}).get("repeat") or {}).get("boundsPeriod") or {}
             start = parse_date(bounds.get("start")) or parse_date(validity.get("start")) or start
@@ -384,12 +396,13 @@ class Facts:
             period = res.get("effectivePeriod") or {}
             start = parse_date(period.get("start")) or parse_date(res.get("effectiveDateTime"))
             end = parse_date(period.get("end"))
-            dosage = (res.get("dosage") or [{}])[0]
+            dosage = as_dict((as_list(res.get("dosage")) or [{}])[0])
         elif kind == "MedicationDispense":
             start = parse_date(res.get("whenHandedOver")) or parse_date(res.get("whenPrepared"))
             supply = (res.get("daysSupply") or {}).get("value")
-            end = start + timedelta(days=int(supply)) if start and isinstance(supply, int | float) else start
-            dosage = (res.get("dosageInstruction") or [{}])[0]
+            days = as_float(supply, limit=3650)
+            end = (add_days(start, days) or start) if start and days is not None else start
+            dosage = as_dict((as_list(res.get("dosageInstruction")) or [{}])[0])
         else:  # MedicationAdministration
             start = parse_date(res.get("effectiveDateTime")) or parse_date(
                 (res.get("effectivePeriod") or {}).get("start")
@@ -400,7 +413,7 @@ class Facts:
             route = route_of(adm.get("route"))
             dosage = {}
         if dosage:
-            dr = (dosage.get("doseAndRate") or [{}])[0]
+            dr = as_dict((as_list(dosage.get("doseAndRate")) or [{}])[0])
             dose, dose_unit = quantity_mg(dr.get("doseQuantity"))
             repeat = (dosage.get("timing") or {}).get("repeat") or {}
             per = per_day(repeat)
@@ -412,7 +425,7 @@ class Facts:
         status_reason = res.get("statusReason")
         reasons = status_reason if isinstance(status_reason, list) else [status_reason]
         reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
-        notes = " ".join(n.get("text", "") for n in res.get("note") or [] if isinstance(n, dict))
+        notes = " ".join(str(n.get("text", "")) for n in as_list(res.get("note")) if isinstance(n, dict))
         return MedUse(
             ref(res),
             kind,
@@ -549,13 +562,14 @@ def _first_code(concept: Any) -> str | None:
 
 
 def _obs_fact(reference: str, kind: str, when: datetime, element: dict[str, Any]) -> ObservationFact:
-    q = element.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float):
-        return ObservationFact(reference, kind, when, float(q["value"]), q.get("code") or q.get("unit"))
-    if isinstance(element.get("valueInteger"), int):
-        return ObservationFact(reference, kind, when, float(element["valueInteger"]))
-    if isinstance(element.get("valueDecimal"), int | float):
-        return ObservationFact(reference, kind, when, float(element["valueDecimal"]))
+    q = as_dict(element.get("valueQuantity"))
+    for number in (
+        as_float(q.get("value")),
+        as_float(element.get("valueInteger")),
+        as_float(element.get("valueDecimal")),
+    ):
+        if number is not None:
+            return ObservationFact(reference, kind, when, number, q.get("code") or q.get("unit"))
     cc = element.get("valueCodeableConcept")
     if isinstance(cc, dict):
         cs = codings(cc)

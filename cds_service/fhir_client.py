@@ -15,6 +15,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from .raw import as_list
+
 
 class FhirFetchError(Exception):
     """A FHIR read that failed; ``reason`` is safe to show to the caller."""
@@ -152,7 +154,7 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     if bundle.get("resourceType") != "Bundle":
         return [bundle]
     out = []
-    for entry in bundle.get("entry") or []:
+    for entry in as_list(bundle.get("entry")):
         if isinstance(entry, dict):
             search = entry.get("search")
             if isinstance(search, dict) and search.get("mode") == "outcome":
@@ -163,7 +165,7 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
+    for link in as_list(bundle.get("link")):
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None

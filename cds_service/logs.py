@@ -37,8 +37,14 @@ class JsonFormatter(logging.Formatter):
             payload.update(fields)
         else:
             payload["msg"] = record.getMessage()
-        if record.exc_info:
-            payload["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info and record.exc_info[1] is not None:
+            # The type and where it was raised, never the message: messages can quote record data.
+            exc = record.exc_info[1]
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+            payload["error"] = f"{type(exc).__name__} at {where}"
         return json.dumps(payload, separators=(",", ":"), default=str)
 
 

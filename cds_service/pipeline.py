@@ -35,9 +35,11 @@ def evaluation_time(request: dict[str, Any], allow_override: bool) -> datetime:
     ext = request.get("extension") or {}
     if allow_override and isinstance(ext, dict) and TIME_EXTENSION in ext:
         when = parse_datetime(ext[TIME_EXTENSION])
-        if when is None:
+        if when is None or not 1900 <= when.year <= 2200:
             raise ApiError(
-                400, f"extension.{TIME_EXTENSION} is not a FHIR dateTime", f"extension.{TIME_EXTENSION}"
+                400,
+                f"extension.{TIME_EXTENSION} must be a FHIR dateTime between 1900 and 2200",
+                f"extension.{TIME_EXTENSION}",
             )
         return when
     return datetime.now(UTC)

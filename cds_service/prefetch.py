@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataUnavailable
-from .fhir_client import Deadline, FetchStats, FhirClient, FhirFetchError, bundle_resources
+from .fhir_client import Deadline, FetchStats, FhirClient, FhirFetchError, bundle_resources, next_link
 from .services import PREFETCH
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -164,7 +164,7 @@ def _fetch(client: FhirClient, query: str) -> list[dict[str, Any]]:
 
 
 def _has_next(bundle: dict[str, Any]) -> bool:
-    return any(isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or [])
+    return next_link(bundle) is not None
 
 
 def _resources_of(value: Any) -> list[dict[str, Any]]:

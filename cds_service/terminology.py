@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .raw import as_list
+
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -40,7 +42,7 @@ def codings(concept: Any) -> list[tuple[str, str]]:
     """(system, code) pairs of a CodeableConcept dict, normalised."""
     out = []
     if isinstance(concept, dict):
-        for c in concept.get("coding") or []:
+        for c in as_list(concept.get("coding")):
             if isinstance(c, dict) and isinstance(c.get("code"), str) and isinstance(c.get("system"), str):
                 out.append(norm_code(c["system"], c["code"]))
     return out
@@ -50,7 +52,7 @@ def concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""
     parts = [concept.get("text") or ""]
-    parts += [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
+    parts += [c.get("display") or "" for c in as_list(concept.get("coding")) if isinstance(c, dict)]
     return " ".join(p for p in parts if isinstance(p, str)).strip()
 
 

@@ -46,7 +46,7 @@ def first_error(validator: Draft202012Validator, instance: Any) -> ValidationErr
 def parse_json(raw: bytes) -> Any:
     """Decode a JSON body; 400 on malformed or too deeply nested input."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise ApiError(400, "JSON nesting is too deep", "(body)") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -54,6 +54,10 @@ def parse_json(raw: bytes) -> Any:
     if _depth(value) > MAX_DEPTH:
         raise ApiError(400, f"JSON nesting deeper than {MAX_DEPTH} levels", "(body)")
     return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _depth(value: Any) -> int:
@@ -67,7 +71,7 @@ def _depth(value: Any) -> int:
             elif isinstance(v, list):
                 nxt.extend(v)
         level = nxt
-        if depth > MAX_DEPTH:
+        if depth - 1 > MAX_DEPTH:
             break
     return depth - 1
 

@@ -517,6 +517,9 @@ def _order(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         found = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
         if not found:
+            unreadable = env.facts.unreadable_orders_in(vs)
+            if unreadable:  # an order of this drug that cannot be read is not "no order"
+                return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
             return Result(False)
         views = [_med_view(env, o) for o in found]
         return Result(True, bind={"order": views[0], "orders": views}, evidence=[o.ref for o in found])
@@ -605,6 +608,10 @@ def _text_matched(args: Any, ctx: CompileContext) -> Node:
 
 
 # -- dosing -------------------------------------------------------------------------------------
+# A weight outside this range is a recording error, not a patient: the mg/kg check asks again.
+MIN_WEIGHT_KG, MAX_WEIGHT_KG = 1.0, 400.0
+
+
 @predicate(
     "dose_per_kg",
     "Dose of an order of the value set per kg body weight (weight no older than `weight_within_days`), "
@@ -622,6 +629,10 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
         if not orders:
             return Result(False)
         weight = env.facts.latest("weight", within_days=within)
+        if weight is not None and not (weight.value and MIN_WEIGHT_KG <= weight.value <= MAX_WEIGHT_KG):
+            return Result(
+                None, missing=[Missing("weight", f"a plausible body weight (recorded: {weight.value})")]
+            )
         results = []
         for o in orders:
             if o.dose is None or o.dose_unit not in ("mg", "mg/kg"):

@@ -1,0 +1,39 @@
+"""Defensive readers for raw FHIR JSON.
+
+Facts are read from resources as dicts, some before the resource is validated (to decide whether
+it is relevant at all) and some after — and a valid FHIR decimal can still be 1e400. These
+helpers turn every wrong shape into "no value", so hostile input is skipped, never a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+from typing import Any
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_float(value: Any, *, limit: float = 1e12) -> float | None:
+    """A finite number within ±limit, else None (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return f if math.isfinite(f) and abs(f) <= limit else None
+
+
+def add_days(start: date, days: float) -> date | None:
+    """``start + days``, or None when the result would leave the calendar."""
+    try:
+        return start + timedelta(days=days)
+    except (OverflowError, ValueError):
+        return None
