@@ -206,6 +206,7 @@ class Facts:
         self._trials: dict[tuple[str, int], list[Trial]] = {}
         # Relevant records that failed validation: a rule that would have read them is unknown, not false.
         self.malformed_conditions: list[dict[str, Any]] = []
+        self._condition_facts: dict[int, ConditionFact | None] = {}
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self._obs_codes: dict[tuple[str, str], str] = {}
@@ -237,18 +238,22 @@ class Facts:
         return g if g in ("male", "female", "other") else None
 
     # conditions ---------------------------------------------------------------------------------
+    # Conditions and observations are matched on their raw codes first and validated only when a
+    # rule reads them: most of a large record is never relevant and never pays for validation.
     @cached_property
-    def conditions(self) -> list[ConditionFact]:
-        out = []
-        for c in self.record.resources("Condition"):
-            if not codings(c.get("code")) and not concept_text(c.get("code")):
-                continue
-            if not self.record.usable(c):
-                self.malformed_conditions.append(c)
-                continue
-            verification = _first_code(c.get("verificationStatus"))
-            if verification in ("refuted", "entered-in-error"):
-                continue
+    def _coded_conditions(self) -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
+        """(resource, its codings) for every coded Condition, codings read once per request."""
+        return [(c, cs) for c in self.record.resources("Condition") if (cs := codings(c.get("code")))]
+
+    def _condition_fact(self, c: dict[str, Any]) -> ConditionFact | None:
+        """The validated fact of a Condition (None if malformed, refuted or entered in error)."""
+        key = id(c)
+        if key in self._condition_facts:
+            return self._condition_facts[key]
+        fact = None
+        if not self.record.usable(c):
+            self.malformed_conditions.append(c)
+        elif _first_code(c.get("verificationStatus")) not in ("refuted", "entered-in-error"):
             clinical = _first_code(c.get("clinicalStatus"))
             abatement = parse_date(c.get("abatementDateTime")) or parse_date(
                 (c.get("abatementPeriod") or {}).get("end")
@@ -256,23 +261,35 @@ class Facts:
             active = clinical in ("active", "recurrence", "relapse") or (
                 clinical is None and (abatement is None or abatement > self.today)
             )
-            out.append(
-                ConditionFact(
-                    ref(c),
-                    c.get("code") or {},
-                    concept_text(c.get("code")),
-                    active,
-                    parse_date(c.get("onsetDateTime"))
-                    or parse_date((c.get("onsetPeriod") or {}).get("start")),
-                    abatement,
-                    parse_date(c.get("recordedDate")),
-                )
+            fact = ConditionFact(
+                ref(c),
+                c.get("code") or {},
+                concept_text(c.get("code")),
+                active,
+                parse_date(c.get("onsetDateTime")) or parse_date((c.get("onsetPeriod") or {}).get("start")),
+                abatement,
+                parse_date(c.get("recordedDate")),
             )
+        self._condition_facts[key] = fact
+        return fact
+
+    @property
+    def conditions(self) -> list[ConditionFact]:
+        """Every readable Condition (validates all of them: for tools, not for rules)."""
+        return [f for c, _ in self._coded_conditions if (f := self._condition_fact(c)) is not None]
+
+    def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
+        out = []
+        for c, cs in self._coded_conditions:
+            if self.t.codes_in(cs, valueset):
+                fact = self._condition_fact(c)
+                if fact is not None and (fact.active or not active_only):
+                    out.append(fact)
         return out
 
     def unreadable_conditions_in(self, valueset: str) -> list[str]:
         """References of malformed Conditions whose code is in the value set."""
-        _ = self.conditions
+        self.conditions_in(valueset)
         return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]
 
     def unreadable_medications_in(self, valueset: str) -> list[str]:
@@ -285,18 +302,12 @@ class Facts:
         _ = self.orders
         return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
 
-    def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
-        return [
-            c
-            for c in self.conditions
-            if (c.active or not active_only) and self.t.concept_in(c.concept, valueset)
-        ]
-
     # observations -------------------------------------------------------------------------------
     @cached_property
-    def observations(self) -> dict[str, list[ObservationFact]]:
-        """Observations by kind, newest first (BP panels contribute their components)."""
-        out: dict[str, list[ObservationFact]] = {}
+    def _observation_candidates(self) -> dict[str, list[tuple[datetime, dict[str, Any], dict[str, Any]]]]:
+        """(time, resource, element) by kind, newest first, not yet validated; BP panels contribute
+        their components."""
+        out: dict[str, list[tuple[datetime, dict[str, Any], dict[str, Any]]]] = {}
         for o in self.record.resources("Observation"):
             if o.get("status") in ("entered-in-error", "cancelled", "preliminary"):
                 continue
@@ -309,34 +320,47 @@ class Facts:
                         components.append((ck[0], comp))
             if not kinds and not components:
                 continue
-            if not self.record.usable(o):  # relevant but malformed: skipped and reported
-                continue
             when = (
                 parse_datetime(o.get("effectiveDateTime"))
-                or parse_datetime((o.get("effectivePeriod") or {}).get("start"))
+                or parse_datetime(as_dict(o.get("effectivePeriod")).get("start"))
                 or parse_datetime(o.get("issued"))
             )
             if when is None:
+                self.record.usable(o)  # relevant but undated: validate now so a malformed one is reported
                 continue
             if kinds:
-                out.setdefault(kinds[0], []).append(_obs_fact(ref(o), kinds[0], when, o))
+                out.setdefault(kinds[0], []).append((when, o, o))
             for kind, comp in components:
-                out.setdefault(kind, []).append(_obs_fact(ref(o), kind, when, comp))
-        for facts in out.values():
-            facts.sort(key=lambda f: f.when, reverse=True)
+                out.setdefault(kind, []).append((when, o, comp))
+        for items in out.values():
+            items.sort(key=lambda item: item[0], reverse=True)
         return out
 
+    def _checked(
+        self, kind: str, item: tuple[datetime, dict[str, Any], dict[str, Any]]
+    ) -> ObservationFact | None:
+        when, resource, element = item
+        if not self.record.usable(resource):  # malformed: skipped and reported
+            return None
+        return _obs_fact(ref(resource), kind, when, element)
+
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
-        for f in self.observations.get(kind, []):
-            if f.when > self.now + timedelta(hours=1):
+        """The newest readable observation of a kind, optionally no older than ``within_days``."""
+        for item in self._observation_candidates.get(kind, []):
+            when = item[0]
+            if when > self.now + timedelta(hours=1):
                 continue  # a future-dated reading is not a current one
-            if within_days is not None and (self.now - f.when) > timedelta(days=within_days):
+            if within_days is not None and (self.now - when) > timedelta(days=within_days):
                 return None
-            return f
+            fact = self._checked(kind, item)
+            if fact is not None:
+                return fact
         return None
 
     def series(self, kind: str) -> list[ObservationFact]:
-        return sorted(self.observations.get(kind, []), key=lambda f: f.when)
+        """Every readable observation of a kind, oldest first (scores over time)."""
+        facts = [f for item in self._observation_candidates.get(kind, []) if (f := self._checked(kind, item))]
+        return facts[::-1]
 
     # medications --------------------------------------------------------------------------------
     @cached_property

@@ -9,10 +9,12 @@ is skipped and reported instead of failing the request.
 from __future__ import annotations
 
 import hashlib
-import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -86,19 +88,23 @@ class PatientRecord:
     def _validate(self, resource: dict[str, Any]) -> bool:
         where = self._origin.get(id(resource), "?")
         try:
-            digest = hashlib.blake2b(
-                json.dumps(resource, separators=(",", ":")).encode(), digest_size=16
-            ).digest()
-        except (TypeError, ValueError, RecursionError):
+            digest = hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
+        except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
             digest = None
-        if digest is not None and digest in _VERDICTS:
-            error = _VERDICTS[digest]
-        else:
+        error: str | None = None
+        cached = False
+        if digest is not None:
+            with _VERDICT_LOCK:  # gunicorn threads share the cache
+                if digest in _VERDICTS:
+                    error, cached = _VERDICTS[digest], True
+                    _VERDICTS.move_to_end(digest)
+        if not cached:
             error = _model_error(resource)
             if digest is not None:
-                if len(_VERDICTS) >= _VERDICT_LIMIT:
-                    _VERDICTS.clear()
-                _VERDICTS[digest] = error
+                with _VERDICT_LOCK:
+                    _VERDICTS[digest] = error
+                    if len(_VERDICTS) > _VERDICT_LIMIT:
+                        _VERDICTS.popitem(last=False)  # least recently used
         if error is not None:
             self.problems.append(Problem(where, _ref(resource), error))
             return False
@@ -117,8 +123,10 @@ class PatientRecord:
 # session (patient-view, then order-select on each change, then order-sign), and validating a
 # MedicationRequest against the R4 model costs about a millisecond; identical content always gets
 # the same verdict, so it is computed once per process.
-_VERDICTS: dict[bytes, str | None] = {}
-_VERDICT_LIMIT = 200_000
+# Bounded (least recently used out) at about 170 bytes an entry: ~4 MB per worker.
+_VERDICTS: OrderedDict[bytes, str | None] = OrderedDict()
+_VERDICT_LIMIT = 25_000
+_VERDICT_LOCK = threading.Lock()
 
 
 def _model_error(resource: dict[str, Any]) -> str | None:

@@ -40,11 +40,14 @@ def norm_code(system: str, code: str) -> tuple[str, str]:
 
 def codings(concept: Any) -> list[tuple[str, str]]:
     """(system, code) pairs of a CodeableConcept dict, normalised."""
+    if not isinstance(concept, dict):
+        return []
     out = []
-    if isinstance(concept, dict):
-        for c in as_list(concept.get("coding")):
-            if isinstance(c, dict) and isinstance(c.get("code"), str) and isinstance(c.get("system"), str):
-                out.append(norm_code(c["system"], c["code"]))
+    for c in as_list(concept.get("coding")):
+        if isinstance(c, dict):
+            system, code = c.get("system"), c.get("code")
+            if isinstance(code, str) and isinstance(system, str):
+                out.append(norm_code(system, code))
     return out
 
 
@@ -105,6 +108,7 @@ class Terminology:
     ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
     _name_pattern: re.Pattern[str] | None = None
     _name_to_ingredient: dict[str, str] = field(default_factory=dict)
+    _match_cache: dict[tuple[tuple[tuple[str, str], ...], str], DrugMatch] = field(default_factory=dict)
     _drug_in_cache: dict[tuple[frozenset[str], frozenset[str], str], frozenset[str]] = field(
         default_factory=dict
     )
@@ -155,7 +159,18 @@ class Terminology:
 
     # -- medications ---------------------------------------------------------------------------
     def match_drug(self, concept: Any) -> DrugMatch:
-        """Ingredients of a medication CodeableConcept: by code, else by text."""
+        """Ingredients of a medication CodeableConcept: by code, else by text (memoised: a record
+        repeats the same few products in every request and dispense)."""
+        key = (tuple(codings(concept)), concept_text(concept))
+        hit = self._match_cache.get(key)
+        if hit is None:
+            hit = self._match_drug(concept)
+            if len(self._match_cache) > 50_000:
+                self._match_cache.clear()
+            self._match_cache[key] = hit
+        return hit
+
+    def _match_drug(self, concept: Any) -> DrugMatch:
         text = concept_text(concept)
         ingredients: set[str] = set()
         products: set[str] = set()
@@ -203,8 +218,11 @@ class Terminology:
 
     # -- conditions, procedures, observations --------------------------------------------------
     def concept_in(self, concept: Any, valueset_id: str) -> bool:
-        codes = self.valuesets[valueset_id].codes
-        return any(c in codes for c in codings(concept))
+        return self.codes_in(codings(concept), valueset_id)
+
+    def codes_in(self, codes: list[tuple[str, str]], valueset_id: str) -> bool:
+        members = self.valuesets[valueset_id].codes
+        return any(c in members for c in codes)
 
     def display(self, ingredient_id: str) -> str:
         ing = self.ingredients.get(ingredient_id)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -45,35 +47,57 @@ def first_error(validator: Draft202012Validator, instance: Any) -> ValidationErr
 
 def parse_json(raw: bytes) -> Any:
     """Decode a JSON body; 400 on malformed or too deeply nested input."""
+    if nesting_exceeds(raw, MAX_DEPTH):
+        raise ApiError(400, f"JSON nesting deeper than {MAX_DEPTH} levels", "(body)")
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        # orjson: strict RFC 8259 (no NaN/Infinity, no lone surrogates) and about twice as fast as
+        # the standard library on multi-megabyte prefetch.
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON (not valid JSON per RFC 8259): {exc}"[:300], "(body)") from exc
     except RecursionError as exc:
         raise ApiError(400, "JSON nesting is too deep", "(body)") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}", "(body)") from exc
-    if _depth(value) > MAX_DEPTH:
-        raise ApiError(400, f"JSON nesting deeper than {MAX_DEPTH} levels", "(body)")
     return value
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
 
 
-def _depth(value: Any) -> int:
-    depth, level = 0, [value]
-    while level:
-        depth += 1
-        nxt: list[Any] = []
-        for v in level:
-            if isinstance(v, dict):
-                nxt.extend(v.values())
-            elif isinstance(v, list):
-                nxt.extend(v)
-        level = nxt
-        if depth - 1 > MAX_DEPTH:
+def nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether a JSON text nests containers deeper than ``limit``, checked on the raw bytes.
+
+    Fast path (a few ms for megabytes, all in C): keep only the brackets and peel innermost pairs
+    one level per pass. Brackets inside strings can only make that answer larger or leave the
+    brackets unbalanced; either way the exact path (strings removed first) decides.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    brackets = raw.translate(None, _NOT_BRACKET).translate(_SQUARE)
+    passes = 0
+    while brackets and passes <= limit:
+        peeled = brackets.replace(b"[]", b"")
+        if peeled == brackets:
             break
-    return depth - 1
+        brackets, passes = peeled, passes + 1
+    if not brackets and passes <= limit:
+        return False
+    return exact_depth(raw) > limit
+
+
+def exact_depth(raw: bytes) -> int:
+    """Deepest container nesting outside strings (escapes dropped, then every other quote-split part)."""
+    text = _ESCAPE.sub(b"", raw) if b"\\" in raw else raw
+    outside = b"".join(text.split(b'"')[::2])
+    depth = deepest = 0
+    for b in outside.translate(None, _NOT_BRACKET):
+        if b in (91, 123):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def validate_request(body: Any, service: Service) -> dict[str, Any]:

@@ -1075,9 +1075,10 @@ def _course(args: Any, ctx: CompileContext) -> Node:
 @predicate("unreadable_resources", "Resources in the request that were malformed and skipped.")
 def _unreadable(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
-        # Derive the facts that validate resources first, so every problem is known.
+        # The problems found in what the rules read (this rule runs last); resources no rule
+        # needed are never validated, so they cannot mislead anyone.
         f = env.facts
-        _ = (f.patient, f.conditions, f.observations, f.medication_uses, f.orders)
+        _ = (f.patient, f.medication_uses, f.orders)
         problems = f.record.problems
         return Result(
             bool(problems),
