@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import requests
 import yaml
 
+from .compact import order_context
 from .prefetch import fill_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -450,13 +451,7 @@ def build_request(
     if hook != "patient-view":
         if not orders:
             raise ClientError(f"{hook} needs a draft order: pass --order CODE or --preset NAME")
-        if hook == "order-select":
-            context["selections"] = [f"MedicationRequest/{orders[0]['id']}"]
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": o} for o in orders],
-        }
+        context.update(order_context(hook, orders))
     request: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4())}
     if fhir_server:
         request["fhirServer"] = fhir_server

@@ -925,6 +925,21 @@ def build_resources(case: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def order_context(hook: str, orders: list[dict[str, Any]]) -> dict[str, Any]:
+    """The order hooks' context fields: ``draftOrders`` (a collection Bundle) and, for
+    order-select, ``selections`` naming the first order."""
+    context: dict[str, Any] = {
+        "draftOrders": {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": o} for o in orders],
+        }
+    }
+    if hook == "order-select":
+        context["selections"] = [f"MedicationRequest/{orders[0]['id']}"]
+    return context
+
+
 def build_draft_orders(case: dict[str, Any]) -> list[dict[str, Any]]:
     """The draft MedicationRequests of ``context.draftOrders`` (ids ``<patient>-order-N``)."""
     b = _Builder(case)
@@ -1020,13 +1035,7 @@ def build_request(
     else:
         if not orders:
             raise CaseError(f"{b.cid}: an {hook} case needs at least one order")
-        if hook == "order-select":
-            context["selections"] = [f"MedicationRequest/{orders[0]['id']}"]
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": o} for o in orders],
-        }
+        context.update(order_context(hook, orders))
     request: dict[str, Any] = {
         "hook": hook,
         "hookInstance": hook_instance(b.cid),

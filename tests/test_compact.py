@@ -40,6 +40,7 @@ NOW = parse_now("2026-05-04T09:00:00Z")
 CASES = load_cases(VIGNETTES)
 CASE_IDS = [c["id"] for c in CASES]
 
+
 @functools.cache
 def rule_ids() -> frozenset[str]:
     """Rule and panel ids of the bundled rule set; expectations must use only these."""

@@ -14,7 +14,6 @@ import contextlib
 import os
 import queue
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from cds_service import client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FHIR_SERVER_DIR = REPO_ROOT / "fhir_server"
@@ -96,26 +97,11 @@ class FhirServerHandle:
 
 
 def node_command(node: str | None = None) -> list[str]:
-    """The node executable and the flags this version needs for `@medplum/core`.
-
-    Node 20 has no global `WebSocket` unless started with `--experimental-websocket`; Node 22+ has it.
-    """
-    executable = node or os.environ.get(NODE_ENV) or shutil.which("node")
-    if not executable:
-        raise FhirServerError(f"node is not on PATH (Node 20+ is needed; or set {NODE_ENV})")
+    """The node executable and the flags this version needs (the package's own launcher logic)."""
     try:
-        version = subprocess.run(
-            [executable, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise FhirServerError(f"cannot run {executable} --version: {exc}") from exc
-    match = re.match(r"v(\d+)\.", version)
-    if not match:
-        raise FhirServerError(f"unexpected node version {version!r} from {executable}")
-    major = int(match.group(1))
-    if major < 20:
-        raise FhirServerError(f"node {version} is too old: the FHIR server needs Node 20+")
-    return [executable, "--experimental-websocket"] if major < 22 else [executable]
+        return client.node_command(node)
+    except client.ClientError as exc:
+        raise FhirServerError(str(exc)) from exc
 
 
 def check_installed() -> None:
