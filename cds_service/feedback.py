@@ -141,9 +141,6 @@ class SQLiteFeedbackStore:
                 s["reasons"][label] = s["reasons"].get(label, 0) + n
         return sorted(stats.values(), key=lambda s: (-s["overridden"], s["rule"]))
 
-    def feedback_count(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:

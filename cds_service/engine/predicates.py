@@ -33,8 +33,6 @@ class Result:
     reason: str = ""
 
 
-TRUE = Result(True)
-FALSE = Result(False)
 
 
 class CompileError(Exception):
