@@ -20,7 +20,8 @@ class RuleSetProvider:
     def __init__(
         self, rules_dir: Path, site_path: Path, *, hot_reload: bool = True, interval: float = 1.0
     ) -> None:
-        self.rules_dir, self.site_path = Path(rules_dir), Path(site_path)
+        # resolved, as the loader fingerprints resolved paths: otherwise every check looks like a change
+        self.rules_dir, self.site_path = Path(rules_dir).resolve(), Path(site_path).resolve()
         self.hot_reload, self.interval = hot_reload, interval
         self._lock = threading.Lock()
         self._current = load_ruleset(self.rules_dir, self.site_path)  # invalid at start: refuse to start
