@@ -14,8 +14,6 @@ because PyJWT rightly refuses to produce them.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -31,10 +29,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.app import create_app
 from cds_service.auth import AuthConfigError
+from tests.support.jwt_tools import b64, forged, public_jwk
 
 from .conftest import CheckedClient, load_example, make_settings
 
@@ -68,17 +66,6 @@ def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def public_jwk(key: PrivateKey, kid: str) -> dict[str, Any]:
-    pub = key.public_key()
-    jwk = (
-        ECAlgorithm.to_jwk(pub, as_dict=True)
-        if isinstance(pub, ec.EllipticCurvePublicKey)
-        else RSAAlgorithm.to_jwk(pub, as_dict=True)
-    )
-    jwk.update({"kid": kid, "use": "sig"})
-    return jwk
-
-
 def claims(aud: Any, **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     c: dict[str, Any] = {"iss": ISS, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
@@ -97,18 +84,6 @@ def make_token(
 ) -> str:
     """A genuinely signed CDS Hooks JWT; claim overrides of None leave the claim out."""
     return jwt.encode(claims(aud, **overrides), key, algorithm=alg, headers={"kid": kid, "typ": typ})
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forged(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
-    """HMAC-signed with an arbitrary secret, or unsigned (alg none)."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if secret is None:
-        return signing_input + "."
-    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
 
 
 def public_pem(key: PrivateKey) -> bytes:

@@ -6,9 +6,6 @@ standard library because PyJWT, rightly, refuses to produce them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -25,7 +22,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm
 
 from cds_service.auth import (
     AuthConfigError,
@@ -38,6 +35,8 @@ from cds_service.auth import (
     load_trusted_issuers,
     parse_trusted_issuers,
 )
+from tests.support.jwt_tools import b64, forged
+from tests.support.jwt_tools import public_jwk as jwk
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "trusted-issuers.example.yaml"
@@ -70,19 +69,6 @@ def rsa2048() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def jwk(key: PrivateKey, kid: str, alg: str | None = None) -> dict[str, Any]:
-    """The public JWK of a private key (what an issuer publishes)."""
-    pub = key.public_key()
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        d = ECAlgorithm.to_jwk(pub, as_dict=True)
-    else:
-        d = RSAAlgorithm.to_jwk(pub, as_dict=True)
-    d.update({"kid": kid, "use": "sig"})
-    if alg:
-        d["alg"] = alg
-    return d
-
-
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     c: dict[str, Any] = {
@@ -110,19 +96,6 @@ def token(
     h: dict[str, Any] = {"kid": kid, "typ": "JWT"}
     h.update(headers or {})
     return jwt.encode(claims(**claim_overrides), key, algorithm=alg, headers=h)
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forged(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
-    """A token PyJWT would refuse to make: HMAC with an arbitrary secret, or an unsigned one."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if secret is None:
-        return signing_input + "."
-    sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(sig)}"
 
 
 def signed(
