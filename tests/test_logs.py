@@ -52,28 +52,6 @@ CLINICAL_WORDS = [
 
 
 # -- log capture -----------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``create_app`` sets the root level and may add its handler: undo both afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(h)
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
-
-
-@pytest.fixture
-def json_stderr(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
-    """Set the process's JSON stderr handler aside so the next ``create_app`` binds a new one to
-    capsys's stderr (capsys's stream changes between setup and call, hence apps built in tests)."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "_ketamine_cds", False)]:
-        root.removeHandler(h)
-    return capsys
 
 
 @contextmanager
