@@ -273,11 +273,6 @@ class Facts:
         self._condition_facts[key] = fact
         return fact
 
-    @property
-    def conditions(self) -> list[ConditionFact]:
-        """Every readable Condition (validates all of them: for tools, not for rules)."""
-        return [f for c, _ in self._coded_conditions if (f := self._condition_fact(c)) is not None]
-
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
         out = []
         for c, cs in self._coded_conditions:
