@@ -418,7 +418,7 @@ def verify(shared: Path = SHARED) -> list[str]:
 
     from cds_service.config import Settings
     from cds_service.engine.loader import load_ruleset
-    from cds_service.terminology import ICD10CM, RXNORM, norm_code
+    from cds_service.reading.terminology import ICD10CM, RXNORM, norm_code
 
     settings = Settings.from_env()
     ruleset = load_ruleset(settings.rules_dir, settings.site_config_path)

@@ -2,7 +2,7 @@
 
 - :func:`seed`: load example patients into a FHIR server (one transaction of ``PUT Type/id`` per file).
 - :func:`fill_prefetch`: run a service's prefetch templates against the FHIR server, as an EHR does
-  (tokens filled by :func:`cds_service.prefetch.fill_template`; a key whose query fails is left out,
+  (tokens filled by :func:`cds_service.reading.prefetch.fill_template`; a key whose query fails is left out,
   like the CDS Hooks Sandbox does).
 - :func:`build_request` / :func:`draft_order` / :class:`Preset`: a CDS Hooks 2.0.1 request.
 - :class:`HttpService` / :class:`InProcessService`: discovery and the service call, over HTTP or
@@ -37,7 +37,7 @@ import requests
 import yaml
 
 from .compact import order_context
-from .prefetch import fill_template
+from .reading.prefetch import fill_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO_ROOT / "fhir_examples"

@@ -16,9 +16,9 @@ from .config import Settings
 from .engine.evaluate import Evaluation, evaluate
 from .engine.loader import RuleSet
 from .errors import ApiError
-from .facts import Facts, parse_datetime
-from .prefetch import PrefetchResult, resolve_prefetch
-from .record import PatientRecord
+from .reading.facts import Facts, parse_datetime
+from .reading.prefetch import PrefetchResult, resolve_prefetch
+from .reading.record import PatientRecord
 
 TIME_EXTENSION = "ketamine-cds.evaluation-time"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..facts import Facts
+from ..reading.facts import Facts
 from .loader import Rule, RuleSet
 from .predicates import Env, Result
 

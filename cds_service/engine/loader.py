@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from ..terminology import Terminology
+from ..reading.terminology import Terminology
 from ..validation import schema_validator
 from .predicates import CompileContext, CompileError, Node, compile_node
 from .yamlio import YamlError, line_of, load_with_lines

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from ..facts import Facts, MedUse, ObservationFact, Trial
+from ..reading.facts import Facts, MedUse, ObservationFact, Trial
 
 
 @dataclass(frozen=True)

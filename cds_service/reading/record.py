@@ -18,7 +18,7 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from .services import PREFETCH_TYPES
+from ..services import PREFETCH_TYPES
 
 
 @dataclass(frozen=True)

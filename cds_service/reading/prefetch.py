@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DataUnavailable
+from ..errors import DataUnavailable
+from ..services import PREFETCH
 from .fhir_client import Deadline, FetchStats, FhirClient, FhirFetchError, bundle_resources, next_link
-from .services import PREFETCH
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 USER_TOKENS = {
