@@ -289,6 +289,28 @@ def test_rules(files: tuple[Path, ...], rules_dir: Path | None, select: str | No
         sys.exit(1)
 
 
+@main.command("card-burden")
+@RULES_OPTION
+@SITE_OPTION
+@click.option(
+    "--examples",
+    "examples_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("fhir_examples"),
+    show_default=True,
+    help="Folder of example CDS Hooks requests (*.json); the rule-test cases are always included.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def card_burden(rules_dir: Path | None, site_config: Path | None, examples_dir: Path, as_json: bool) -> None:
+    """Cards per hook call (median, max, by indicator) and per-rule fire rate over the examples
+    and the rule-test cases."""
+    from .burden import collect, render_text, summarise
+
+    settings = Settings.from_env(rules_dir=rules_dir, site_config=site_config)
+    summary = summarise(collect(settings.rules_dir, examples_dir, settings.site_config))
+    click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
+
+
 @main.command()
 def predicates() -> None:
     """List the predicate vocabulary rules are written in."""
