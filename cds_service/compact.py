@@ -157,8 +157,9 @@ CASE_KEYS = {"id", "title", "description", "now", "hook", "site", "patient", "ex
     "observations",
     "procedures",
     "orders",
+    "allergies",
 }
-PATIENT_KEYS = {"id", "sex", "birthDate", "age", "name"}
+PATIENT_KEYS = {"id", "sex", "birthDate", "age", "name", "deceased"}
 CONDITION_KEYS = {"code", "text", "onset", "abatement", "status", "verification", "recorded"}
 _DOSAGE_KEYS = {"code", "text", "dose", "route", "frequency", "infusion_minutes", "note", "dosage_text"}
 MEDICATION_KEYS = _DOSAGE_KEYS | {
@@ -178,6 +179,9 @@ OBSERVATION_KEYS = {"code", "text", "value", "systolic", "diastolic", "answer", 
     "status",
 }
 PROCEDURE_KEYS = {"code", "text", "date", "status"}
+ALLERGY_KEYS = {"code", "text", "status", "verification", "criticality", "type", "reaction", "severity"}
+ALLERGY_STATUS = ("active", "inactive", "resolved")
+ALLERGY_VERIFICATION = ("unconfirmed", "confirmed", "refuted", "entered-in-error")
 ORDER_KEYS = _DOSAGE_KEYS
 
 
@@ -509,7 +513,16 @@ class _Builder:
             "name": [{"use": "official", "family": family, "given": given.split() or [family]}],
             "gender": sex,
             "birthDate": birth,
+            **self._deceased(p.get("deceased"), where),
         }
+
+    def _deceased(self, value: Any, where: str) -> dict[str, Any]:
+        """``deceased: true`` → deceasedBoolean; a date → deceasedDateTime; absent → nothing."""
+        if value is None:
+            return {}
+        if isinstance(value, bool):
+            return {"deceasedBoolean": value}
+        return {"deceasedDateTime": resolve_datetime(value, self.now)}
 
     # conditions -----------------------------------------------------------------------------------
     def condition(self, entry: dict[str, Any], index: int) -> dict[str, Any]:
@@ -876,6 +889,43 @@ class _Builder:
             "performedDateTime": resolve_datetime(entry["date"], self.now),
         }
 
+    # allergies ------------------------------------------------------------------------------------
+    def allergy(self, entry: dict[str, Any], index: int) -> dict[str, Any]:
+        where = self.where("allergies", index)
+        _check_keys(entry, ALLERGY_KEYS, where)
+        if "code" in entry:
+            substance = concept(entry["code"], entry.get("text"), where)
+        elif entry.get("text"):
+            substance = {"text": str(entry["text"])}
+        else:
+            raise CaseError(f"{where}: code or text is required")
+        out: dict[str, Any] = {"resourceType": "AllergyIntolerance", "id": self.next_id("allergy")}
+        status = entry.get("status", "active")
+        if status is not None:  # status: null leaves clinicalStatus out, as some EHRs do
+            if status not in ALLERGY_STATUS:
+                raise CaseError(f"{where}: status must be one of {list(ALLERGY_STATUS)} or null")
+            out["clinicalStatus"] = {
+                "coding": [{"system": f"{TERMINOLOGY}/allergyintolerance-clinical", "code": status}]
+            }
+        verification = entry.get("verification", "confirmed")
+        if verification not in ALLERGY_VERIFICATION:
+            raise CaseError(f"{where}: verification must be one of {list(ALLERGY_VERIFICATION)}")
+        out["verificationStatus"] = {
+            "coding": [{"system": f"{TERMINOLOGY}/allergyintolerance-verification", "code": verification}]
+        }
+        out["type"] = entry.get("type", "allergy")
+        out["category"] = ["medication"]
+        if entry.get("criticality") is not None:
+            out["criticality"] = str(entry["criticality"])
+        out["code"] = substance
+        out["patient"] = self.subject
+        if entry.get("reaction"):
+            reaction: dict[str, Any] = {"manifestation": [{"text": str(entry["reaction"])}]}
+            if entry.get("severity"):
+                reaction["severity"] = str(entry["severity"])
+            out["reaction"] = [reaction]
+        return out
+
     # draft orders ---------------------------------------------------------------------------------
     def order(self, entry: dict[str, Any], index: int) -> dict[str, Any]:
         where = self.where("orders", index)
@@ -922,6 +972,7 @@ def build_resources(case: dict[str, Any]) -> list[dict[str, Any]]:
     for i, e in enumerate(_entries(case, "observations")):
         out += b.observation(e, i)
     out += [b.procedure(e, i) for i, e in enumerate(_entries(case, "procedures"))]
+    out += [b.allergy(e, i) for i, e in enumerate(_entries(case, "allergies"))]
     return out
 
 
@@ -988,6 +1039,7 @@ def select_for_key(key: str, resources: list[dict[str, Any]]) -> list[dict[str, 
         "medicationDispenses": "MedicationDispense",
         "medicationAdministrations": "MedicationAdministration",
         "procedures": "Procedure",
+        "allergies": "AllergyIntolerance",
     }.get(key)
     if rtype is None:
         raise CaseError(f"no selection rule for prefetch key {key!r}")

@@ -23,6 +23,7 @@ PREFETCH: dict[str, str] = {
     "assessments": f"Observation?patient={PATIENT}&category=survey&_sort=-date&_count=200",
     "pregnancyStatus": f"Observation?patient={PATIENT}&code=http://loinc.org|82810-3&_sort=-date&_count=10",
     "procedures": f"Procedure?patient={PATIENT}",
+    "allergies": f"AllergyIntolerance?patient={PATIENT}",
 }
 
 # The resource types a prefetch key may hold; anything else in it is skipped and reported.
@@ -37,6 +38,7 @@ PREFETCH_TYPES: dict[str, str] = {
     "assessments": "Observation",
     "pregnancyStatus": "Observation",
     "procedures": "Procedure",
+    "allergies": "AllergyIntolerance",
 }
 
 # Context fields each hook requires (CDS Hooks Library, hookVersion 1.0).

@@ -39,6 +39,7 @@ def test_prefetch_asks_for_everything_the_rules_read():
         "MedicationAdministration",
         "Observation",
         "Procedure",
+        "AllergyIntolerance",
     }
     assert {t.split("?")[0].split("/")[0] for t in PREFETCH.values()} == wanted
 

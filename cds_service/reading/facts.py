@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from .allergies import Allergies, read_allergies
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, codings, concept_text, norm_code
@@ -236,6 +237,11 @@ class Facts:
     def sex(self) -> str | None:
         g = (self.patient or {}).get("gender")
         return g if g in ("male", "female", "other") else None
+
+    # allergies ----------------------------------------------------------------------------------
+    @cached_property
+    def allergies(self) -> Allergies:
+        return read_allergies(self.record, self.t)
 
     # conditions ---------------------------------------------------------------------------------
     # Conditions and observations are matched on their raw codes first and validated only when a

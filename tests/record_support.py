@@ -1,0 +1,40 @@
+"""Helpers for tests of the reading layer: facts from a raw CDS request, and a predicate run on them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from cds_service.engine.evaluate import evaluate
+from cds_service.engine.loader import load_ruleset
+from cds_service.engine.predicates import CompileContext, Env, Result, compile_node
+from cds_service.pipeline import evaluation_time
+from cds_service.reading.facts import Facts
+from cds_service.reading.prefetch import resolve_prefetch
+from cds_service.reading.record import PatientRecord
+
+from .conftest import RULES
+
+
+def facts_of(request: dict[str, Any], now: datetime | None = None) -> Facts:
+    ruleset = load_ruleset(RULES)
+    record = PatientRecord.from_prefetch(resolve_prefetch(request).resources, request["context"])
+    when = now or evaluation_time(request, True)
+    return Facts(record, ruleset.terminology, ruleset.observation_kinds, when, request["hook"])
+
+
+def run_predicate(spec: dict[str, Any], facts: Facts) -> Result:
+    ruleset = load_ruleset(RULES)
+    ctx = CompileContext(
+        {},
+        {vs.id: vs.kind for vs in ruleset.terminology.valuesets.values()},
+        set(ruleset.observation_kinds),
+        set(ruleset.definitions),
+    )
+    return compile_node(spec, ctx)(Env(facts, "US", ruleset.definitions))
+
+
+def fired(request: dict[str, Any]) -> set[str]:
+    ruleset = load_ruleset(RULES)
+    facts = facts_of(request)
+    return {o.rule.id for o in evaluate(ruleset, facts).fired}
