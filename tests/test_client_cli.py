@@ -25,6 +25,7 @@ from cds_service import client
 from cds_service.app import create_app
 from cds_service.auth import Authenticator, TrustedIssuer
 from cds_service.cli import main
+from cds_service.services import PREFETCH
 from tests.support.fault_fhir import refused_url
 from tests.support.fhir_server import FhirServerHandle
 
@@ -313,7 +314,7 @@ def test_call_in_process_gives_the_example_cards(fhir: str, app: Flask) -> None:
         "--json",
     )
     assert result.exit_code == 0, result.output
-    assert "prefetch: 10 of 10 keys filled" in result.stderr
+    assert f"prefetch: {len(PREFETCH)} of {len(PREFETCH)} keys filled" in result.stderr
     cards = json.loads(result.stdout)["cards"]
     assert signature(cards) == example_signature(app, "v01-clear-trd-eligible")
 
@@ -404,7 +405,7 @@ def test_call_unreadable_keys_are_omitted_then_412(token_fhir: FhirServerHandle)
         "call", "--fhir", token_fhir.base_url, "--patient", "v15", "--hook", "patient-view", "--at", AT
     )
     assert result.exit_code == 1
-    assert "prefetch: 0 of 10 keys filled" in result.stderr
+    assert f"prefetch: 0 of {len(PREFETCH)} keys filled" in result.stderr
     assert "omitted patient: FHIR server refused access (401)" in result.stderr
     assert "412 Precondition Failed" in result.output
 
