@@ -17,6 +17,7 @@ from .engine.evaluate import Evaluation, evaluate
 from .engine.loader import RuleSet
 from .errors import ApiError
 from .reading.facts import Facts, parse_datetime
+from .reading.medications import fetch_missing
 from .reading.prefetch import PrefetchResult, resolve_prefetch
 from .reading.record import PatientRecord
 
@@ -68,6 +69,16 @@ def run(
     t1 = time.perf_counter()
     context = request["context"]
     record = PatientRecord.from_prefetch(prefetched.resources, context)
+    # Medications referenced but neither contained nor included: one read, within what is left of
+    # the FHIR deadline; on failure the orders keep their display and the gap is said in a card.
+    fetch_missing(
+        record,
+        request,
+        deadline_seconds=settings.fhir_deadline - (time.perf_counter() - t0),
+        connect_timeout=settings.fhir_connect_timeout,
+        read_timeout=settings.fhir_read_timeout,
+        request_id=request_id,
+    )
     facts = Facts(record, ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
     ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)
     t2 = time.perf_counter()

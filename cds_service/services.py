@@ -1,8 +1,12 @@
 """The CDS services this server offers, as served by discovery.
 
 Prefetch templates use only CDS Hooks 2.0.1 tokens (root-level ``context`` fields) and the
-recommended FHIR query subset (type search, token equality, ``_sort``, ``_count``). They ask for
-everything the rules read; anything the client does not prefetch is fetched from ``fhirServer``.
+recommended FHIR query subset (type search, token equality, ``_sort``, ``_count``), plus
+``_include=…:medication`` on the four medication searches: EHRs that record drugs as Medication
+resources (``medicationReference``) then send them along. A server that ignores ``_include`` loses
+nothing: Medications still missing are read by id (``reading/medications.py``). The templates ask for
+everything the rules read and filter on nothing a rule needs (no category filter that a conformant
+record may lack); anything the client does not prefetch is fetched from ``fhirServer``.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ PATIENT = "{{context.patientId}}"
 PREFETCH: dict[str, str] = {
     "patient": f"Patient/{PATIENT}",
     "conditions": f"Condition?patient={PATIENT}",
-    "medicationRequests": f"MedicationRequest?patient={PATIENT}",
-    "medicationStatements": f"MedicationStatement?patient={PATIENT}",
-    "medicationDispenses": f"MedicationDispense?patient={PATIENT}",
-    "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}",
+    "medicationRequests": f"MedicationRequest?patient={PATIENT}&_include=MedicationRequest:medication",
+    "medicationStatements": f"MedicationStatement?patient={PATIENT}&_include=MedicationStatement:medication",
+    "medicationDispenses": f"MedicationDispense?patient={PATIENT}&_include=MedicationDispense:medication",
+    "medicationAdministrations": (
+        f"MedicationAdministration?patient={PATIENT}&_include=MedicationAdministration:medication"
+    ),
     "vitalSigns": f"Observation?patient={PATIENT}&category=vital-signs&_sort=-date&_count=200",
     "assessments": f"Observation?patient={PATIENT}&category=survey&_sort=-date&_count=200",
     "pregnancyStatus": f"Observation?patient={PATIENT}&code=http://loinc.org|82810-3&_sort=-date&_count=10",

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from .allergies import Allergies, read_allergies
+from .medications import MedicationResolver
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, codings, concept_text, norm_code
@@ -210,6 +211,7 @@ class Facts:
         self._condition_facts: dict[int, ConditionFact | None] = {}
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
+        self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
         self._obs_codes: dict[tuple[str, str], str] = {}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
@@ -380,6 +382,11 @@ class Facts:
         return uses
 
     @cached_property
+    def medications(self) -> MedicationResolver:
+        """Which drug each record names (inline, contained, included or fetched Medication)."""
+        return MedicationResolver(self.record, self.t)
+
+    @cached_property
     def orders(self) -> list[MedUse]:
         """The orders being decided on: the selected draft orders (order-select) or all of them."""
         drafts = []
@@ -395,11 +402,10 @@ class Facts:
         return drafts
 
     def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
-        concept = res.get("medicationCodeableConcept")
-        if concept is None and isinstance(res.get("medicationReference"), dict):
-            concept = {"text": res["medicationReference"].get("display", "")}
-        drug = self.t.match_drug(concept)
+        drug = self.medications.identify(res).drug
         if not drug.ingredients:
+            if kind == "draft":
+                self.unidentified_orders.append(res)
             return None
         status = str(res.get("status") or "")
         if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):

@@ -51,7 +51,9 @@ class PatientRecord:
             expected = PREFETCH_TYPES.get(key)
             for res in items:
                 rtype = res.get("resourceType") if isinstance(res, dict) else None
-                if expected and rtype != expected:
+                # Medications come along with any key (``_include=…:medication``) for the records
+                # that reference them.
+                if expected and rtype != expected and rtype != "Medication":
                     if rtype != "OperationOutcome":
                         record.problems.append(
                             Problem(key, _ref(res), f"expected {expected}, got {rtype or 'no resourceType'}")
@@ -77,6 +79,15 @@ class PatientRecord:
                 record._origin[id(res)] = "context.draftOrders"
         record.selections = [s for s in context.get("selections") or [] if isinstance(s, str)]
         return record
+
+    def add(self, resource: dict[str, Any], where: str) -> None:
+        """Add a resource read after the prefetch (e.g. a referenced Medication fetched by id)."""
+        self.by_type.setdefault(str(resource.get("resourceType")), []).append(resource)
+        self._origin[id(resource)] = where
+
+    def origin_of(self, resource: dict[str, Any]) -> str | None:
+        """The prefetch key (or other source) a resource came from."""
+        return self._origin.get(id(resource))
 
     def usable(self, resource: dict[str, Any]) -> bool:
         """Validate a resource against its R4 model once; report and skip it if malformed."""

@@ -187,7 +187,7 @@ class Terminology:
             return DrugMatch(frozenset(ingredients), frozenset(products), form, "code", text)
         by_text = self.ingredients_in_text(text)
         if by_text:
-            return DrugMatch(by_text, frozenset(), _form_from_text(text), "text", text)
+            return DrugMatch(by_text, frozenset(), form_from_text(text), "text", text)
         return DrugMatch(text=text)
 
     def ingredients_in_text(self, text: str) -> frozenset[str]:
@@ -229,7 +229,8 @@ class Terminology:
         return ing.display if ing else ingredient_id
 
 
-def _form_from_text(text: str) -> str | None:
+def form_from_text(text: str) -> str | None:
+    """The dose form a product's text names (nasal, injection, oral, transdermal), if any."""
     t = text.lower()
     for needle, form in (
         ("nasal", "nasal"),

@@ -1,0 +1,185 @@
+"""Medication identity (issue 8 item 2): the drug of a record or order, however the EHR names it.
+
+Each test takes a worked example and rewrites its medications the way EHRs send them: a
+``medicationReference`` to a contained ``#med1``, to a Medication that ``_include`` put in the
+prefetch bundle, or to one that is only on the FHIR server. The cards must be those of the example.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import requests
+
+from cds_service import pipeline
+from cds_service.config import Settings
+from cds_service.engine.loader import load_ruleset
+from cds_service.services import PREFETCH
+
+from .conftest import RULES, load_example
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def run(request: dict[str, Any]):
+    return pipeline.run(request, load_ruleset(RULES), Settings(rules_dir=RULES, allow_time_override=True))
+
+
+def signature(request: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(c["source"]["topic"]["code"], c["indicator"]) for c in run(request).response["cards"]]
+
+
+def fired(request: dict[str, Any]) -> set[str]:
+    return {o.rule.id for o in run(request).evaluation.fired}
+
+
+def medication(mid: str, concept: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Medication", "id": mid, "code": concept, **extra}
+
+
+def to_contained(res: dict[str, Any]) -> None:
+    """Inline concept → contained Medication #med1 (reference without display, as some EHRs send)."""
+    concept = res.pop("medicationCodeableConcept")
+    res["contained"] = [medication("med1", concept)]
+    res["medicationReference"] = {"reference": "#med1"}
+
+
+def to_reference(res: dict[str, Any], mid: str) -> dict[str, Any]:
+    """Inline concept → ``Medication/{mid}``; returns the Medication resource."""
+    concept = res.pop("medicationCodeableConcept")
+    res["medicationReference"] = {"reference": f"Medication/{mid}"}
+    return medication(mid, concept)
+
+
+def entries(request: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return request["prefetch"][key].get("entry", [])
+
+
+def phenelzine_records(request: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key in ("medicationRequests", "medicationDispenses", "medicationStatements"):
+        for e in entries(request, key):
+            text = str(e["resource"].get("medicationCodeableConcept", {}))
+            if "312347" in text:
+                out.append((key, e))
+    return out
+
+
+def test_ketamine_draft_with_contained_medication_gives_the_example_cards():
+    example = load_example("v05-psychosis-history")
+    request = copy.deepcopy(example)
+    to_contained(request["context"]["draftOrders"]["entry"][0]["resource"])
+    assert signature(request) == signature(example) != []
+
+
+def test_esketamine_draft_with_contained_medication_keeps_the_pregnancy_stop():
+    example = load_example("v04-pregnancy")
+    request = copy.deepcopy(example)
+    to_contained(request["context"]["draftOrders"]["entry"][0]["resource"])
+    assert ("ci-pregnancy", "critical") in signature(request)
+    assert signature(request) == signature(example)
+
+
+def test_phenelzine_via_included_medication_gives_the_maoi_card():
+    example = load_example("v08-phenelzine")
+    assert "ddi-maoi" in fired(example)
+    request = copy.deepcopy(example)
+    records = phenelzine_records(request)
+    assert records
+    for i, (key, entry) in enumerate(records):
+        med = to_reference(entry["resource"], f"phen-{i}")
+        # what `_include=MedicationRequest:medication` adds to the search bundle
+        request["prefetch"][key]["entry"].append({"resource": med, "search": {"mode": "include"}})
+    assert "ddi-maoi" in fired(request)
+    assert signature(request) == signature(example)
+    assert not run(request).evaluation.facts.record.problems
+
+
+def test_phenelzine_via_medication_only_on_the_fhir_server_is_fetched(fhir_server):
+    example = load_example("v08-phenelzine")
+    request = copy.deepcopy(example)
+    meds = [
+        to_reference(e["resource"], f"v08-phen-{i}") for i, (_k, e) in enumerate(phenelzine_records(request))
+    ]
+    fhir_server.put_resources(meds)
+    request["fhirServer"] = fhir_server.base_url
+    assert "ddi-maoi" in fired(request)
+    assert signature(request) == signature(example)
+
+
+def test_unreachable_medication_is_reported_not_fatal():
+    example = load_example("v08-phenelzine")
+    request = copy.deepcopy(example)
+    for i, (_k, e) in enumerate(phenelzine_records(request)):
+        to_reference(e["resource"], f"gone-{i}")
+    request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens on the discard port
+    outcome = run(request)
+    assert "ddi-maoi" not in {o.rule.id for o in outcome.evaluation.fired}
+    assert any(p.where == "Medication" for p in outcome.evaluation.facts.record.problems)
+
+
+def test_medication_with_local_code_is_identified_by_its_ingredient():
+    example = load_example("v05-psychosis-history")
+    request = copy.deepcopy(example)
+    order = request["context"]["draftOrders"]["entry"][0]["resource"]
+    order.pop("medicationCodeableConcept")
+    order["contained"] = [
+        medication(
+            "cmp1",
+            {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.698288", "code": "40910"}]},
+            form={"text": "Injectable solution"},
+            ingredient=[
+                {"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "6130"}]}, "isActive": True}
+            ],
+        )
+    ]
+    order["medicationReference"] = {"reference": "#cmp1"}
+    assert signature(request) == signature(example)
+
+
+def test_reference_display_is_used_when_the_medication_is_not_available():
+    example = load_example("v05-psychosis-history")
+    request = copy.deepcopy(example)
+    order = request["context"]["draftOrders"]["entry"][0]["resource"]
+    order.pop("medicationCodeableConcept")
+    order["medicationReference"] = {
+        "reference": "Medication/not-sent",
+        "display": "ketamine 50 MG/ML Injectable Solution",
+    }
+    outcome = run(request)
+    assert outcome.evaluation.facts.orders[0].drug.ingredients == {"ketamine"}
+    assert set(signature(example)) <= set(signature(request))  # plus "recognised by its name"
+    assert "data-text-matched-order" in fired(request)
+
+
+def test_prefetch_templates_include_the_referenced_medications():
+    for key in (
+        "medicationRequests",
+        "medicationStatements",
+        "medicationDispenses",
+        "medicationAdministrations",
+    ):
+        rtype = PREFETCH[key].split("?")[0]
+        assert f"_include={rtype}:medication" in PREFETCH[key]
+
+
+def test_the_fhir_server_honours_the_include(fhir_server):
+    fhir_server.put_resources(
+        [
+            {"resourceType": "Patient", "id": "inc1"},
+            medication("inc1-med", {"coding": [{"system": RXNORM, "code": "312347"}]}),
+            {
+                "resourceType": "MedicationRequest",
+                "id": "inc1-mr",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "Patient/inc1"},
+                "medicationReference": {"reference": "Medication/inc1-med"},
+            },
+        ]
+    )
+    query = PREFETCH["medicationRequests"].replace("{{context.patientId}}", "inc1")
+    bundle = requests.get(f"{fhir_server.base_url}/{query}", timeout=10).json()
+    kinds = {(e["resource"]["resourceType"], e.get("search", {}).get("mode")) for e in bundle["entry"]}
+    assert kinds == {("MedicationRequest", "match"), ("Medication", "include")}
