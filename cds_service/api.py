@@ -18,6 +18,7 @@ from .feedback import FeedbackStore
 from .logs import hash_id, log_call
 from .ruleset_provider import RuleSetProvider
 from .services import SERVICES
+from .storage import StorageUnavailable
 from .validation import field_path, first_error, parse_json, schema_validator, validate_request
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,14 @@ def call(service_id: str) -> Response:
         log_call(**fields, status=412, missing=exc.missing, duration_ms=_elapsed())
         raise
     cards = outcome.response["cards"]
-    st.store.record_shown(
-        service_id,
-        body["hookInstance"],
-        [(c["uuid"], c["source"]["topic"]["code"], c["indicator"]) for c in cards],
-    )
+    try:
+        st.store.record_shown(
+            service_id,
+            body["hookInstance"],
+            [(c["uuid"], c["source"]["topic"]["code"], c["indicator"]) for c in cards],
+        )
+    except StorageUnavailable as exc:  # the cards matter more than their statistics
+        log.error("shown cards not recorded (request %s): %s", g.request_id, exc)
     log_call(
         **fields,
         status=200,
@@ -186,7 +190,11 @@ def feedback(service_id: str) -> Response:
     error = first_error(schema_validator("feedback"), body)
     if error is not None:
         raise ApiError(400, f"{field_path(error)}: {error.message[:300]}", field_path(error))
-    stored = st.store.add_feedback(service_id, body["feedback"])
+    try:
+        stored = st.store.add_feedback(service_id, body["feedback"])
+    except StorageUnavailable as exc:
+        log.error("feedback not stored (request %s): %s", g.request_id, exc)
+        raise ApiError(503, "feedback store unavailable: nothing was stored, retry later") from None
     log_call(
         service=service_id, event="feedback", request_id=g.request_id, stored=stored, duration_ms=_elapsed()
     )

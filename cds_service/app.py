@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -12,12 +11,23 @@ from flask_cors import CORS
 
 from .api import State, bp
 from .config import Settings
-from .feedback import FeedbackStore, SQLiteFeedbackStore
+from .feedback import FeedbackStore
 from .logs import configure
 from .ruleset_provider import RuleSetProvider
+from .storage import SchemaError, Storage, StorageUnavailable, open_storage
 from .web import web
 
 log = logging.getLogger(__name__)
+
+
+def _open_storage(settings: Settings) -> Storage:
+    try:
+        storage = open_storage(settings.database, migrate=settings.auto_migrate)
+    except (SchemaError, StorageUnavailable) as exc:
+        raise SystemExit(f"database: {exc}") from None
+    db = storage.database
+    log.info("storage: %s, schema version %d", db.describe(), max(db.applied_versions(), default=0))
+    return storage
 
 
 def create_app(
@@ -30,17 +40,22 @@ def create_app(
     configured (unless ``insecure_no_auth`` is set explicitly)."""
     settings = settings or Settings.from_env()
     configure(settings.log_level)
+    storage: Storage | None = None
+    if store is None:
+        storage = _open_storage(settings)
+        store = storage.feedback
     if authenticator is None and not settings.insecure_no_auth:
         if settings.trusted_issuers is None:
             raise SystemExit(
                 "no trusted issuers configured: pass --trusted-issuers FILE (see docs/security.md) "
                 "or, for local development only, --insecure-no-auth"
             )
-        from .auth import Authenticator, SqliteJtiCache
+        from .auth import Authenticator
 
-        # One replay cache file for every gunicorn worker on this host (see docs/security.md).
-        jti_cache = SqliteJtiCache(Path(settings.database).with_name("jti-replay.sqlite3"))
-        authenticator = Authenticator.from_file(settings.trusted_issuers, jti_cache=jti_cache)
+        # The replay cache lives in the shared database: every worker, and with PostgreSQL every
+        # instance, sees every jti (docs/deployment.md).
+        storage = storage or _open_storage(settings)
+        authenticator = Authenticator.from_file(settings.trusted_issuers, jti_cache=storage.jti_cache)
         if not authenticator.issuers:
             raise SystemExit(f"{settings.trusted_issuers}: no trusted issuers listed")
     if settings.insecure_no_auth:
@@ -58,9 +73,7 @@ def create_app(
         expose_headers=["X-Request-ID"],
         max_age=600,
     )
-    app.extensions["ketamine_cds"] = State(
-        settings, rules, store or SQLiteFeedbackStore(settings.database), authenticator
-    )
+    app.extensions["ketamine_cds"] = State(settings, rules, store, authenticator)
     # Everything built so far (1,800 FHIR model classes, the compiled rules) lives for the life of
     # the process: move it out of the collector's way, or every full collection walks it (tens of
     # ms of p99 per request otherwise).

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +29,8 @@ import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from .storage.sqlite import SqliteJtiCache  # noqa: F401 - moved to cds_service.storage; old import path
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,8 @@ class ReplayCacheFull(Exception):
 class MemoryJtiCache:
     """Per-process replay cache: thread-safe, bounded, entries dropped once the token has expired.
 
-    Only catches replays to the same process; see ``SqliteJtiCache`` for several workers.
+    Only catches replays to the same process; see ``cds_service.storage`` for caches shared by
+    several workers (SQLite) and several instances (PostgreSQL).
     """
 
     def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
@@ -354,58 +356,6 @@ class MemoryJtiCache:
 
     def __len__(self) -> int:
         return len(self._seen)
-
-
-class SqliteJtiCache:
-    """Replay cache shared by every process on one host (gunicorn workers) through a SQLite file.
-
-    The check-and-insert runs in one ``BEGIN IMMEDIATE`` transaction, so two workers racing with
-    the same jti cannot both succeed. Not shared across hosts.
-    """
-
-    PURGE_EVERY = 256
-
-    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._adds = 0
-        self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS jti_seen (iss TEXT NOT NULL, jti TEXT NOT NULL, "
-            "expires_at REAL NOT NULL, PRIMARY KEY (iss, jti)) WITHOUT ROWID"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS jti_seen_exp ON jti_seen(expires_at)")
-
-    def add(self, iss: str, jti: str, expires_at: float) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._adds += 1
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._adds % self.PURGE_EVERY == 0:
-                    self._db.execute("DELETE FROM jti_seen WHERE expires_at <= ?", (now,))
-                self._db.execute(
-                    "DELETE FROM jti_seen WHERE iss = ? AND jti = ? AND expires_at <= ?",
-                    (iss, jti, now),
-                )
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO jti_seen (iss, jti, expires_at) VALUES (?, ?, ?)",
-                    (iss, jti, expires_at),
-                )
-                fresh = cur.rowcount == 1
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return fresh
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 # -- verification ----------------------------------------------------------------------------------

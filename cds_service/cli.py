@@ -19,6 +19,13 @@ RULES_OPTION = click.option(
     envvar="KETAMINE_CDS_RULES_DIR",
     help="Rules directory (default: the bundled rules/).",
 )
+DATABASE_OPTION = click.option(
+    "--database",
+    envvar="KETAMINE_CDS_DATABASE",
+    metavar="PATH|URL",
+    help="Feedback, shown cards and jti replay cache: a SQLite file (default var/feedback.sqlite3) "
+    "or postgresql://user@host:5432/db shared by several instances (docs/deployment.md).",
+)
 SITE_OPTION = click.option(
     "--site-config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -41,12 +48,7 @@ def main() -> None:
 @click.option("--threads", default=4, show_default=True, type=int, envvar="KETAMINE_CDS_THREADS")
 @RULES_OPTION
 @SITE_OPTION
-@click.option(
-    "--database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="KETAMINE_CDS_DATABASE",
-    help="SQLite file for feedback (default: var/feedback.sqlite3).",
-)
+@DATABASE_OPTION
 @click.option(
     "--trusted-issuers",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -83,7 +85,7 @@ def serve(
     threads: int,
     rules_dir: Path | None,
     site_config: Path | None,
-    database: Path | None,
+    database: str | None,
     trusted_issuers: Path | None,
     public_base_url: str | None,
     insecure_no_auth: bool,
@@ -321,16 +323,24 @@ def predicates() -> None:
 
 
 @main.command("feedback-stats")
-@click.option("--database", type=click.Path(dir_okay=False, path_type=Path), envvar="KETAMINE_CDS_DATABASE")
+@DATABASE_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def feedback_stats(database: Path | None, as_json: bool) -> None:
+def feedback_stats(database: str | None, as_json: bool) -> None:
     """Per-rule counts of cards shown, accepted and overridden, with override reasons."""
-    from .feedback import SQLiteFeedbackStore
+    from .storage import is_postgres
 
     settings = Settings.from_env(database=database)
-    if not Path(settings.database).exists():
+    if not is_postgres(settings.database) and not Path(settings.database).exists():
         raise click.ClickException(f"no feedback database at {settings.database}")
-    stats = SQLiteFeedbackStore(settings.database).rule_stats()
+    from .storage import StorageUnavailable
+
+    storage = _storage(settings.database, migrate=None)
+    try:
+        stats = storage.feedback.rule_stats()
+    except StorageUnavailable as exc:
+        raise click.ClickException(f"cannot read feedback: {exc}") from exc
+    finally:
+        storage.close()
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -343,6 +353,40 @@ def feedback_stats(database: Path | None, as_json: bool) -> None:
         click.echo(f"{s['rule']:40} {s['shown']:>7} {s['accepted']:>9} {s['overridden']:>11} {pct:>11}")
         for reason, n in sorted(s["reasons"].items(), key=lambda kv: -kv[1]):
             click.echo(f"{'':42}{n:>5} × {reason}")
+
+
+@main.command()
+@DATABASE_OPTION
+@click.option("--status", is_flag=True, help="Only show the schema version; change nothing.")
+def migrate(database: str | None, status: bool) -> None:
+    """Bring the database schema to this release's version. `serve` does it at start unless
+    KETAMINE_CDS_AUTO_MIGRATE=false; safe while instances serve and from several hosts at once."""
+    from .storage import LATEST, SchemaError, StorageUnavailable, open_database
+
+    settings = Settings.from_env(database=database)
+    try:
+        db = open_database(settings.database, migrate=None)
+        try:
+            before = max(db.applied_versions(), default=0)
+            for m in [] if status else db.migrate():
+                click.echo(f"applied {m.version}: {m.name}")
+            now = max(db.applied_versions(), default=0)
+        finally:
+            db.close()
+    except (SchemaError, StorageUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    change = f" (was {before})" if now != before else ""
+    behind = f"; {LATEST - now} migration(s) pending: run without --status" if now < LATEST else ""
+    click.echo(f"{db.describe()}: schema version {now}{change}, this release {LATEST}{behind}")
+
+
+def _storage(database: str, *, migrate: bool | None) -> Any:
+    from .storage import SchemaError, StorageUnavailable, open_storage
+
+    try:
+        return open_storage(database, migrate=migrate)
+    except (SchemaError, StorageUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 # -- integrators: seed, call, fhir-server (cds_service/integrator_cli.py) --------------------------

@@ -596,7 +596,7 @@ class InProcessService:
     def app(self) -> Any:
         if self._app is None:
             from .app import create_app
-            from .feedback import SQLiteFeedbackStore
+            from .storage import SQLiteFeedbackStore
 
             try:
                 self._app = create_app(self.settings, store=SQLiteFeedbackStore(":memory:"))

@@ -22,7 +22,8 @@ def bundled_rules_dir() -> Path:
 class Settings:
     rules_dir: Path = field(default_factory=bundled_rules_dir)
     site_config: Path | None = None  # defaults to rules_dir / "site.yaml"
-    database: Path = Path("var/feedback.sqlite3")
+    database: str = "var/feedback.sqlite3"  # a SQLite path or a postgresql:// URL (cds_service.storage)
+    auto_migrate: bool = True
     trusted_issuers: Path | None = None
     insecure_no_auth: bool = False
     public_base_url: str | None = None
@@ -68,7 +69,7 @@ _BOOL = {
 
 def _coerce(name: str, raw: str) -> Any:
     default = getattr(Settings(), name)
-    if name in ("rules_dir", "site_config", "database", "trusted_issuers"):
+    if name in ("rules_dir", "site_config", "trusted_issuers"):
         return Path(raw)
     if isinstance(default, bool):
         if raw.lower() not in _BOOL:

@@ -14,7 +14,7 @@ from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.validation import schema_validator
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.log_capture"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.log_capture", "tests.support.postgres"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "fhir_examples"

@@ -1,0 +1,189 @@
+"""SQLite backend: the embedded default, one file shared by the processes of one host.
+
+WAL mode, so readers never block the writer and a killed worker loses no committed row. Feedback
+is committed with ``synchronous=FULL`` (on disk before it is acknowledged); shown cards and the
+replay cache with ``NORMAL`` (they survive a killed process, may lose the last commits on power loss).
+Connections are opened per process and thread, never carried across gunicorn's fork.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..feedback import FEEDBACK_COLUMNS, FEEDBACK_PER_RULE_SQL, SHOWN_PER_RULE_SQL, feedback_rows, summarise
+from .errors import StorageUnavailable
+from .migrations import Migration, check_current, pending
+
+SCHEMA_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    " applied_at TEXT NOT NULL)"
+)
+
+
+class SQLiteDatabase:
+    """A SQLite file (or ``:memory:``, private to this object) with per-thread connections."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path | str, *, migrate: bool | None = True) -> None:
+        self.path = str(path)
+        self._uri = self.path == ":memory:"
+        if self._uri:  # one in-memory database for every thread of this object, none other
+            self._target = f"file:ketamine-cds-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._target = self.path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self.write_lock = threading.Lock()  # one writer per process; other processes wait on busy_timeout
+        self._keeper = self.connection() if self._uri else None
+        if migrate:
+            self.migrate()
+        elif migrate is not None:  # False: refuse a schema that is behind; None: just open
+            check_current(self.applied_versions())
+
+    def connection(self) -> sqlite3.Connection:
+        cached = getattr(self._local, "db", None)
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        db = sqlite3.connect(
+            self._target, timeout=10, isolation_level=None, check_same_thread=False, uri=self._uri
+        )
+        if not self._uri:
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        self._local.db = (os.getpid(), db)
+        with self._all_lock:
+            self._all.append(db)
+        return db
+
+    @contextmanager
+    def transaction(self, *, synchronous: str = "NORMAL") -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed before the block's result is used; errors → StorageUnavailable."""
+        db = self.connection()
+        with self.write_lock:
+            try:
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"sqlite: {type(exc).__name__}") from exc
+
+    def applied_versions(self) -> set[int]:
+        db = self.connection()
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        return {v for (v,) in db.execute("SELECT version FROM schema_version")} if exists else set()
+
+    def migrate(self) -> list[Migration]:
+        """Apply the pending migrations in one transaction; return them."""
+        with self.transaction(synchronous="FULL") as db:
+            db.execute(SCHEMA_VERSION_DDL)
+            todo = pending({v for (v,) in db.execute("SELECT version FROM schema_version")})
+            for m in todo:
+                for statement in m.sqlite:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, datetime.now(UTC).isoformat(timespec="seconds")),
+                )
+        return todo
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for db in conns:
+            db.close()
+        self._local = threading.local()
+
+
+def _database(target: SQLiteDatabase | Path | str) -> SQLiteDatabase:
+    return target if isinstance(target, SQLiteDatabase) else SQLiteDatabase(target)
+
+
+class SQLiteFeedbackStore:
+    """``FeedbackStore`` over a SQLite file (a path, or a ``SQLiteDatabase`` shared with the jti cache)."""
+
+    def __init__(self, target: SQLiteDatabase | Path | str) -> None:
+        self.db = _database(target)
+        self.path = self.db.path
+
+    def record_shown(self, service: str, hook_instance: str, cards: Iterable[tuple[str, str, str]]) -> None:
+        now = time.time()
+        rows = [(u, service, rule, ind, hook_instance, now) for u, rule, ind in cards]
+        if not rows:
+            return
+        with self.db.transaction(synchronous="NORMAL") as db:
+            db.executemany("INSERT OR IGNORE INTO shown_cards VALUES (?,?,?,?,?,?)", rows)
+
+    def add_feedback(self, service: str, entries: list[dict[str, Any]]) -> int:
+        rows = feedback_rows(service, entries, time.time())
+        with self.db.transaction(synchronous="FULL") as db:
+            db.executemany(
+                f"INSERT OR IGNORE INTO feedback ({FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+            )
+        return len(rows)
+
+    def rule_stats(self) -> list[dict[str, Any]]:
+        db = self.db.connection()
+        try:
+            return summarise(db.execute(SHOWN_PER_RULE_SQL).fetchall(), db.execute(FEEDBACK_PER_RULE_SQL))
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"sqlite: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class SqliteJtiCache:
+    """Replay cache shared by every process on one host (gunicorn workers) through a SQLite file.
+
+    The check-and-insert runs in one ``BEGIN IMMEDIATE`` transaction, so two workers racing with
+    the same jti cannot both succeed. Not shared across hosts: use ``PostgresJtiCache`` for that.
+    """
+
+    PURGE_EVERY = 256
+
+    def __init__(self, target: SQLiteDatabase | Path | str, clock: Callable[[], float] = time.time) -> None:
+        self.db = _database(target)
+        self.path = self.db.path
+        self._clock = clock
+        self._adds = 0
+
+    def add(self, iss: str, jti: str, expires_at: float) -> bool:
+        now = self._clock()
+        self._adds += 1
+        with self.db.transaction(synchronous="NORMAL") as db:
+            if self._adds % self.PURGE_EVERY == 0:
+                db.execute("DELETE FROM jti_seen WHERE expires_at <= ?", (now,))
+            db.execute(
+                "DELETE FROM jti_seen WHERE iss = ? AND jti = ? AND expires_at <= ?", (iss, jti, now)
+            )
+            cur = db.execute(
+                "INSERT OR IGNORE INTO jti_seen (iss, jti, expires_at) VALUES (?, ?, ?)",
+                (iss, jti, expires_at),
+            )
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        self.db.close()
