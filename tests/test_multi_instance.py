@@ -200,6 +200,7 @@ def test_sigkill_of_an_instance_loses_no_acknowledged_feedback(cluster: Cluster)
     with psycopg.connect(cluster.database) as conn:
         stored = {r[0] for r in conn.execute("SELECT card_uuid FROM feedback WHERE card_uuid LIKE 'kill-%'")}
     lost = set(acknowledged) - stored
+    print(f"SIGKILL: {len(acknowledged)} acknowledged, {len(stored)} stored, {len(lost)} lost")
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged entries lost"
 
     body = load_example("v07-daily-lorazepam")
