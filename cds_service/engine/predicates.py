@@ -499,6 +499,7 @@ def _med_view(env: Env, u: MedUse) -> dict[str, Any]:
         "matched_by": u.drug.matched_by,
         "ref": u.ref,
         "start": u.start.isoformat() if u.start else None,
+        "ordered_together": u.kind == "draft",
     }
 
 
@@ -542,8 +543,8 @@ def _order_route_unknown(args: Any, ctx: CompileContext) -> Node:
 
 @predicate(
     "active_medication",
-    "The patient is taking a drug of the value set today (not counting the orders); "
-    "`grace_days` after the end.",
+    "The patient is taking a drug of the value set today, or it is ordered together with the "
+    "order being decided (another draft of the same request); `grace_days` after the end.",
 )
 def _active_medication(args: Any, ctx: CompileContext) -> Node:
     a = _args(args, {"valueset", "grace_days", "bind"}, {"valueset"})
@@ -552,7 +553,7 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
     bind_as = a.get("bind", "meds")
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
-        found = env.facts.active_uses(vs, grace_days=int(grace))
+        found = env.facts.active_uses(vs, grace_days=int(grace)) + env.facts.drafts_in(vs)
         if not found:
             unreadable = env.facts.unreadable_medications_in(vs)
             if unreadable:

@@ -16,6 +16,8 @@ from .predicates import (
     Node,
     Result,
     _args,
+    _med_view,
+    _unreadable_missing,
     predicate,
 )
 
@@ -59,3 +61,57 @@ def _allergy(args: Any, ctx: CompileContext) -> Node:
 
     key = {"vs": vs, "inactive": include_inactive, "confirmed": confirmed_only, "crit": crit, "bind": bind_as}
     return Leaf("allergy", run, key, {f"valueset:{vs}"})
+
+
+@predicate(
+    "concurrent_medication",
+    "An order of `order_valueset` is being decided while a drug of `valueset` is in use: an active "
+    "record (`grace_days` after its end), an administration within `within_days` (default 28), or "
+    "another draft of the same request (orders signed together). `other_ingredient: true` counts only "
+    "drugs with an ingredient the order does not have (IV ketamine during an esketamine course: "
+    "duplicate NMDA-antagonist therapy). Binds `order` and `concurrent` (name, ingredients, source: "
+    "record | administered | ordered together, ref).",
+)
+def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
+    allowed = {"order_valueset", "valueset", "grace_days", "within_days", "other_ingredient"}
+    a = _args(args, allowed, {"order_valueset", "valueset"})
+    order_vs = ctx.valueset(a["order_valueset"], "medication", ("order_valueset",))
+    vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
+    grace = int(ctx.number(a, "grace_days", 0))
+    within = int(ctx.number(a, "within_days", 28))
+    other = bool(ctx.value(a.get("other_ingredient", False)))
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        f, t = env.facts, env.facts.t
+        orders = f.orders_in(order_vs)
+        if not orders:
+            return Result(False)
+        records = [(u, "record") for u in f.active_uses(vs, grace_days=grace)]
+        recent = [s for s in f.sessions(vs) if s.start and (f.today - s.start).days <= within]
+        records += [(s, "administered") for s in recent]
+        for order in orders:
+            found: dict[str, tuple[Any, str]] = {}
+            candidates = records + [(d, "ordered together") for d in f.drafts_in(vs, excluding=order)]
+            for use, source in candidates:
+                if use is order or use.ref == order.ref:
+                    continue
+                if other and not (t.drug_in(use.drug, vs) - order.drug.ingredients):
+                    continue
+                found.setdefault(use.ref, (use, source))
+            if found:
+                views = []
+                for use, source in found.values():
+                    views.append({**_med_view(env, use), "source": source})
+                return Result(
+                    True,
+                    bind={"order": _med_view(env, order), "concurrent": views},
+                    evidence=[order.ref, *found],
+                    reason=f"{len(views)} concurrent record(s)",
+                )
+        unreadable = f.unreadable_medications_in(vs)
+        if unreadable:
+            return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
+        return Result(False)
+
+    key = {"order_vs": order_vs, "vs": vs, "grace": grace, "within": within, "other": other}
+    return Leaf("concurrent_medication", run, key, {f"valueset:{order_vs}", f"valueset:{vs}"})

@@ -387,19 +387,24 @@ class Facts:
         return MedicationResolver(self.record, self.t)
 
     @cached_property
-    def orders(self) -> list[MedUse]:
-        """The orders being decided on: the selected draft orders (order-select) or all of them."""
-        drafts = []
-        selected = set(self.record.selections)
+    def drafts(self) -> list[MedUse]:
+        """Every draft MedicationRequest of the request (the whole order set), identified."""
+        out = []
         for res in self.record.draft_orders:
             if res.get("resourceType") != "MedicationRequest":
                 continue
-            if self.hook == "order-select" and selected and ref(res) not in selected:
-                continue
             use = self._med_use(res, "draft")
             if use is not None:
-                drafts.append(use)
-        return drafts
+                out.append(use)
+        return out
+
+    @cached_property
+    def orders(self) -> list[MedUse]:
+        """The orders being decided on: the selected draft orders (order-select) or all of them."""
+        selected = set(self.record.selections)
+        if self.hook == "order-select" and selected:
+            return [u for u in self.drafts if u.ref in selected]
+        return list(self.drafts)
 
     def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
         drug = self.medications.identify(res).drug
@@ -472,6 +477,11 @@ class Facts:
             (reason + " " + notes).strip(),
             res,
         )
+
+    def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
+        """Drafts of the value set in the request, the one ``excluding`` aside: orders signed
+        together are concurrent medications."""
+        return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
 
     def active_uses(self, valueset: str, *, grace_days: int = 0) -> list[MedUse]:
         """Medication records of a value set in effect today (not the draft orders)."""
