@@ -426,17 +426,24 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
         window = spec["within_hours"] / 24
     label = a.get("label") or _window_label(kind, window)
 
+    def holds(env: Env, obs: ObservationFact) -> bool | None:
+        if positive is not None:
+            return (obs.code in env.facts.positive_answers.get(kind, set())) == bool(positive)
+        return None if obs.value is None else _compare(obs.value, spec)
+
     def run(env: Env, _a: dict[str, Any]) -> Result:
+        # A preliminary reading newer than the latest final one is a signal: it can make the
+        # condition true (and says it is preliminary), never false.
+        for p in env.facts.preliminary(kind, within_days=window):
+            if holds(env, p):
+                return Result(True, bind={kind: _obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         obs = env.facts.latest(kind, within_days=window)
         if obs is None:
             return Result(None, missing=[Missing(kind, label)])
-        bind = {kind: _obs_view(obs)}
-        if positive is not None:
-            hit = obs.code in env.facts.positive_answers.get(kind, set())
-            return Result(hit == bool(positive), bind=bind, evidence=[obs.ref])
-        if obs.value is None:
+        verdict = holds(env, obs)
+        if verdict is None:
             return Result(None, missing=[Missing(kind, label)])
-        return Result(_compare(obs.value, spec), bind=bind, evidence=[obs.ref])
+        return Result(verdict, bind={kind: _obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf("observation", run, {"kind": kind, **spec, "positive": positive}, {f"observation:{kind}"})
 
@@ -476,6 +483,7 @@ def _obs_view(o: ObservationFact) -> dict[str, Any]:
         "date": o.when.date().isoformat(),
         "text": o.text,
         "ref": o.ref,
+        "preliminary": o.preliminary,
     }
 
 

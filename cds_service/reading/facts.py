@@ -10,7 +10,8 @@ pays only for the facts its gate needs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -20,6 +21,7 @@ from .medications import MedicationResolver
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, codings, concept_text, norm_code
+from .timeline import NEVER_TAKEN_MED_STATUS, in_effect
 
 ROUTES = {
     "iv": ("intravenous", "iv", "i.v."),
@@ -30,6 +32,7 @@ ROUTES = {
     "transdermal": ("transdermal", "topical"),
 }
 FORM_ROUTE = {"nasal": "nasal", "oral": "oral", "transdermal": "transdermal"}
+PRELIMINARY_OBS_STATUS = ("preliminary", "unknown")
 INACTIVE_MED_STATUS = {"completed", "stopped", "cancelled", "entered-in-error", "not-taken", "ended"}
 
 
@@ -137,6 +140,7 @@ class ObservationFact:
     unit: str | None = None
     code: tuple[str, str] | None = None  # coded answer (system, code)
     text: str = ""
+    preliminary: bool = False  # status preliminary/unknown: a signal, never a clearance
 
 
 @dataclass
@@ -312,7 +316,7 @@ class Facts:
         their components."""
         out: dict[str, list[tuple[datetime, dict[str, Any], dict[str, Any]]]] = {}
         for o in self.record.resources("Observation"):
-            if o.get("status") in ("entered-in-error", "cancelled", "preliminary"):
+            if o.get("status") in ("entered-in-error", "cancelled", "registered"):
                 continue
             kinds = [self._obs_codes[c] for c in codings(o.get("code")) if c in self._obs_codes]
             components = []
@@ -323,9 +327,12 @@ class Facts:
                         components.append((ck[0], comp))
             if not kinds and not components:
                 continue
+            period = as_dict(o.get("effectivePeriod"))
             when = (
                 parse_datetime(o.get("effectiveDateTime"))
-                or parse_datetime(as_dict(o.get("effectivePeriod")).get("start"))
+                or parse_datetime(o.get("effectiveInstant"))
+                or parse_datetime(period.get("start"))
+                or parse_datetime(period.get("end"))
                 or parse_datetime(o.get("issued"))
             )
             if when is None:
@@ -345,24 +352,44 @@ class Facts:
         when, resource, element = item
         if not self.record.usable(resource):  # malformed: skipped and reported
             return None
-        return _obs_fact(ref(resource), kind, when, element)
+        fact = _obs_fact(ref(resource), kind, when, element)
+        if resource.get("status") in PRELIMINARY_OBS_STATUS:
+            fact = replace(fact, preliminary=True)
+        return fact
 
-    def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
-        """The newest readable observation of a kind, optionally no older than ``within_days``."""
+    def _recent(self, kind: str, within_days: float | None) -> Iterator[ObservationFact]:
+        """Readable observations of a kind, newest first, within the window (none future-dated)."""
         for item in self._observation_candidates.get(kind, []):
             when = item[0]
             if when > self.now + timedelta(hours=1):
                 continue  # a future-dated reading is not a current one
             if within_days is not None and (self.now - when) > timedelta(days=within_days):
-                return None
+                return
             fact = self._checked(kind, item)
             if fact is not None:
-                return fact
-        return None
+                yield fact
+
+    def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
+        """The newest readable *final* observation of a kind, optionally no older than ``within_days``
+        (preliminary ones never clear a check: see :meth:`preliminary`)."""
+        return next((f for f in self._recent(kind, within_days) if not f.preliminary), None)
+
+    def preliminary(self, kind: str, *, within_days: float | None = None) -> list[ObservationFact]:
+        """Preliminary readings newer than the latest final one in the window (safety signals)."""
+        out = []
+        for f in self._recent(kind, within_days):
+            if not f.preliminary:
+                break
+            out.append(f)
+        return out
 
     def series(self, kind: str) -> list[ObservationFact]:
-        """Every readable observation of a kind, oldest first (scores over time)."""
-        facts = [f for item in self._observation_candidates.get(kind, []) if (f := self._checked(kind, item))]
+        """Every readable final observation of a kind, oldest first (scores over time)."""
+        facts = [
+            f
+            for item in self._observation_candidates.get(kind, [])
+            if (f := self._checked(kind, item)) and not f.preliminary
+        ]
         return facts[::-1]
 
     # medications --------------------------------------------------------------------------------
@@ -429,8 +456,12 @@ class Facts:
             start = parse_date(bounds.get("start")) or parse_date(validity.get("start")) or start
             end = parse_date(bounds.get("end")) or parse_date(validity.get("end"))
         elif kind == "MedicationStatement":
-            period = res.get("effectivePeriod") or {}
-            start = parse_date(period.get("start")) or parse_date(res.get("effectiveDateTime"))
+            period = as_dict(res.get("effectivePeriod"))
+            start = (
+                parse_date(period.get("start"))
+                or parse_date(res.get("effectiveDateTime"))
+                or parse_date(res.get("dateAsserted"))
+            )
             end = parse_date(period.get("end"))
             dosage = as_dict((as_list(res.get("dosage")) or [{}])[0])
         elif kind == "MedicationDispense":
@@ -440,10 +471,13 @@ class Facts:
             end = (add_days(start, days) or start) if start and days is not None else start
             dosage = as_dict((as_list(res.get("dosageInstruction")) or [{}])[0])
         else:  # MedicationAdministration
-            start = parse_date(res.get("effectiveDateTime")) or parse_date(
-                (res.get("effectivePeriod") or {}).get("start")
+            period = as_dict(res.get("effectivePeriod"))
+            start = (
+                parse_date(res.get("effectiveDateTime"))
+                or parse_date(period.get("start"))
+                or parse_date(period.get("end"))
             )
-            end = start
+            end = parse_date(period.get("end")) or start
             adm = res.get("dosage") or {}
             dose, dose_unit = quantity_mg(adm.get("dose"))
             route = route_of(adm.get("route"))
@@ -485,21 +519,20 @@ class Facts:
 
     def active_uses(self, valueset: str, *, grace_days: int = 0) -> list[MedUse]:
         """Medication records of a value set in effect today (not the draft orders)."""
+        uses = [u for u in self.medication_uses if self.t.drug_in(u.drug, valueset)]
         out = []
-        for u in self.medication_uses:
-            if not self.t.drug_in(u.drug, valueset):
-                continue
+        for u in uses:
             if u.kind == "MedicationAdministration":
-                if u.start and (self.today - u.start).days <= max(grace_days, 1):
+                if (
+                    u.status not in NEVER_TAKEN_MED_STATUS
+                    and u.start
+                    and (self.today - u.start).days <= max(grace_days, 1)
+                ):
                     out.append(u)
                 continue
-            if u.status in INACTIVE_MED_STATUS and u.kind != "MedicationDispense":
-                continue
-            if u.start and u.start > self.today:
-                continue
-            if u.end and (self.today - u.end).days > grace_days:
-                continue
-            out.append(u)
+            same = [v for v in uses if v.drug.ingredients & u.drug.ingredients]
+            if in_effect(u, same, self.today, grace_days):
+                out.append(u)
         return out
 
     def orders_in(self, valueset: str) -> list[MedUse]:

@@ -1,0 +1,59 @@
+"""When a medication record was in effect: start, end, and how long after its end it still counts.
+
+A stopped or completed prescription or statement still matters for interactions with a washout
+(an MAOI stopped ten days ago): it counts until its end plus the rule's grace window. Its end is the
+record's own end date when that is past; otherwise the end of the last supply dispensed or the last
+administration of the same drug; otherwise, when its recorded end is still ahead (stopped early on
+an unknown day), today — the safe reading; otherwise its start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from typing import Protocol
+
+# Taken, then ended: counts until its end plus the washout/grace window.
+ENDED_MED_STATUS = frozenset({"completed", "stopped"})
+# Never taken or never handed over: never counts.
+NEVER_TAKEN_MED_STATUS = frozenset({"cancelled", "entered-in-error", "not-taken", "declined", "not-done"})
+
+
+class Use(Protocol):  # the parts of facts.MedUse this module reads
+    kind: str
+    status: str
+    start: date | None
+    end: date | None
+
+    @property
+    def drug(self) -> object: ...
+
+
+def ended_on(use: Use, same_drug: Iterable[Use], today: date) -> date | None:
+    """The day a stopped/completed record's use ended (see the module docstring)."""
+    if use.end is not None and use.end <= today:
+        return use.end
+    supply = [
+        min(d, today)
+        for u in same_drug
+        if u.kind in ("MedicationDispense", "MedicationAdministration")
+        and (d := u.end or u.start) is not None
+        and (use.start is None or d >= use.start)
+    ]
+    if supply:
+        return max(supply)
+    if use.end is not None:  # recorded end still ahead, yet stopped: the day is not known
+        return today
+    return use.start
+
+
+def in_effect(use: Use, same_drug: Iterable[Use], today: date, grace_days: int) -> bool:
+    """Whether a (non-draft, non-administration) record counts today, ``grace_days`` after its end."""
+    if use.status in NEVER_TAKEN_MED_STATUS:
+        return False
+    if use.start and use.start > today:
+        return False
+    if use.status in ENDED_MED_STATUS and use.kind != "MedicationDispense":
+        end = ended_on(use, same_drug, today)
+        return end is not None and (today - end).days <= grace_days
+    return not (use.end and (today - use.end).days > grace_days)
