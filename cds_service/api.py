@@ -175,6 +175,7 @@ def call(service_id: str) -> Response:
         prefetch={k: v for k, v in outcome.prefetch.origin.items() if v != "prefetched"},
         resources=outcome.evaluation.facts.record.size,
         skipped_resources=len(outcome.evaluation.facts.record.problems),
+        ignored_elements=outcome.evaluation.facts.record.ignored_counts(),
         rules_version=ruleset.fingerprint[:12],
     )
     return jsonify(outcome.response)

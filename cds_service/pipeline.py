@@ -22,6 +22,9 @@ from .reading.prefetch import PrefetchResult, resolve_prefetch
 from .reading.record import PatientRecord
 
 TIME_EXTENSION = "ketamine-cds.evaluation-time"
+# Response extension: elements of the resources read that were invalid but that no fact reads, so
+# they were ignored (resource type, element path, reason, count; never a value or an id).
+IGNORED_EXTENSION = "ketamine-cds.ignored-elements"
 
 
 @dataclass
@@ -84,8 +87,12 @@ def run(
     t2 = time.perf_counter()
     cards = render_cards(ev, context.get("patientId"))
     t3 = time.perf_counter()
+    response: dict[str, Any] = {"cards": cards}
+    ignored = record.ignored_report()
+    if ignored:
+        response["extension"] = {IGNORED_EXTENSION: ignored}
     return Outcome(
-        {"cards": cards},
+        response,
         ev,
         prefetched,
         {"fhir_ms": (t1 - t0) * 1000, "rules_ms": (t2 - t1) * 1000, "cards_ms": (t3 - t2) * 1000},

@@ -17,12 +17,26 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from .elements import Reads
 from .raw import as_dict, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, concept_text
 
 CLINICAL_STATUSES = ("active", "inactive", "resolved")
 DROPPED_VERIFICATION = ("refuted", "entered-in-error")
+READS = Reads(
+    "AllergyIntolerance",
+    "code",
+    "clinicalStatus",
+    "verificationStatus",
+    "criticality",
+    "type",
+    "category",
+    "recordedDate",
+    "reaction.substance",
+    "reaction.manifestation",
+    "reaction.severity",
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ def read_allergies(record: PatientRecord, terminology: Terminology) -> Allergies
                     drug.matched_by if drug.matched_by == "code" else match.matched_by,
                     substance,
                 )
-        if not record.usable(res):
+        if not record.readable(res, READS):
             if drug.ingredients:
                 out.unreadable.append((ref(res), drug))
             continue

@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
+from .elements import Reads
 from .fhir_client import Deadline, FhirClient, FhirFetchError
 from .raw import as_dict, as_list
 from .record import PatientRecord, Problem
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 _MEDICATION_REF = re.compile(r"(?:^|/)Medication/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 FETCHED = "fhirServer:Medication"  # origin of Medications read by id after the prefetch
 MAX_FETCH_IDS = 50  # distinct Medication ids read from the FHIR server per request
+MEDICATION = Reads("Medication", "code", "form", "ingredient.item[x]")
 
 
 def medication_id(reference: Any) -> str | None:
@@ -74,8 +76,8 @@ class MedicationResolver:
         reference = ref.get("reference")
         display = ref.get("display") if isinstance(ref.get("display"), str) else ""
         med, via = self._find(res, reference)
-        if med is not None and via != "contained" and not self.record.usable(med):
-            med = None  # malformed: reported by the record; identified by the display below, if any
+        if med is not None and not self.record.readable(med, MEDICATION):
+            med = None  # unreadable: reported by the record; identified by the display below, if any
         if med is not None:
             drug = self.of_medication(med, res)
             if not drug.ingredients and display:  # a Medication with only a local code: try the display
@@ -206,4 +208,3 @@ def fetch_missing(
             record.add(med, FETCHED)
             got.add(med["id"])
     return got
-

@@ -1,24 +1,22 @@
-"""The patient record of one request: resources by type, checked before use.
+"""The patient record of one request: resources by type, read element by element.
 
-Resources are grouped and de-duplicated without being parsed; a resource is validated against the
-FHIR R4 model (``fhir.resources.R4B``) the first time a fact is derived from it. Most of a large
-record is never relevant to ketamine and is never paid for; a malformed resource that does matter
-is skipped and reported instead of failing the request.
+Resources are grouped and de-duplicated without being parsed. Nothing validates a resource as a
+whole: a fact asks :meth:`PatientRecord.readable` whether the elements it reads (a
+:class:`~.elements.Reads`) are valid FHIR R4B. A resource whose *read* element is invalid is
+reported as a :class:`Problem` and that fact is unknown; a resource whose other elements are
+invalid is kept, and those elements are counted in :meth:`PatientRecord.ignored_report` (type,
+element path, count: no values, no ids). Most of a large record is never relevant to ketamine
+and is never paid for.
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
-
 from ..services import PREFETCH_TYPES
+from .elements import Reads, first_error, ignored_elements
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,9 @@ class PatientRecord:
     draft_orders: list[dict[str, Any]] = field(default_factory=list)
     selections: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    _checked: dict[int, bool] = field(default_factory=dict, repr=False)
+    ignored: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    _checked: dict[tuple[int, int], bool] = field(default_factory=dict, repr=False)
+    _shallow_checked: set[int] = field(default_factory=set, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -89,73 +89,50 @@ class PatientRecord:
         """The prefetch key (or other source) a resource came from."""
         return self._origin.get(id(resource))
 
-    def usable(self, resource: dict[str, Any]) -> bool:
-        """Validate a resource against its R4 model once; report and skip it if malformed."""
-        key = id(resource)
-        if key not in self._checked:
-            self._checked[key] = self._validate(resource)
-        return self._checked[key]
+    def readable(self, resource: dict[str, Any], reads: Reads) -> bool:
+        """Whether every element ``reads`` names is valid R4B in this resource (absent counts as
+        valid: the fact has no value for it). If not, the resource is reported once per element
+        set and the caller must treat its fact as unknown. Memoised per request."""
+        key = (id(resource), id(reads))
+        verdict = self._checked.get(key)
+        if verdict is None:
+            error = (
+                first_error(resource, reads)
+                if resource.get("resourceType") == reads.rtype
+                else (f"expected {reads.rtype}, got {resource.get('resourceType')!r}")
+            )
+            verdict = error is None
+            self._checked[key] = verdict
+            if error is not None:
+                self.problems.append(Problem(self._origin.get(id(resource), "?"), _ref(resource), error))
+            if id(resource) not in self._shallow_checked:
+                self._shallow_checked.add(id(resource))
+                for (path, reason), n in ignored_elements(resource, reads.rtype).items():
+                    self.ignored[(reads.rtype, path, reason)] += n
+        return verdict
 
-    def _validate(self, resource: dict[str, Any]) -> bool:
-        where = self._origin.get(id(resource), "?")
-        try:
-            digest = hashlib.blake2b(orjson.dumps(resource), digest_size=16).digest()
-        except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
-            digest = None
-        error: str | None = None
-        cached = False
-        if digest is not None:
-            with _VERDICT_LOCK:  # gunicorn threads share the cache
-                if digest in _VERDICTS:
-                    error, cached = _VERDICTS[digest], True
-                    _VERDICTS.move_to_end(digest)
-        if not cached:
-            error = _model_error(resource)
-            if digest is not None:
-                with _VERDICT_LOCK:
-                    _VERDICTS[digest] = error
-                    if len(_VERDICTS) > _VERDICT_LIMIT:
-                        _VERDICTS.popitem(last=False)  # least recently used
-        if error is not None:
-            self.problems.append(Problem(where, _ref(resource), error))
-            return False
-        return True
+    def ignored_counts(self) -> dict[str, int]:
+        """``{"MedicationRequest.category": 1}``: the ignored elements by path, for the call log."""
+        out: Counter[str] = Counter()
+        for (rtype, path, _reason), n in self.ignored.items():
+            out[f"{rtype}.{path}"] += n
+        return dict(sorted(out.items()))
+
+    def ignored_report(self) -> list[dict[str, Any]]:
+        """Invalid elements of resources that were read, which no fact reads and which were
+        therefore ignored: ``[{"resourceType", "element", "reason", "count"}]`` (no values, no ids)."""
+        return [
+            {"resourceType": rtype, "element": path, "reason": reason, "count": n}
+            for (rtype, path, reason), n in sorted(self.ignored.items())
+        ]
 
     def resources(self, rtype: str) -> list[dict[str, Any]]:
-        """Every resource of a type, unvalidated (callers filter, then call :meth:`usable`)."""
+        """Every resource of a type, unvalidated (callers filter, then call :meth:`readable`)."""
         return self.by_type.get(rtype, [])
 
     @property
     def size(self) -> int:
         return sum(len(v) for v in self.by_type.values()) + (1 if self.patient else 0)
-
-
-# Validation verdicts by content digest. EHRs send the same resources with every hook call of a
-# session (patient-view, then order-select on each change, then order-sign), and validating a
-# MedicationRequest against the R4 model costs about a millisecond; identical content always gets
-# the same verdict, so it is computed once per process.
-# Bounded (least recently used out) at about 170 bytes an entry: ~4 MB per worker.
-_VERDICTS: OrderedDict[bytes, str | None] = OrderedDict()
-_VERDICT_LIMIT = 25_000
-_VERDICT_LOCK = threading.Lock()
-
-
-def _model_error(resource: dict[str, Any]) -> str | None:
-    """Why a resource fails its FHIR R4 model, or None when it is valid."""
-    rtype = resource.get("resourceType")
-    try:
-        model = get_fhir_model_class(rtype)
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return f"unknown resourceType {rtype!r}"
-    try:
-        model.model_validate(resource)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {first.get('msg', 'invalid')}"[:200]
-    except (ValueError, TypeError, RecursionError) as exc:
-        return f"invalid: {exc}"[:200]
-    return None
 
 
 def _ref(resource: Any) -> str:

@@ -1,0 +1,94 @@
+"""Condition facts: a Condition's code, status and dates, validated only when a rule reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property
+from typing import Any
+
+from .dates import parse_date
+from .elements import Reads
+from .record import PatientRecord, ref
+from .terminology import Terminology, codings, concept_text
+
+CONDITION = Reads(
+    "Condition", "code", "clinicalStatus", "verificationStatus", "onset[x]", "abatement[x]", "recordedDate"
+)
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    ref: str
+    concept: dict[str, Any]
+    text: str
+    active: bool
+    onset: date | None
+    abatement: date | None
+    recorded: date | None
+
+
+class ConditionFacts:
+    """The Condition half of :class:`~.facts.Facts` (a mixin: it uses the record and terminology)."""
+
+    record: PatientRecord
+    t: Terminology
+    today: date
+    malformed_conditions: list[dict[str, Any]]
+    _condition_facts: dict[int, ConditionFact | None]
+
+    # Conditions are matched on their raw codes first and validated only when a rule reads them:
+    # most of a large record is never relevant and never pays for validation.
+    @cached_property
+    def _coded_conditions(self) -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
+        """(resource, its codings) for every coded Condition, codings read once per request."""
+        return [(c, cs) for c in self.record.resources("Condition") if (cs := codings(c.get("code")))]
+
+    def _condition_fact(self, c: dict[str, Any]) -> ConditionFact | None:
+        """The validated fact of a Condition (None if unreadable, refuted or entered in error)."""
+        key = id(c)
+        if key in self._condition_facts:
+            return self._condition_facts[key]
+        fact = None
+        if not self.record.readable(c, CONDITION):
+            self.malformed_conditions.append(c)
+        elif first_code(c.get("verificationStatus")) not in ("refuted", "entered-in-error"):
+            clinical = first_code(c.get("clinicalStatus"))
+            abatement = parse_date(c.get("abatementDateTime")) or parse_date(
+                (c.get("abatementPeriod") or {}).get("end")
+            )
+            active = clinical in ("active", "recurrence", "relapse") or (
+                clinical is None and (abatement is None or abatement > self.today)
+            )
+            fact = ConditionFact(
+                ref(c),
+                c.get("code") or {},
+                concept_text(c.get("code")),
+                active,
+                parse_date(c.get("onsetDateTime")) or parse_date((c.get("onsetPeriod") or {}).get("start")),
+                abatement,
+                parse_date(c.get("recordedDate")),
+            )
+        self._condition_facts[key] = fact
+        return fact
+
+    def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
+        out = []
+        for c, cs in self._coded_conditions:
+            if self.t.codes_in(cs, valueset):
+                fact = self._condition_fact(c)
+                if fact is not None and (fact.active or not active_only):
+                    out.append(fact)
+        return out
+
+    def unreadable_conditions_in(self, valueset: str) -> list[str]:
+        """References of unreadable Conditions whose code is in the value set."""
+        self.conditions_in(valueset)
+        return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]
+
+
+def first_code(concept: Any) -> str | None:
+    for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            return c["code"]
+    return None

@@ -1,0 +1,260 @@
+"""Element-level validation: check what a fact reads against FHIR R4B, tolerate the rest.
+
+EHRs send slightly invalid FHIR every day (the CDS Hooks Sandbox writes ``MedicationRequest.category``
+as one object instead of an array). A resource is therefore never judged as a whole: each fact
+declares the elements it reads (:class:`Reads`), and only those are validated, each with the
+``fhir.resources`` R4B type of that element (``Dosage.doseAndRate`` with ``DosageDoseAndRate``,
+``Observation.effectiveDateTime`` with the ``dateTime`` primitive …). An invalid element that a fact
+reads makes that fact unknown; elements no fact reads get only a shallow shape check (known name,
+array or single value), and what it finds is reported as *ignored* (resource type, element path,
+count: never a value).
+
+Validation verdicts are cached by the element's content: codes, units and dosages repeat across
+patients and hook calls, so most elements are checked once per process.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import TypeAdapter, ValidationError
+
+# -- the R4B model, per element ---------------------------------------------------------------------
+
+
+def _model(name: str) -> Any:
+    return get_fhir_model_class(name)
+
+
+def _item_type(annotation: Any) -> tuple[bool, Any]:
+    """(is an array, the element's item type) of a field annotation such as Optional[List[X]]."""
+    many = False
+    t = annotation
+    while True:
+        origin = typing.get_origin(t)
+        if origin is typing.Union or origin is types.UnionType:
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            t = args[0] if len(args) == 1 else t
+            if len(args) != 1:
+                return many, t
+        elif origin is list:
+            many = True
+            t = typing.get_args(t)[0]
+        else:
+            return many, t
+
+
+def _complex_model(item: Any) -> Any | None:
+    """The model class behind a complex element type (``abc.DosageType`` → ``Dosage``), else None."""
+    get = getattr(item, "get_model_klass", None)
+    return get() if callable(get) else None
+
+
+@dataclass(frozen=True)
+class _Field:
+    key: str  # the JSON name
+    many: bool
+    model: Any | None  # the complex type's model class; None for a primitive
+    annotation: Any
+
+
+_FIELDS: dict[Any, dict[str, _Field]] = {}
+
+
+def fields_of(model: Any) -> dict[str, _Field]:
+    """Every JSON key a model allows (primitive extensions ``_x`` included), by key."""
+    known = _FIELDS.get(model)
+    if known is None:
+        known = {}
+        for name, info in model.model_fields.items():
+            if name == "fhir_comments":
+                continue
+            key = info.alias or name
+            many, item = _item_type(info.annotation)
+            known[key] = _Field(key, many, _complex_model(item), info.annotation)
+        _FIELDS[model] = known
+    return known
+
+
+# -- declared reads ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Leaf:
+    key: str
+    adapter: TypeAdapter[Any]
+
+
+@dataclass(frozen=True)
+class _Check:
+    path: str  # as declared, for messages ("dosageInstruction.doseAndRate")
+    steps: tuple[_Field, ...]  # intermediate complex elements walked to reach the leaf
+    leaves: tuple[_Leaf, ...]  # the element itself (several keys for a choice element ``value[x]``)
+
+
+# Every element any fact reads, by resource type, as a tree of keys: the shallow check skips these.
+_READ_TREE: dict[str, dict[str, Any]] = {}
+_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    key = id(annotation)
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(annotation)
+    return _ADAPTERS[key]
+
+
+class Reads:
+    """The elements of one resource type that a fact reads, compiled against R4B at import.
+
+    Paths are dotted from the resource: ``"status"``, ``"effective[x]"`` (every choice type),
+    ``"dosageInstruction.doseAndRate"`` (arrays on the way are walked item by item). A path that
+    R4B does not define raises ``ValueError`` at import, so a typo cannot pass silently.
+    """
+
+    def __init__(self, rtype: str, *paths: str) -> None:
+        self.rtype = rtype
+        self.paths = paths
+        self.checks = tuple(self._compile(p) for p in paths)
+
+    def __repr__(self) -> str:
+        return f"Reads({self.rtype!r}, {', '.join(map(repr, self.paths))})"
+
+    def _compile(self, path: str) -> _Check:
+        model = _model(self.rtype)
+        tree = _READ_TREE.setdefault(self.rtype, {})
+        *heads, last = path.split(".")
+        steps = []
+        for name in heads:
+            f = fields_of(model).get(name)
+            if f is None or f.model is None:
+                raise ValueError(
+                    f"{self.rtype}: {path}: {name!r} is not a complex element of {model.__name__}"
+                )
+            steps.append(f)
+            model = f.model
+            tree = tree.setdefault(name, {})
+        known = fields_of(model)
+        if last.endswith("[x]"):
+            stem = last[:-3]
+            keys = [k for k in known if k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper()]
+        else:
+            keys = [last] if last in known else []
+        if not keys:
+            raise ValueError(f"{self.rtype}: {path}: {model.__name__} has no element {last!r}")
+        for k in keys:
+            tree.setdefault(k, None)
+        return _Check(path, tuple(steps), tuple(_Leaf(k, _adapter(known[k].annotation)) for k in keys))
+
+
+# -- validation -------------------------------------------------------------------------------------
+# Verdicts by (element type, content): None when valid, else (location inside the element, message).
+# Bounded: emptied when full (a dict probe is all a hit costs).
+_VERDICTS: dict[tuple[int, bytes | str], tuple[str, str] | None] = {}
+_VERDICT_LIMIT = 50_000
+_MISS = object()
+_SHAPE = {True: "expected an array", False: "expected a single value, got an array"}
+
+
+def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
+    try:
+        content: bytes | str | None = value if isinstance(value, str) else orjson.dumps(value)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        content = None
+    key = (id(leaf.adapter), content) if content is not None else None
+    if key is not None:
+        hit = _VERDICTS.get(key, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+    error: tuple[str, str] | None = None
+    try:
+        leaf.adapter.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        error = (loc, msg[:160])
+    except (ValueError, TypeError, RecursionError) as exc:
+        error = ("", f"invalid ({type(exc).__name__})")
+    if key is not None:
+        if len(_VERDICTS) >= _VERDICT_LIMIT:
+            _VERDICTS.clear()
+        _VERDICTS[key] = error
+    return error
+
+
+def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
+    """Why an element ``reads`` names is not valid R4B (``"dosageInstruction[0].timing.repeat.frequency:
+    Input should be a valid integer"``), or None. An absent element is not an error: the fact simply
+    has no value for it. Messages name elements, never their values."""
+    for check in reads.checks:
+        objects: list[tuple[str, dict[str, Any]]] = [("", resource)]
+        for step in check.steps:
+            nxt = []
+            for where, obj in objects:
+                value = obj.get(step.key)
+                if value is None:
+                    continue
+                here = f"{where}{step.key}"
+                if step.many != isinstance(value, list):
+                    return f"{here}: {_SHAPE[step.many]}"
+                for i, item in enumerate(value if step.many else [value]):
+                    at = f"{here}[{i}]" if step.many else here
+                    if not isinstance(item, dict):
+                        return f"{at}: expected an object"
+                    nxt.append((f"{at}.", item))
+            objects = nxt
+        for where, obj in objects:
+            for leaf in check.leaves:
+                if leaf.key in obj:
+                    error = _verdict(leaf, obj[leaf.key])
+                    if error is not None:
+                        return f"{where}{leaf.key}{error[0]}: {error[1]}"
+    return None
+
+
+def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str, str]]:
+    """Elements of a resource no fact reads whose shape is wrong, as (element path, reason) counts.
+
+    Only a shallow check (a name R4B defines, an array where R4B wants one and only there), walked
+    along the elements that facts read; the content of unread elements is never validated."""
+    out: Counter[tuple[str, str]] = Counter()
+    try:
+        model = _model(rtype)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return out
+    _shallow(resource, model, _READ_TREE.get(rtype, {}), "", out, top=True)
+    return out
+
+
+def _shallow(
+    obj: dict[str, Any],
+    model: Any,
+    tree: dict[str, Any],
+    prefix: str,
+    out: Counter[tuple[str, str]],
+    top: bool,
+) -> None:
+    known = fields_of(model)
+    for key, value in obj.items():
+        if top and key == "resourceType":
+            continue
+        f = known.get(key)
+        path = f"{prefix}{key}"
+        if f is None:
+            out[(path, "not an element of R4B " + model.__name__)] += 1
+            continue
+        sub = tree.get(key, False)
+        if sub is None:
+            continue  # a leaf a fact reads: validated when read
+        if isinstance(value, list) != f.many and value is not None:
+            out[(path, _SHAPE[f.many])] += 1
+            continue
+        if sub and f.model is not None:  # an element on the way to what facts read: look inside
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    _shallow(item, f.model, sub, f"{path}.", out, top=False)

@@ -1,0 +1,449 @@
+"""Medication use: every medication record as a :class:`MedUse`, trials, sessions, draft orders.
+
+Which drug a record names is :mod:`.medications`' job (inline code, contained, included or fetched
+Medication); this module reads what the record says about its use.
+
+A record is read in two parts, each validated on its own (:class:`~.elements.Reads`): what it is
+and when (drug, status, intent, dates, stop reasons) and how it is dosed (dose, rate, timing,
+route). An unreadable first part makes the record unknown (a rule that would have read it asks for
+it); an unreadable dosage leaves the record known with its dose, route and duration unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cached_property
+from typing import Any
+
+from .dates import parse_date
+from .elements import Reads
+from .medications import MedicationResolver
+from .raw import add_days, as_dict, as_float, as_list
+from .record import PatientRecord, ref
+from .terminology import DrugMatch, Terminology, concept_text
+from .timeline import NEVER_TAKEN_MED_STATUS, in_effect
+
+ROUTES = {
+    "iv": ("intravenous", "iv", "i.v."),
+    "im": ("intramuscular", "im", "i.m."),
+    "sc": ("subcutaneous", "sc", "s.c.", "subcut"),
+    "nasal": ("nasal", "intranasal"),
+    "oral": ("oral", "po", "by mouth", "sublingual"),
+    "transdermal": ("transdermal", "topical"),
+}
+FORM_ROUTE = {"nasal": "nasal", "oral": "oral", "transdermal": "transdermal"}
+INACTIVE_MED_STATUS = {"completed", "stopped", "cancelled", "entered-in-error", "not-taken", "ended"}
+
+_DOSAGE = ("doseAndRate", "timing", "route", "text")
+# What each kind of record is read for: (identity, status and dates; dosage).
+READS: dict[str, tuple[Reads, Reads]] = {
+    "MedicationRequest": (
+        Reads(
+            "MedicationRequest",
+            "status",
+            "intent",
+            "medication[x]",
+            "authoredOn",
+            "dispenseRequest.validityPeriod",
+            "dosageInstruction.timing.repeat.bounds[x]",
+            "statusReason",
+            "note",
+        ),
+        Reads("MedicationRequest", *(f"dosageInstruction.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationStatement": (
+        Reads(
+            "MedicationStatement",
+            "status",
+            "medication[x]",
+            "effective[x]",
+            "dateAsserted",
+            "statusReason",
+            "note",
+        ),
+        Reads("MedicationStatement", *(f"dosage.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationDispense": (
+        Reads(
+            "MedicationDispense",
+            "status",
+            "medication[x]",
+            "whenHandedOver",
+            "whenPrepared",
+            "daysSupply",
+            "note",
+        ),
+        Reads("MedicationDispense", *(f"dosageInstruction.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationAdministration": (
+        Reads("MedicationAdministration", "status", "medication[x]", "effective[x]", "statusReason", "note"),
+        Reads("MedicationAdministration", "dosage.dose", "dosage.route", "dosage.rate[x]"),
+    ),
+}
+
+
+# -- small parsers ----------------------------------------------------------------------------------
+def quantity_mg(q: Any) -> tuple[float | None, str | None]:
+    """(value, unit) of a dose Quantity, converted to mg when the unit is g/mcg; mg/kg kept."""
+    value = as_float(q.get("value")) if isinstance(q, dict) else None
+    if value is None:
+        return None, None
+    unit = str(q.get("code") or q.get("unit") or "").strip().lower()
+    if unit in ("mg", "milligram", "milligrams"):
+        return value, "mg"
+    if unit in ("g", "gram"):
+        return value * 1000, "mg"
+    if unit in ("ug", "mcg", "microgram"):
+        return value / 1000, "mg"
+    if unit in ("mg/kg", "mg/kg/dose"):
+        return value, "mg/kg"
+    return value, unit or None
+
+
+_ROUTE_PATTERNS = [
+    (route, re.compile("|".join(rf"(?<![a-z]){re.escape(w)}(?![a-z])" for w in words)))
+    for route, words in ROUTES.items()
+]
+
+
+def route_of(concept: Any) -> str | None:
+    text = concept_text(concept).lower()
+    if not text:
+        return None
+    for route, pattern in _ROUTE_PATTERNS:
+        if pattern.search(text):
+            return route
+    return None
+
+
+def minutes(value: Any, unit: Any) -> float | None:
+    value = as_float(value)
+    if value is None:
+        return None
+    factor = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(str(unit))
+    return float(value) * factor if factor else None
+
+
+def per_day(repeat: dict[str, Any]) -> float | None:
+    freq, period, unit = (
+        as_float(repeat.get("frequency")),
+        as_float(repeat.get("period")),
+        repeat.get("periodUnit"),
+    )
+    if freq is None or period is None or period <= 0:
+        return None
+    days = {"h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}.get(str(unit))
+    return freq / (period * days) if days else None
+
+
+# -- fact records -----------------------------------------------------------------------------------
+@dataclass
+class MedUse:
+    """One medication record (request, statement, dispense, administration or draft order)."""
+
+    ref: str
+    kind: str
+    drug: DrugMatch
+    status: str
+    start: date | None
+    end: date | None
+    dose: float | None = None
+    dose_unit: str | None = None
+    doses_per_day: float | None = None
+    route: str | None = None
+    infusion_minutes: float | None = None
+    stop_reason: str = ""
+    resource: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def daily_dose(self) -> float | None:
+        if self.dose is None or self.dose_unit != "mg":
+            return None
+        return self.dose * (self.doses_per_day or 1)
+
+    def describe(self) -> str:
+        name = self.drug.text or "/".join(sorted(self.drug.ingredients))
+        return name[:80]
+
+
+@dataclass
+class Trial:
+    """Use of one ingredient consolidated from every record of it (dose changes are one trial)."""
+
+    ingredient: str
+    start: date
+    end: date
+    ongoing: bool
+    refs: list[str]
+    max_daily_dose: float | None
+    stop_reasons: list[str]
+    text_matched: bool
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+    @property
+    def weeks(self) -> int:
+        return self.days // 7
+
+
+@dataclass
+class _Dosing:
+    dose: float | None = None
+    dose_unit: str | None = None
+    per_day: float | None = None
+    route: str | None = None
+    infusion: float | None = None
+
+
+# -- the medication half of Facts -------------------------------------------------------------------
+class MedicationFacts:
+    """Medication records, trials and sessions (a mixin of :class:`~.facts.Facts`)."""
+
+    record: PatientRecord
+    t: Terminology
+    today: date
+    hook: str
+    malformed_meds: list[tuple[str, DrugMatch]]
+    malformed_orders: list[tuple[str, DrugMatch]]
+    unidentified_orders: list[dict[str, Any]]
+    _trials: dict[tuple[str, int], list[Trial]]
+
+    @cached_property
+    def medication_uses(self) -> list[MedUse]:
+        uses: list[MedUse] = []
+        for rtype in READS:
+            for res in self.record.resources(rtype):
+                use = self._med_use(res, rtype)
+                if use is not None:
+                    uses.append(use)
+        return uses
+
+    @cached_property
+    def medications(self) -> MedicationResolver:
+        """Which drug each record names (inline, contained, included or fetched Medication)."""
+        return MedicationResolver(self.record, self.t)
+
+    @cached_property
+    def drafts(self) -> list[MedUse]:
+        """Every draft MedicationRequest of the request (the whole order set), identified."""
+        out = []
+        for res in self.record.draft_orders:
+            if res.get("resourceType") != "MedicationRequest":
+                continue
+            use = self._med_use(res, "draft")
+            if use is not None:
+                out.append(use)
+        return out
+
+    @cached_property
+    def orders(self) -> list[MedUse]:
+        """The orders being decided on: the selected draft orders (order-select) or all of them."""
+        selected = set(self.record.selections)
+        if self.hook == "order-select" and selected:
+            return [u for u in self.drafts if u.ref in selected]
+        return list(self.drafts)
+
+    def unreadable_medications_in(self, valueset: str) -> list[str]:
+        """References of unreadable medication records of a drug in the value set."""
+        _ = self.medication_uses
+        return [r for r, drug in self.malformed_meds if self.t.drug_in(drug, valueset)]
+
+    def unreadable_orders_in(self, valueset: str) -> list[str]:
+        """References of unreadable draft orders of a drug in the value set."""
+        _ = self.orders
+        return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
+
+    def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
+        drug = self.medications.identify(res).drug
+        if not drug.ingredients:
+            if kind == "draft":
+                self.unidentified_orders.append(res)
+            return None
+        status = str(res.get("status") or "")
+        if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
+            return None
+        rtype = "MedicationRequest" if kind == "draft" else kind
+        core, dosing_reads = READS[rtype]
+        if not self.record.readable(res, core):
+            (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
+            return None
+        start, end = self._dates(res, rtype)
+        d = self._dosing(res, rtype) if self.record.readable(res, dosing_reads) else _Dosing()
+        route = d.route or FORM_ROUTE.get(drug.form or "")
+        if route is None and drug.form == "injection":
+            route = "injection"
+        status_reason = res.get("statusReason")
+        reasons = status_reason if isinstance(status_reason, list) else [status_reason]
+        reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
+        notes = " ".join(str(n.get("text", "")) for n in as_list(res.get("note")) if isinstance(n, dict))
+        return MedUse(
+            ref(res),
+            kind,
+            drug,
+            status,
+            start,
+            end,
+            d.dose,
+            d.dose_unit,
+            d.per_day,
+            route,
+            d.infusion,
+            (reason + " " + notes).strip(),
+            res,
+        )
+
+    @staticmethod
+    def _dates(res: dict[str, Any], rtype: str) -> tuple[date | None, date | None]:
+        if rtype == "MedicationRequest":
+            dosage = as_dict((as_list(res.get("dosageInstruction")) or [{}])[0])
+            validity = as_dict(as_dict(res.get("dispenseRequest")).get("validityPeriod"))
+            bounds = as_dict(as_dict(as_dict(dosage.get("timing")).get("repeat")).get("boundsPeriod"))
+            start = parse_date(bounds.get("start")) or parse_date(validity.get("start"))
+            return start or parse_date(res.get("authoredOn")), (
+                parse_date(bounds.get("end")) or parse_date(validity.get("end"))
+            )
+        if rtype == "MedicationStatement":
+            period = as_dict(res.get("effectivePeriod"))
+            start = (
+                parse_date(period.get("start"))
+                or parse_date(res.get("effectiveDateTime"))
+                or parse_date(res.get("dateAsserted"))
+            )
+            return start, parse_date(period.get("end"))
+        if rtype == "MedicationDispense":
+            start = parse_date(res.get("whenHandedOver")) or parse_date(res.get("whenPrepared"))
+            days = as_float(as_dict(res.get("daysSupply")).get("value"), limit=3650)
+            return start, (add_days(start, days) or start) if start and days is not None else start
+        period = as_dict(res.get("effectivePeriod"))
+        start = (
+            parse_date(res.get("effectiveDateTime"))
+            or parse_date(period.get("start"))
+            or parse_date(period.get("end"))
+        )
+        return start, parse_date(period.get("end")) or start
+
+    @staticmethod
+    def _dosing(res: dict[str, Any], rtype: str) -> _Dosing:
+        if rtype == "MedicationAdministration":
+            adm = as_dict(res.get("dosage"))
+            dose, unit = quantity_mg(adm.get("dose"))
+            return _Dosing(dose, unit, route=route_of(adm.get("route")))
+        key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
+        dosage = as_dict((as_list(res.get(key)) or [{}])[0])
+        if not dosage:
+            return _Dosing()
+        dr = as_dict((as_list(dosage.get("doseAndRate")) or [{}])[0])
+        dose, unit = quantity_mg(dr.get("doseQuantity"))
+        repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
+        return _Dosing(
+            dose,
+            unit,
+            per_day(repeat),
+            route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
+            minutes(repeat.get("duration"), repeat.get("durationUnit")),
+        )
+
+    def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
+        """Drafts of the value set in the request, the one ``excluding`` aside: orders signed
+        together are concurrent medications."""
+        return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
+
+    def active_uses(self, valueset: str, *, grace_days: int = 0) -> list[MedUse]:
+        """Medication records of a value set in effect today (not the draft orders)."""
+        uses = [u for u in self.medication_uses if self.t.drug_in(u.drug, valueset)]
+        out = []
+        for u in uses:
+            if u.kind == "MedicationAdministration":
+                if (
+                    u.status not in NEVER_TAKEN_MED_STATUS
+                    and u.start
+                    and (self.today - u.start).days <= max(grace_days, 1)
+                ):
+                    out.append(u)
+                continue
+            same = [v for v in uses if v.drug.ingredients & u.drug.ingredients]
+            if in_effect(u, same, self.today, grace_days):
+                out.append(u)
+        return out
+
+    def orders_in(self, valueset: str) -> list[MedUse]:
+        return [o for o in self.orders if self.t.drug_in(o.drug, valueset)]
+
+    def trials(self, valueset: str, *, merge_gap_days: int = 30) -> list[Trial]:
+        """Use of each ingredient of a value set, consolidated into trials, oldest first.
+
+        Records of one ingredient less than ``merge_gap_days`` apart are one trial (dose changes,
+        refills). A stopped or completed prescription's own end date is the trial's end: the tail of
+        the last dispensed supply does not lengthen it.
+        """
+        key = (valueset, merge_gap_days)
+        if key in self._trials:
+            return self._trials[key]
+        spans: dict[str, list[MedUse]] = {}
+        for u in self.medication_uses:
+            if u.kind == "MedicationAdministration" or u.start is None:
+                continue
+            for ing in self.t.drug_in(u.drug, valueset):
+                spans.setdefault(ing, []).append(u)
+        trials: list[Trial] = []
+        for ing, uses in spans.items():
+            uses.sort(key=lambda u: u.start or date.min)
+            groups: list[list[MedUse]] = []
+            group_end = date.min
+            for u in uses:
+                assert u.start is not None
+                if groups and (u.start - group_end).days <= merge_gap_days:
+                    groups[-1].append(u)
+                else:
+                    groups.append([u])
+                group_end = max(group_end if len(groups[-1]) > 1 else date.min, self._use_end(u))
+            trials += [self._trial(ing, g) for g in groups]
+        trials.sort(key=lambda t: t.start)
+        self._trials[key] = trials
+        return trials
+
+    def _use_end(self, u: MedUse) -> date:
+        assert u.start is not None
+        end = u.end or (self.today if self._use_ongoing(u) else u.start)
+        return min(end, self.today)
+
+    def _use_ongoing(self, u: MedUse) -> bool:
+        if u.kind == "MedicationDispense":
+            return False
+        return u.status not in INACTIVE_MED_STATUS and (u.end is None or u.end >= self.today)
+
+    def _trial(self, ingredient: str, uses: list[MedUse]) -> Trial:
+        ongoing = any(self._use_ongoing(u) for u in uses)
+        end = max(self._use_end(u) for u in uses)
+        explicit = [u.end for u in uses if u.kind != "MedicationDispense" and u.end is not None]
+        if not ongoing and explicit:
+            end = min(end, max(explicit))
+        doses = [u.daily_dose for u in uses if u.daily_dose is not None]
+        return Trial(
+            ingredient,
+            min(u.start for u in uses if u.start is not None),
+            end,
+            ongoing,
+            [u.ref for u in uses],
+            max(doses) if doses else None,
+            [u.stop_reason for u in uses if u.stop_reason],
+            any(u.drug.matched_by == "text" for u in uses),
+        )
+
+    def sessions(self, valueset: str) -> list[MedUse]:
+        """Administrations of a drug (e.g. ketamine), oldest first, none in the future."""
+        out = [
+            u
+            for u in self.medication_uses
+            if u.kind == "MedicationAdministration"
+            and u.start is not None
+            and u.start <= self.today
+            and u.status not in ("not-done", "entered-in-error", "stopped")
+            and self.t.drug_in(u.drug, valueset)
+        ]
+        out.sort(key=lambda u: u.start or date.min)
+        return out

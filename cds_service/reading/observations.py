@@ -1,0 +1,147 @@
+"""Observation facts: vital signs, scores and screens by kind, newest first, validated when read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from .dates import parse_datetime
+from .elements import Reads
+from .raw import as_dict, as_float, as_list
+from .record import PatientRecord, ref
+from .terminology import codings, concept_text
+
+OBSERVATION = Reads(
+    "Observation",
+    "status",
+    "code",
+    "effective[x]",
+    "issued",
+    "value[x]",
+    "component.code",
+    "component.value[x]",
+)
+PRELIMINARY_OBS_STATUS = ("preliminary", "unknown")
+
+
+@dataclass(frozen=True)
+class ObservationFact:
+    ref: str
+    kind: str
+    when: datetime
+    value: float | None = None
+    unit: str | None = None
+    code: tuple[str, str] | None = None  # coded answer (system, code)
+    text: str = ""
+    preliminary: bool = False  # status preliminary/unknown: a signal, never a clearance
+
+
+Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
+
+
+class ObservationFacts:
+    """The Observation half of :class:`~.facts.Facts` (a mixin: it uses the record)."""
+
+    record: PatientRecord
+    now: datetime
+    _obs_codes: dict[tuple[str, str], str]
+
+    @cached_property
+    def _observation_candidates(self) -> dict[str, list[Candidate]]:
+        """(time, resource, element) by kind, newest first, not yet validated; BP panels contribute
+        their components."""
+        out: dict[str, list[Candidate]] = {}
+        for o in self.record.resources("Observation"):
+            if o.get("status") in ("entered-in-error", "cancelled", "registered"):
+                continue
+            kinds = [self._obs_codes[c] for c in codings(o.get("code")) if c in self._obs_codes]
+            components = []
+            for comp in as_list(o.get("component")):
+                if isinstance(comp, dict):
+                    ck = [self._obs_codes[c] for c in codings(comp.get("code")) if c in self._obs_codes]
+                    if ck:
+                        components.append((ck[0], comp))
+            if not kinds and not components:
+                continue
+            period = as_dict(o.get("effectivePeriod"))
+            when = (
+                parse_datetime(o.get("effectiveDateTime"))
+                or parse_datetime(o.get("effectiveInstant"))
+                or parse_datetime(period.get("start"))
+                or parse_datetime(period.get("end"))
+                or parse_datetime(o.get("issued"))
+            )
+            if when is None:
+                self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
+                continue
+            if kinds:
+                out.setdefault(kinds[0], []).append((when, o, o))
+            for kind, comp in components:
+                out.setdefault(kind, []).append((when, o, comp))
+        for items in out.values():
+            items.sort(key=lambda item: item[0], reverse=True)
+        return out
+
+    def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
+        when, resource, element = item
+        if not self.record.readable(resource, OBSERVATION):  # unreadable: skipped and reported
+            return None
+        fact = _obs_fact(ref(resource), kind, when, element)
+        if resource.get("status") in PRELIMINARY_OBS_STATUS:
+            fact = replace(fact, preliminary=True)
+        return fact
+
+    def _recent(self, kind: str, within_days: float | None) -> Iterator[ObservationFact]:
+        """Readable observations of a kind, newest first, within the window (none future-dated)."""
+        for item in self._observation_candidates.get(kind, []):
+            when = item[0]
+            if when > self.now + timedelta(hours=1):
+                continue  # a future-dated reading is not a current one
+            if within_days is not None and (self.now - when) > timedelta(days=within_days):
+                return
+            fact = self._checked(kind, item)
+            if fact is not None:
+                yield fact
+
+    def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
+        """The newest readable *final* observation of a kind, optionally no older than ``within_days``
+        (preliminary ones never clear a check: see :meth:`preliminary`)."""
+        return next((f for f in self._recent(kind, within_days) if not f.preliminary), None)
+
+    def preliminary(self, kind: str, *, within_days: float | None = None) -> list[ObservationFact]:
+        """Preliminary readings newer than the latest final one in the window (safety signals)."""
+        out = []
+        for f in self._recent(kind, within_days):
+            if not f.preliminary:
+                break
+            out.append(f)
+        return out
+
+    def series(self, kind: str) -> list[ObservationFact]:
+        """Every readable final observation of a kind, oldest first (scores over time)."""
+        facts = [
+            f
+            for item in self._observation_candidates.get(kind, [])
+            if (f := self._checked(kind, item)) and not f.preliminary
+        ]
+        return facts[::-1]
+
+
+def _obs_fact(reference: str, kind: str, when: datetime, element: dict[str, Any]) -> ObservationFact:
+    q = as_dict(element.get("valueQuantity"))
+    for number in (
+        as_float(q.get("value")),
+        as_float(element.get("valueInteger")),
+    ):
+        if number is not None:
+            return ObservationFact(reference, kind, when, number, q.get("code") or q.get("unit"))
+    cc = element.get("valueCodeableConcept")
+    if isinstance(cc, dict):
+        cs = codings(cc)
+        return ObservationFact(reference, kind, when, code=cs[0] if cs else None, text=concept_text(cc))
+    if isinstance(element.get("valueString"), str):
+        return ObservationFact(reference, kind, when, text=element["valueString"])
+    return ObservationFact(reference, kind, when)
