@@ -15,8 +15,10 @@ plus years of ordinary chart history, written as compact-format entries and buil
   products the project's terminology does not know, as most of a real medication list is;
 * Procedures: psychotherapy sessions (CPT from VSAC 526.3.1496 "Psych Visit Psychotherapy").
 
-Every noise code is copied, with its display, from ``/work/shared/clinical`` (the file is named next to
-each list); ``python bench/records.py --verify`` re-checks them against those files and checks that no
+Every noise code is copied, with its display, from a published value-set expansion (VSAC, CDC opioid
+CDS; the file is named next to each list). ``python bench/records.py --verify [--shared DIR]`` re-checks
+them against the project's copies of those expansions (developers: ``../shared/clinical/valuesets``
+next to the checkout) and checks that no
 noise condition or medication is in one of the project's value sets. No laboratory LOINC code is
 verified in the shared sources — and the service's prefetch asks only for vital-signs, survey and
 pregnancy-status Observations, so a conformant EHR would not send lab results — so the "lab-like"
@@ -32,7 +34,7 @@ patient alone is 37 resources. Deterministic: the same (size, hook, seed) gives 
 
     python bench/records.py --size 200 --hook order-sign --out /tmp/typical.json
     python bench/records.py --summary          # resource counts per size and type
-    python bench/records.py --verify           # codes vs /work/shared/clinical and rules/
+    python bench/records.py --verify           # codes vs the shared expansions and rules/
     python bench/records.py --check-cards      # every size and hook gives V1's cards
 """
 
@@ -58,13 +60,14 @@ from cds_service import compact  # noqa: E402
 
 VIGNETTES = ROOT / "rules" / "tests" / "vignettes.yaml"
 BASE_CASE_ID = "v01-clear-trd-eligible"
-SHARED = Path("/work/shared/clinical/valuesets")
+#: The project's copies of the value-set expansions (a developer's folder next to the checkout).
+SHARED = ROOT.parent / "shared" / "clinical" / "valuesets"
 
 SIZES = {"typical": 200, "1k": 1000, "2k": 2000, "large": 5000}
 HOOKS = ("patient-view", "order-select", "order-sign")
 SERVICE_FOR_HOOK = {h: h for h in HOOKS}  # service ids equal hook names (cds_service/services.py)
 
-# -- noise codes, copied from /work/shared/clinical/valuesets ---------------------------------------
+# -- noise codes, copied from the value-set expansions (file names relative to SHARED) -------------
 MHD = "vsac/2.16.840.1.113883.3.464.1003.105.12.1004.json"  # Mental Health Diagnoses
 MHDIS = "vsac/2.16.840.1.113762.1.4.1029.314.json"  # Mental Health Disorder
 CNS = "vsac/2.16.840.1.113762.1.4.1248.134.json"  # Central Nervous System Depressants
@@ -475,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the request JSON here (default: stdout)")
     p.add_argument("--summary", action="store_true", help="resource counts of every standard size")
     p.add_argument("--verify", action="store_true", help="check noise codes against shared sources")
+    p.add_argument("--shared", type=Path, default=SHARED, help=f"value-set expansions (default {SHARED})")
     p.add_argument("--check-cards", action="store_true", help="every size and hook gives V1's cards")
     args = p.parse_args(argv)
     if args.check_cards:
@@ -483,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             print(msg)
         return 1 if problems else 0
     if args.verify:
-        problems = verify()
+        problems = verify(args.shared)
         for msg in problems:
             print(msg)
         print("noise codes OK" if not problems else f"{len(problems)} problem(s)")

@@ -124,7 +124,12 @@ def _unexpected(exc: Exception) -> tuple[Response, int]:
 def healthz() -> Response:
     st = state()
     rs = st.rules.get()
-    body: dict[str, Any] = {"status": "ok", "rules": len(rs.rules), "fingerprint": rs.fingerprint[:12]}
+    body: dict[str, Any] = {
+        "status": "ok",
+        "rules": len(rs.rules),
+        "rules_version": rs.version,
+        "fingerprint": rs.fingerprint,  # SHA-256 of the rule files' content (see engine/loader.py)
+    }
     if st.rules.last_errors:
         body["rejected_rule_change"] = len(st.rules.last_errors)
     return jsonify(body)
@@ -176,7 +181,7 @@ def call(service_id: str) -> Response:
         resources=outcome.evaluation.facts.record.size,
         skipped_resources=len(outcome.evaluation.facts.record.problems),
         ignored_elements=outcome.evaluation.facts.record.ignored_counts(),
-        rules_version=ruleset.fingerprint[:12],
+        rules_version=ruleset.version,
     )
     return jsonify(outcome.response)
 

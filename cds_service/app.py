@@ -40,6 +40,8 @@ def create_app(
     configured (unless ``insecure_no_auth`` is set explicitly)."""
     settings = settings or Settings.from_env()
     configure(settings.log_level)
+    # first: an invalid rule set stops here, and every log line from now on names the rule set
+    rules = RuleSetProvider(settings.rules_dir, settings.site_config_path, hot_reload=settings.hot_reload)
     storage: Storage | None = None
     if store is None:
         storage = _open_storage(settings)
@@ -60,7 +62,6 @@ def create_app(
             raise SystemExit(f"{settings.trusted_issuers}: no trusted issuers listed")
     if settings.insecure_no_auth:
         log.warning("AUTHENTICATION DISABLED (--insecure-no-auth): any caller can use this service")
-    rules = RuleSetProvider(settings.rules_dir, settings.site_config_path, hot_reload=settings.hot_reload)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

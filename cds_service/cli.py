@@ -271,11 +271,22 @@ def lint(rules_dir: Path | None, site_config: Path | None) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print the cards of every case.")
 def test_rules(files: tuple[Path, ...], rules_dir: Path | None, select: str | None, verbose: bool) -> None:
     """Run the YAML rule tests (rules/tests/*.yaml) and report each case."""
+    from .engine.loader import RuleLoadError, load_ruleset
     from .rule_tests import default_case_files, run_cases
 
     settings = Settings.from_env(rules_dir=rules_dir)
+    try:  # a missing, empty or invalid rule set is a failure, not "0 passed"
+        load_ruleset(settings.rules_dir)
+    except RuleLoadError as exc:
+        for p in exc.problems:
+            click.echo(p, err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) in the rule set") from exc
     paths = list(files) or default_case_files(settings.rules_dir)
     results = run_cases(paths, settings.rules_dir, select=select)
+    if not results:
+        where = ", ".join(map(str, paths)) or f"{settings.rules_dir / 'tests'}/*.yaml"
+        matching = f" matching -k {select!r}" if select else ""
+        raise click.ClickException(f"no rule tests found in {where}{matching}")
     failed = 0
     for r in results:
         mark = click.style("PASS", fg="green") if r.ok else click.style("FAIL", fg="red", bold=True)

@@ -8,7 +8,7 @@ filled as a searchset Bundle and the ``ketamine-cds.evaluation-time`` extension 
 
 Everything here is pure (no I/O except :func:`load_cases`) and deterministic: the same case always
 gives byte-identical JSON. Codes are never looked up or invented: a coding carries a ``display``
-only when the code is in :data:`DISPLAYS`, a table copied from ``/work/shared/clinical``.
+only when the code is in :data:`DISPLAYS`, a table copied from the project's verified clinical sources.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ EXTENSION_TIME = "ketamine-cds.evaluation-time"
 HOOKS = ("patient-view", "order-select", "order-sign")
 HOOK_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-5b7a-9c41-2e6d8f0a7b35")
 
-# Displays copied verbatim from /work/shared/clinical (value-set expansions unless noted);
-# tests/test_compact.py checks every entry against those files. A code not listed gets no display.
+# Displays copied verbatim from the project's shared clinical sources (value-set expansions unless
+# noted); tests/test_compact.py checks every entry against them where a checkout has them
+# (../shared). A code not listed gets no display.
 DISPLAYS: dict[tuple[str, str], str] = {
     # RxNorm products (SCD/SBD): VSAC 196.12.1213 "Antidepressant Medication", 526.3.1566,
     # 1248.134 "CNS Depressants", CDC benzodiazepine-medications

@@ -7,15 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def bundled_rules_dir() -> Path:
-    """The ``rules/`` folder next to the package (a source checkout or editable install)."""
-    for candidate in (PACKAGE_DIR.parent / "rules", Path.cwd() / "rules"):
-        if candidate.is_dir():
-            return candidate
-    return PACKAGE_DIR.parent / "rules"
+from .bundled import rules_dir as bundled_rules_dir
 
 
 @dataclass(frozen=True)

@@ -285,13 +285,18 @@ def fhir_server(
 ) -> None:
     """Run the in-memory FHIR R4 server (Medplum's engine, fhir_server/) in the foreground for demos.
 
-    FILES (implies --seed) are loaded instead of fhir_examples/. Needs Node 20+ and
-    `npm ci --prefix fhir_server` once. Ctrl-C stops it; nothing is kept.
+    FILES (implies --seed) are loaded instead of fhir_examples/. Needs Node 20+ with npm: the
+    server's npm packages are installed once into ~/.cache/ketamine-cds (or $KETAMINE_CDS_CACHE_DIR)
+    unless the bundled fhir_server/ has its own (a checkout after `npm ci --prefix fhir_server`).
+    Ctrl-C stops it; nothing is kept.
     """
     seeds = list(files) or ([client.EXAMPLES_DIR] if do_seed else [])
     previous = signal.signal(signal.SIGTERM, _interrupt)  # so that `kill` stops the node child too
     try:
-        command = client.fhir_server_command(port=port, host=host, token=token, seeds=seeds, log=log)
+        folder = client.fhir_server_folder(say=lambda msg: click.echo(msg, err=True))
+        command = client.fhir_server_command(
+            port=port, host=host, token=token, seeds=seeds, log=log, folder=folder
+        )
         for line in client.run_fhir_server(command):
             click.echo(line)
             if line.startswith("LISTENING "):

@@ -16,6 +16,12 @@ from typing import Any
 
 CALL_LOGGER = "ketamine_cds.calls"
 _SALT = os.environ.get("KETAMINE_CDS_LOG_SALT", "ketamine-cds")
+#: Fields on every line from now on: the rule-set version in service (set by RuleSetProvider).
+_EVERY_LINE: dict[str, Any] = {}
+
+
+def set_every_line_field(name: str, value: Any) -> None:
+    _EVERY_LINE[name] = value
 
 
 def hash_id(value: str | None) -> str | None:
@@ -31,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **_EVERY_LINE,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

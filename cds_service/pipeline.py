@@ -25,6 +25,8 @@ TIME_EXTENSION = "ketamine-cds.evaluation-time"
 # Response extension: elements of the resources read that were invalid but that no fact reads, so
 # they were ignored (resource type, element path, reason, count; never a value or an id).
 IGNORED_EXTENSION = "ketamine-cds.ignored-elements"
+#: Every card names the rule set that produced it (its content fingerprint, short form).
+RULES_VERSION_EXTENSION = "ketamine-cds.rules-version"
 
 
 @dataclass
@@ -86,6 +88,8 @@ def run(
     ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)
     t2 = time.perf_counter()
     cards = render_cards(ev, context.get("patientId"))
+    for card in cards:
+        card.setdefault("extension", {})[RULES_VERSION_EXTENSION] = ruleset.version
     t3 = time.perf_counter()
     response: dict[str, Any] = {"cards": cards}
     ignored = record.ignored_report()

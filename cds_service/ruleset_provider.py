@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .engine.loader import RuleLoadError, RuleSet, fingerprint, load_ruleset
+from .logs import set_every_line_field
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,12 @@ class RuleSetProvider:
     def __init__(
         self, rules_dir: Path, site_path: Path, *, hot_reload: bool = True, interval: float = 1.0
     ) -> None:
-        # resolved, as the loader fingerprints resolved paths: otherwise every check looks like a change
+        # resolved, as the loader caches fingerprints by resolved path
         self.rules_dir, self.site_path = Path(rules_dir).resolve(), Path(site_path).resolve()
         self.hot_reload, self.interval = hot_reload, interval
         self._lock = threading.Lock()
         self._current = load_ruleset(self.rules_dir, self.site_path)  # invalid at start: refuse to start
+        set_every_line_field("rules_version", self._current.version)
         self._checked = time.monotonic()
         self._rejected: str | None = None
         self.last_errors: list[str] = []
@@ -40,7 +42,10 @@ class RuleSetProvider:
         try:
             self._checked = time.monotonic()
             fp = fingerprint(self.rules_dir, self.site_path)
-            if fp in (self._current.fingerprint, self._rejected):
+            if fp == self._current.fingerprint:  # unchanged, or a rejected change undone
+                self._rejected, self.last_errors = None, []
+                return
+            if fp == self._rejected:
                 return
             try:
                 new = load_ruleset(self.rules_dir, self.site_path)
@@ -52,6 +57,7 @@ class RuleSetProvider:
                 )
                 return
             self._current, self._rejected, self.last_errors = new, None, []
+            set_every_line_field("rules_version", new.version)
             log.info("rule set reloaded: %d rules", len(new.rules))
         finally:
             self._lock.release()

@@ -22,7 +22,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from . import pipeline
+from . import bundled, pipeline
 from .cards import EXPLANATION
 from .engine.evaluate import Outcome
 from .engine.loader import SPECIAL_FILES, Rule, RuleSet
@@ -100,6 +100,13 @@ def _error_page(exc: Exception) -> tuple[str, int]:
     return render_template(
         "error.html", status=status, title=titles.get(status, "Error"), message=message
     ), status
+
+
+@web.app_context_processor
+def _rules_version() -> dict[str, Any]:
+    """Every page's footer names the rule set in service (its content fingerprint)."""
+    st = current_app.extensions.get("ketamine_cds")
+    return {"rules_version": st.rules.get().version} if st is not None else {}
 
 
 # -- overview ---------------------------------------------------------------------------------------
@@ -299,8 +306,10 @@ class Example:
 
 
 def examples_dir(ruleset: RuleSet) -> Path:
-    """Worked requests live next to the rules directory."""
-    return ruleset.rules_dir.parent / "fhir_examples"
+    """Worked requests: a ``fhir_examples/`` folder next to the rules directory served, else the
+    bundled examples (so a site's own rules folder can bring its own examples)."""
+    beside = ruleset.rules_dir.parent / "fhir_examples"
+    return beside if beside.is_dir() else bundled.examples_dir()
 
 
 def list_examples(folder: Path, rules_dir: Path) -> dict[str, Example]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -537,19 +538,50 @@ def test_call_service_that_has_no_such_hook(fhir: str, service_url: str) -> None
 
 
 # -- fhir-server ------------------------------------------------------------------------------------
-def test_fhir_server_command_needs_the_npm_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "server.mjs").write_text("")
+def test_fhir_server_without_npm_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in client.SERVER_FILES:
+        shutil.copyfile(client.FHIR_SERVER_DIR / name, tmp_path / name)
     monkeypatch.setattr(client, "FHIR_SERVER_DIR", tmp_path)
+    monkeypatch.setenv(client.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(client.shutil, "which", lambda name: None)
     result = run("fhir-server", "--seed")
     assert result.exit_code == 1
-    assert f"run `npm ci --prefix {tmp_path}`" in result.output
+    assert "npm is not on PATH" in result.output
+    assert f"npm ci --prefix {tmp_path}" in result.output
 
 
-def test_fhir_server_command_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fhir_server_installs_its_packages_once_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed wheel has no node_modules (and maybe a read-only site-packages): the packages go
+    into the user's cache, once per lockfile."""
+    bundled = tmp_path / "site-packages" / "fhir_server"
+    bundled.mkdir(parents=True)
+    for name in client.SERVER_FILES:
+        shutil.copyfile(client.FHIR_SERVER_DIR / name, bundled / name)
+    bundled.chmod(0o555)
+    monkeypatch.setenv(client.CACHE_ENV, str(tmp_path / "cache"))
+    said: list[str] = []
+    try:
+        folder = client.fhir_server_folder(bundled, say=said.append)
+        assert folder.parent == tmp_path / "cache" and folder != bundled
+        assert (folder / "node_modules" / "@medplum" / "fhir-router").is_dir()
+        assert len(said) == 1 and "npm ci" in said[0]
+        monkeypatch.setattr(client.shutil, "which", lambda name: None)  # a second run needs no npm
+        assert client.fhir_server_folder(bundled, say=said.append) == folder
+        assert len(said) == 1
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no staging left
+    finally:
+        bundled.chmod(0o755)
+
+
+def test_fhir_server_outside_a_checkout_names_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(client, "FHIR_SERVER_DIR", tmp_path)
     result = run("fhir-server")
     assert result.exit_code == 1
-    assert "ships with the ketamine-cds source checkout" in result.output
+    assert "is incomplete (package.json, package-lock.json, server.mjs missing)" in result.output
 
 
 def test_fhir_server_runs_seeded_and_stops_on_sigterm() -> None:

@@ -109,23 +109,75 @@ class RuleSet:
     observation_kinds: dict[str, dict[str, Any]]
     jurisdiction: str
     rules_dir: Path
-    fingerprint: str
+    fingerprint: str  # content SHA-256, see fingerprint()
+
+    @property
+    def version(self) -> str:
+        """The short form of the fingerprint shown on pages, cards and log lines."""
+        return self.fingerprint[:12]
 
     def rule(self, rule_id: str) -> Rule:
         return next(r for r in self.rules if r.id == rule_id)
 
 
-def fingerprint(rules_dir: Path, site_path: Path) -> str:
-    """Changes when any rule-set file changes (names, sizes, modification times)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in rules_dir.rglob("*.yaml") if "tests" not in p.relative_to(rules_dir).parts)
-    for p in [*files, site_path]:
+def _fingerprinted_files(rules_dir: Path, site_path: Path) -> list[tuple[str, Path]]:
+    """(normalised name, path) of every file the rule set is read from, sorted by name.
+
+    Rule tests are not part of the served rule set. The site configuration is named ``site.yaml``
+    wherever it lives, so the same site file gives the same fingerprint from any folder.
+    """
+    named: dict[str, Path] = {}
+    for p in rules_dir.rglob("*.yaml"):
+        rel = p.relative_to(rules_dir)
+        if rel.parts[0] != "tests" and rel.as_posix() != "site.yaml" and p.is_file():
+            named[rel.as_posix()] = p
+    if site_path.is_file():
+        named["site.yaml"] = site_path
+    return sorted(named.items())
+
+
+def stat_signature(rules_dir: Path, site_path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector (names, sizes, modification times): when it is unchanged, so is
+    the content fingerprint, which is only recomputed when this changes."""
+    out = []
+    for name, p in _fingerprinted_files(rules_dir, site_path):
         try:
             st = p.stat()
         except FileNotFoundError:
             continue
-        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+_FINGERPRINTS: dict[tuple[str, str], tuple[tuple[tuple[str, int, int], ...], str]] = {}
+
+
+def fingerprint(rules_dir: Path, site_path: Path) -> str:
+    """SHA-256 of the rule set's content: every file's normalised relative path and bytes, sorted.
+
+    Identical for identical rules in any folder, on any platform (CRLF is read as LF, as YAML
+    does) and after ``touch``; it changes when any file's content, name or presence changes.
+    """
+    rules_dir, site_path = Path(rules_dir), Path(site_path)
+    key = (str(rules_dir), str(site_path))
+    signature = stat_signature(rules_dir, site_path)
+    cached = _FINGERPRINTS.get(key)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    h = hashlib.sha256()
+    for name, p in _fingerprinted_files(rules_dir, site_path):
+        try:
+            content = p.read_bytes().replace(b"\r\n", b"\n")
+        except FileNotFoundError:
+            continue
+        encoded = name.encode()
+        h.update(b"%d:%s:%d:" % (len(encoded), encoded, len(content)))
+        h.update(content)
+    digest = h.hexdigest()
+    if len(_FINGERPRINTS) > 64:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[key] = (signature, digest)
+    return digest
 
 
 class _Problems:
@@ -321,6 +373,8 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
             problems.add(
                 site_path, line_of(site_lines, ("rules", rid)), f"site.yaml overrides unknown rule {rid!r}"
             )
+    if not rules and not problems.items:
+        problems.add(rules_dir / "*.yaml", 0, "no rules: an empty rule set would never warn anyone")
     if problems.items:
         raise RuleLoadError(problems.items)
     rules.sort(key=lambda r: r.evaluate_last)  # stable: file order otherwise

@@ -1,0 +1,263 @@
+"""The package carries everything it needs: build the sdist, the wheel from the sdist, and a wheel
+straight from the source folder (what ``pip install <dir>`` does); install the wheel into a fresh venv
+and run ``lint``, ``test-rules``, ``evaluate``, ``serve``, ``fhir-server`` and ``seed`` from an empty
+directory, far from any checkout.
+
+One build and one install for the whole module; the dependencies are borrowed from the test venv
+unless KETAMINE_CDS_WHEEL_TEST_FULL_INSTALL is set (see ``built``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.engine.loader import fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEEL_DATA = {"rules": "cds_service/rules", "fhir_examples": "cds_service/fhir_examples"}
+SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(cmd: list[str | Path], **kw: object) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)  # type: ignore[call-overload]
+    assert done.returncode == 0, f"{cmd}: {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def site_packages(prefix: Path) -> Path:
+    return prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def _source_files() -> list[str]:
+    listed = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT).stdout.splitlines()
+    return [f for f in listed if (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("wheel")
+    src = base / "src"
+    for rel in _source_files():  # a clean tree: what a fresh clone holds, no build leftovers
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes((ROOT / rel).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # the test venv builds, without isolation (setuptools>=77 comes with the [test] extra)
+    setuptools = tuple(int(x) for x in metadata.version("setuptools").split(".")[:1])
+    assert setuptools >= (77,), "setuptools>=77 needed: .venv/bin/pip install -e '.[test]'"
+    hooks = "import sys; from setuptools import build_meta as b; print(getattr(b, sys.argv[1])(sys.argv[2]))"
+    py = sys.executable
+    sdist_build = _run([py, "-c", hooks, "build_sdist", base / "dist"], cwd=src, env=env)
+    sdist = base / "dist" / sdist_build.stdout.strip().splitlines()[-1]
+    with tarfile.open(sdist) as tar:
+        tar.extractall(base / "unpacked", filter="data")
+    unpacked = next((base / "unpacked").iterdir())
+    wheel_build = _run([py, "-c", hooks, "build_wheel", base / "dist"], cwd=unpacked, env=env)
+    wheel = base / "dist" / wheel_build.stdout.strip().splitlines()[-1]
+    # `pip install <dir>` builds a wheel from the source folder itself, with the same hook
+    dir_build = _run([py, "-c", hooks, "build_wheel", base / "from-dir"], cwd=src, env=env)
+    venv = base / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    install = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q"]
+    if os.environ.get("KETAMINE_CDS_WHEEL_TEST_FULL_INSTALL"):
+        _run([*install, wheel])  # the dependencies too, from the index (25-40 s more)
+    else:
+        # The dependencies are borrowed from the test environment (a .pth file), so the suite does not
+        # reinstall 30 packages each run; ketamine-cds itself comes from the wheel only, and `pip check`
+        # proves the wheel's Requires-Dist are met. The checkout stays out of reach: its editable
+        # finder is a .pth of the test venv, which a path entry does not run.
+        (site_packages(venv) / "_test_dependencies.pth").write_text(f"{site_packages(Path(sys.prefix))}\n")
+        _run([*install, "--no-deps", wheel])
+    _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "check"])
+    (base / "build.log").write_text("\n".join(r.stdout + r.stderr for r in (sdist_build, wheel_build)))
+    return {
+        "sdist": sdist,
+        "wheel": wheel,
+        "dir_wheel": base / "from-dir" / dir_build.stdout.strip().splitlines()[-1],
+        "venv": venv,
+        "logs": base / "build.log",
+    }
+
+
+def test_no_packaging_warnings(built: dict[str, Path]) -> None:
+    text = built["logs"].read_text()
+    warnings = [
+        line
+        for line in text.splitlines()
+        if re.search(r"warn|deprecat", line, re.I) and "byte-compiling is disabled" not in line
+    ]
+    assert not warnings, warnings
+
+
+def test_wheel_and_sdist_carry_the_data_and_every_module(built: dict[str, Path]) -> None:
+    with zipfile.ZipFile(built["wheel"]) as whl:
+        names = set(whl.namelist())
+    tracked = _source_files()
+    modules = [f for f in tracked if f.startswith("cds_service/") and not f.endswith((".pyc",))]
+    missing = [f for f in modules if f not in names]
+    for folder, inside in WHEEL_DATA.items():
+        missing += [f"{inside}/{f[len(folder) + 1 :]}" for f in tracked if f.startswith(f"{folder}/")]
+    missing += [f"cds_service/fhir_server/{n}" for n in SERVER_FILES]
+    assert not [m for m in missing if m not in names], [m for m in missing if m not in names]
+    assert not [n for n in names if "node_modules" in n or "__pycache__" in n]
+    assert "ketamine_cds-0.1.0.dist-info/licenses/LICENSE" in names
+    with zipfile.ZipFile(built["dir_wheel"]) as from_dir:
+        assert set(from_dir.namelist()) == names  # pip install <dir> is the same
+    with tarfile.open(built["sdist"]) as tar:
+        sdist = set(tar.getnames())
+    top = next(iter(sdist)).split("/")[0]
+    for needed in ("rules/trd.yaml", "rules/valuesets/tca.yaml", "fhir_server/package-lock.json", "LICENSE"):
+        assert f"{top}/{needed}" in sdist, needed
+
+
+def test_metadata(built: dict[str, Path]) -> None:
+    with zipfile.ZipFile(built["wheel"]) as whl:
+        meta = whl.read("ketamine_cds-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in meta
+    assert "License-File: LICENSE" in meta
+    assert "Classifier: Programming Language :: Python :: 3.11" in meta
+    assert re.search(r"^Project-URL: Source, https://", meta, re.M)
+    assert (
+        "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
+    )
+
+
+# -- the installed commands, from an empty directory -----------------------------------------------
+@pytest.fixture(scope="module")
+def installed(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    empty = tmp_path_factory.mktemp("empty-cwd")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KETAMINE_CDS_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
+    env["KETAMINE_CDS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    env["PATH"] = f"{built['venv'] / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return {"cwd": empty, "env": env, "exe": str(built["venv"] / "bin" / "ketamine-cds")}
+
+
+def _cli(
+    installed: dict[str, object], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return _run(
+        [installed["exe"], *args],  # type: ignore[list-item]
+        cwd=cwd or installed["cwd"],
+        env=installed["env"],
+    )
+
+
+def _installed_path(installed: dict[str, object], what: str) -> Path:
+    code = f"from cds_service import bundled; print(bundled.{what}())"
+    py = Path(str(installed["exe"])).with_name("python")
+    return Path(_run([py, "-c", code], cwd=installed["cwd"], env=installed["env"]).stdout.strip())
+
+
+def test_lint_and_test_rules(installed: dict[str, object]) -> None:
+    rules = _installed_path(installed, "rules_dir")
+    assert "site-packages" in rules.parts and ROOT not in rules.parents
+    assert Path(str(installed["exe"])).parent.parent in rules.parents  # the fresh venv's copy
+    assert re.match(r"OK: \d+ rules", _cli(installed, "lint").stdout)
+    out = _cli(
+        installed, "test-rules", "-k", "v04"
+    ).stdout  # a few cases: the whole set runs in test_rules.py
+    assert re.search(r"^[1-9]\d* passed, 0 failed$", out, re.M), out
+
+
+def test_evaluate_an_example(installed: dict[str, object], tmp_path: Path) -> None:
+    examples = _installed_path(installed, "examples_dir")
+    # no silent use of ./rules of the working directory: a broken one there changes nothing
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "trd.yaml").write_text("rules: [ {{ not yaml\n")
+    out = _cli(installed, "evaluate", "--json", str(examples / "v04-pregnancy.json"), cwd=tmp_path).stdout
+    cards = json.loads(out)["cards"]
+    assert cards and cards[0]["indicator"] == "critical"
+
+
+def _wait_line(process: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        found = re.search(pattern, line)
+        if found:
+            return found
+    raise AssertionError(f"no line matching {pattern!r} (exit {process.poll()})")
+
+
+@pytest.fixture
+def stopper() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_serve_from_anywhere(installed: dict[str, object], stopper: list[subprocess.Popen[str]]) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(installed["exe"]), "serve", "--dev", "--port", str(port), "--workers", "1"],
+        cwd=installed["cwd"],  # type: ignore[arg-type]
+        env=installed["env"],  # type: ignore[arg-type]
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stopper.append(process)
+    deadline, health = time.monotonic() + 60, None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+            break
+        except requests.RequestException:
+            time.sleep(0.3)
+    assert health is not None, f"serve exited with {process.poll()}"
+    # the installed copy of the rules has the fingerprint of the checkout's: content, not place
+    assert health["fingerprint"] == fingerprint(ROOT / "rules", ROOT / "rules" / "site.yaml")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+def test_fhir_server_and_seed(installed: dict[str, object], stopper: list[subprocess.Popen[str]]) -> None:
+    process = subprocess.Popen(
+        [str(installed["exe"]), "fhir-server", "--port", "0"],
+        cwd=installed["cwd"],  # type: ignore[arg-type]
+        env=installed["env"],  # type: ignore[arg-type]
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stopper.append(process)
+    base = _wait_line(process, r"^LISTENING (http://\S+/fhir)", timeout=240).group(1)
+    cache = Path(installed["env"]["KETAMINE_CDS_CACHE_DIR"])  # type: ignore[index]
+    assert [p.name for p in cache.iterdir() if p.name.startswith("fhir-server-")], "npm ci went elsewhere"
+    out = _cli(installed, "seed", "--fhir", base).stdout
+    assert re.search(r"Seeded \d+ patients", out), out
+    assert requests.get(f"{base}/Patient/v01", timeout=10).status_code == 200
