@@ -17,7 +17,7 @@ from .errors import ApiError, DataUnavailable
 from .feedback import FeedbackStore
 from .logs import hash_id, log_call
 from .ruleset_provider import RuleSetProvider
-from .services import SERVICES
+from .services import SERVICES, prefetch_for
 from .storage import StorageUnavailable
 from .validation import field_path, first_error, parse_json, schema_validator, validate_request
 
@@ -138,7 +138,8 @@ def healthz() -> Response:
 @bp.get("/cds-services")
 def discovery() -> Response:
     _authenticate()
-    return jsonify({"services": [s.discovery() for s in SERVICES.values()]})
+    templates = prefetch_for(state().rules.get().observation_kinds)  # with the site's own codes
+    return jsonify({"services": [s.discovery(templates) for s in SERVICES.values()]})
 
 
 @bp.post("/cds-services/<service_id>")

@@ -1014,6 +1014,16 @@ def _has_code(res: dict[str, Any], system: str, code: str) -> bool:
     )
 
 
+def _codes_of(res: dict[str, Any]) -> set[str]:
+    return {f"{c.get('system')}|{c.get('code')}" for c in (res.get("code") or {}).get("coding") or []}
+
+
+def _template_codes(template: str) -> set[str]:
+    """The ``system|code`` values of a template's ``code=`` parameter."""
+    query = template.partition("?")[2]
+    return {v for part in query.split("&") if part.startswith("code=") for v in part[5:].split(",")}
+
+
 def select_for_key(key: str, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the prefetch query ``key`` would return from a server holding ``resources``."""
 
@@ -1029,8 +1039,8 @@ def select_for_key(key: str, resources: list[dict[str, Any]]) -> list[dict[str, 
         return of("Patient")
     if key == "vitalSigns":
         return newest_first([o for o in observations if "vital-signs" in _category_codes(o)])
-    if key == "assessments":
-        return newest_first([o for o in observations if "survey" in _category_codes(o)])
+    if key == "assessments":  # by code, whatever the category
+        return newest_first([o for o in observations if _codes_of(o) & _template_codes(PREFETCH[key])])
     if key == "pregnancyStatus":
         return newest_first([o for o in observations if _has_code(o, SYSTEMS["loinc"], "82810-3")])
     rtype = {

@@ -20,6 +20,7 @@ from .reading.facts import Facts, parse_datetime
 from .reading.medications import fetch_missing
 from .reading.prefetch import PrefetchResult, resolve_prefetch
 from .reading.record import PatientRecord
+from .services import prefetch_for
 
 TIME_EXTENSION = "ketamine-cds.evaluation-time"
 # Response extension: elements of the resources read that were invalid but that no fact reads, so
@@ -70,6 +71,7 @@ def run(
         max_pages=settings.fhir_max_pages,
         max_bytes=settings.fhir_max_bytes,
         request_id=request_id,
+        templates=prefetch_for(ruleset.observation_kinds),
     )
     t1 = time.perf_counter()
     context = request["context"]

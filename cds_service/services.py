@@ -12,6 +12,7 @@ record may lack); anything the client does not prefetch is fetched from ``fhirSe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 PATIENT = "{{context.patientId}}"
@@ -26,11 +27,72 @@ PREFETCH: dict[str, str] = {
         f"MedicationAdministration?patient={PATIENT}&_include=MedicationAdministration:medication"
     ),
     "vitalSigns": f"Observation?patient={PATIENT}&category=vital-signs&_sort=-date&_count=200",
-    "assessments": f"Observation?patient={PATIENT}&category=survey&_sort=-date&_count=200",
+    # Scores and screens by code, not by category: a PHQ-9 without `category: survey` is still a PHQ-9.
+    # The codes are those of rules/terminology/observations.yaml (see prefetch_for: a site's own codes
+    # from site.yaml are added to the templates that discovery serves).
+    "assessments": f"Observation?patient={PATIENT}&code={{codes}}&_sort=-date&_count=200",
     "pregnancyStatus": f"Observation?patient={PATIENT}&code=http://loinc.org|82810-3&_sort=-date&_count=10",
     "procedures": f"Procedure?patient={PATIENT}",
     "allergies": f"AllergyIntolerance?patient={PATIENT}",
 }
+
+# Observation kinds retrieved by their own keys (vital signs by category, which the FHIR vital-signs
+# profile makes mandatory; pregnancy status by code); every other kind goes into `assessments`.
+SEPARATELY_RETRIEVED_KINDS = frozenset(
+    {
+        "weight",
+        "height",
+        "systolic_bp",
+        "diastolic_bp",
+        "heart_rate",
+        "respiratory_rate",
+        "spo2",
+        "pregnancy_status",
+    }
+)
+# The codes of the bundled rule set's other kinds, so PREFETCH is complete without loading rules;
+# tests/test_retrieval.py checks it equals what prefetch_for derives from the bundled rules.
+BUNDLED_ASSESSMENT_CODES = (
+    "http://ketamine-cds.local/CodeSystem/assessment|madrs-total",
+    "http://loinc.org|44261-6",
+    "http://loinc.org|70274-6",
+    "http://loinc.org|89204-2",
+    "http://loinc.org|93245-9",
+    "http://loinc.org|93246-7",
+    "http://loinc.org|93247-5",
+    "http://loinc.org|93248-3",
+    "http://loinc.org|93249-1",
+    "http://loinc.org|93278-0",
+)
+PREFETCH["assessments"] = PREFETCH["assessments"].replace("{codes}", ",".join(BUNDLED_ASSESSMENT_CODES))
+
+
+def assessment_codes(observation_kinds: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """``system|code`` of every observation kind not retrieved by another key, sorted."""
+    return tuple(
+        sorted(
+            {
+                f"{c['system']}|{c['code']}"
+                for kind, spec in observation_kinds.items()
+                if kind not in SEPARATELY_RETRIEVED_KINDS
+                for c in spec.get("codes") or []
+            }
+        )
+    )
+
+
+@lru_cache(maxsize=16)
+def _templates(codes: tuple[str, ...]) -> dict[str, str]:
+    out = dict(PREFETCH)
+    out["assessments"] = f"Observation?patient={PATIENT}&code={','.join(codes)}&_sort=-date&_count=200"
+    return out
+
+
+def prefetch_for(observation_kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The prefetch templates for a rule set: PREFETCH with the rule set's (and site's) codes."""
+    codes = assessment_codes(observation_kinds)
+    return dict(PREFETCH) if codes == BUNDLED_ASSESSMENT_CODES else dict(_templates(codes))
+
 
 # The resource types a prefetch key may hold; anything else in it is skipped and reported.
 PREFETCH_TYPES: dict[str, str] = {
@@ -62,13 +124,13 @@ class Service:
     title: str
     description: str
 
-    def discovery(self) -> dict[str, Any]:
+    def discovery(self, templates: dict[str, str] | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "hook": self.hook,
             "title": self.title,
             "description": self.description,
-            "prefetch": dict(PREFETCH),
+            "prefetch": dict(templates or PREFETCH),
         }
 
 

@@ -27,7 +27,7 @@ from .cards import EXPLANATION
 from .engine.evaluate import Outcome
 from .engine.loader import SPECIAL_FILES, Rule, RuleSet
 from .errors import ApiError, DataUnavailable
-from .services import SERVICES
+from .services import SERVICES, prefetch_for
 from .validation import parse_json, validate_request
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def index() -> str:
     st = _state()
     ruleset = st.rules.get()
     base = (st.settings.public_base_url or request.host_url).rstrip("/")
-    services = [s.discovery() for s in SERVICES.values()]
+    services = [s.discovery(prefetch_for(ruleset.observation_kinds)) for s in SERVICES.values()]
     prefetch: dict[tuple[str, str], list[str]] = {}
     for s in services:  # one row per template, naming the services that ask for it
         for key, template in s["prefetch"].items():

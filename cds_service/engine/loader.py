@@ -238,6 +238,48 @@ def load_ruleset(rules_dir: Path, site_path: Path | None = None) -> RuleSet:
     return _CACHE[key]
 
 
+def _with_site_codes(
+    kinds: dict[str, dict[str, Any]],
+    site: dict[str, Any],
+    lines: dict[Any, int],
+    site_path: Path,
+    problems: _Problems,
+) -> dict[str, dict[str, Any]]:
+    """The observation kinds plus the site's own codes (``observation_codes`` in site.yaml).
+
+    A code mapped to an unknown kind, or already the code of another kind, is a load error.
+    """
+    mapping = site.get("observation_codes") or {}
+    if not mapping:
+        return kinds
+    out = {k: {**v, "codes": list(v.get("codes") or [])} for k, v in kinds.items()}
+    owner = {(c["system"], str(c["code"])): k for k, v in kinds.items() for c in v.get("codes") or []}
+    for kind, codes in mapping.items():
+        if kind not in out:
+            problems.add(
+                site_path,
+                line_of(lines, ("observation_codes", kind)),
+                f"observation_codes maps codes to unknown observation kind {kind!r}; "
+                f"known: {', '.join(sorted(out))}",
+            )
+            continue
+        for i, c in enumerate(codes or []):
+            key = (c["system"], str(c["code"]))
+            if key in owner and owner[key] != kind:
+                problems.add(
+                    site_path,
+                    line_of(lines, ("observation_codes", kind, i)),
+                    f"code {key[0]}|{key[1]} is already a code of observation kind {owner[key]!r}",
+                )
+                continue
+            owner[key] = kind
+            out[kind]["codes"].append(
+                {"system": key[0], "code": key[1], "status": "local", "source": f"site: {site_path.name}"}
+                | ({"display": c["display"]} if c.get("display") else {})
+            )
+    return out
+
+
 def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
     problems = _Problems(rules_dir)
     if not rules_dir.is_dir():
@@ -289,6 +331,7 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
             site = site or {}
     jurisdiction = site.get("jurisdiction", "US")
     site_rules: dict[str, dict[str, Any]] = site.get("rules") or {}
+    observation_kinds = _with_site_codes(observation_kinds, site, site_lines, site_path, problems)
 
     # common definitions, panels, data needs
     common = _load(rules_dir / "common.yaml", "common", problems)
