@@ -283,7 +283,8 @@ def test_slow_fhir_server_gives_412_within_the_deadline(app_1s: Flask, fault_fhi
 def test_one_slow_search_gives_412_within_the_deadline(app_1s: Flask, fault_fhir: FaultFhirServer) -> None:
     """Only the survey search hangs; every other key is prefetched or answers at once."""
     request = load_example("v01-clear-trd-eligible")
-    fault_fhir.route("/Observation", "slow", delay=5, query={"category": "survey"})
+    codes = PREFETCH["assessments"].split("code=")[1].split("&")[0]
+    fault_fhir.route("/Observation", "slow", delay=5, query={"code": codes})
     prefetch = {k: v for k, v in request["prefetch"].items() if k != "assessments"}
     started = time.monotonic()
     resp = post(app_1s.test_client(), fresh(request, fhirServer=fault_fhir.base_url, prefetch=prefetch))
@@ -291,4 +292,4 @@ def test_one_slow_search_gives_412_within_the_deadline(app_1s: Flask, fault_fhir
     assert resp.status_code == 412
     assert resp.get_json()["missing"] == ["assessments"]
     assert elapsed < 1.5, f"412 after {elapsed:.2f} s with a 1 s deadline"
-    assert [r.param("category") for r in fault_fhir.requests_to("/Observation")] == ["survey"]
+    assert [r.param("code") for r in fault_fhir.requests_to("/Observation")] == [codes]

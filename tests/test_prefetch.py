@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cds_service.services import PREFETCH
 from tests.support.fault_fhir import FaultFhirServer, operation_outcome, refused_url
 
 from .conftest import load_example, make_settings
@@ -45,7 +46,8 @@ def serve_keys(srv: FaultFhirServer, request: dict, keys: list[str]) -> None:
         "medicationAdministrations": "/MedicationAdministration",
         "procedures": "/Procedure",
     }
-    obs_query = {"vitalSigns": {"category": "vital-signs"}, "assessments": {"category": "survey"}}
+    assessment_codes = PREFETCH["assessments"].split("code=")[1].split("&")[0]
+    obs_query = {"vitalSigns": {"category": "vital-signs"}, "assessments": {"code": assessment_codes}}
     for key in keys:
         value = request["prefetch"][key]
         if key == "patient":
