@@ -27,6 +27,7 @@ def _open_storage(settings: Settings) -> Storage:
         raise SystemExit(f"database: {exc}") from None
     db = storage.database
     log.info("storage: %s, schema version %d", db.describe(), max(db.applied_versions(), default=0))
+    db.release()  # gunicorn forks after this: workers open their own connections
     return storage
 
 

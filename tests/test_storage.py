@@ -243,3 +243,45 @@ def test_database_down_cards_still_served_and_feedback_is_503_not_acknowledged(t
         resp = c.post("/cds-services/order-sign/feedback", json={"feedback": [_entry("x")]})
         assert resp.status_code == 503
         assert "nothing was stored" in resp.get_json()["error"]
+
+
+def test_postgresql_down_and_back(own_postgres_server, tmp_path: Path) -> None:
+    """The database server crashes: feedback is 503 (not acknowledged, not a 500, no hang), cards
+    are still served; it comes back: the next feedback is stored on a fresh pooled connection."""
+    url = own_postgres_server.create_database()
+    app = create_app(make_settings(tmp_path, database=url))
+    call = load_example("v07-daily-lorazepam")
+    with app.test_client() as c:
+        assert (
+            c.post("/cds-services/order-sign/feedback", json={"feedback": [_entry("up-1")]}).status_code
+            == 200
+        )
+        own_postgres_server.stop_server()  # immediate: a crash
+        t0 = time.monotonic()
+        resp = c.post("/cds-services/order-sign/feedback", json={"feedback": [_entry("down-1")]})
+        assert resp.status_code == 503 and time.monotonic() - t0 < 10
+        resp = c.post("/cds-services/order-sign", json=call)
+        assert resp.status_code == 200 and resp.get_json()["cards"]
+        own_postgres_server.start_server()
+        assert (
+            c.post("/cds-services/order-sign/feedback", json={"feedback": [_entry("up-2")]}).status_code
+            == 200
+        )
+    app.extensions["ketamine_cds"].store.close()
+    with psycopg.connect(url) as conn:
+        cards = {r[0] for r in conn.execute("SELECT card_uuid FROM feedback")}
+    assert cards == {"up-1", "up-2"}
+
+
+def test_a_dropped_connection_costs_no_request(postgres_url: str) -> None:
+    """Connections killed under the pool (a failover, an idle timeout): the next call reconnects."""
+    storage = open_storage(postgres_url)
+    assert storage.jti_cache.add("iss", "before", time.time() + 60)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert storage.jti_cache.add("iss", "after", time.time() + 60)
+    assert storage.feedback.add_feedback("order-sign", [_entry("after")]) == 1
+    storage.close()

@@ -43,7 +43,7 @@ class SQLiteDatabase:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._target = self.path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[int, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self.write_lock = threading.Lock()  # one writer per process; other processes wait on busy_timeout
         self._keeper = self.connection() if self._uri else None
@@ -64,7 +64,7 @@ class SQLiteDatabase:
         db.execute("PRAGMA busy_timeout=10000")
         self._local.db = (os.getpid(), db)
         with self._all_lock:
-            self._all.append(db)
+            self._all.append((os.getpid(), db))
         return db
 
     @contextmanager
@@ -109,12 +109,23 @@ class SQLiteDatabase:
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close this process's connections but the in-memory keeper; the next use reopens them.
+        Called once the service is set up, so gunicorn's fork carries no open connection."""
         with self._all_lock:
-            conns, self._all = self._all, []
-        for db in conns:
-            db.close()
+            keep = [(pid, db) for pid, db in self._all if db is self._keeper]
+            conns, self._all = [c for c in self._all if c not in keep], keep
+        for pid, db in conns:
+            if pid == os.getpid():  # one inherited across fork is the parent's
+                db.close()
         self._local = threading.local()
+
+    def close(self) -> None:
+        self.release()
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
+            self._all = []
 
 
 def _database(target: SQLiteDatabase | Path | str) -> SQLiteDatabase:

@@ -113,22 +113,21 @@ class PostgresServer:
             "--no-locale",
             "--no-sync",  # a throwaway cluster; the server itself runs with fsync on
         )
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.logfile),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self.start_server()
         self.started_seconds = time.perf_counter() - t0
         return self
+
+    def start_server(self) -> None:
+        """``pg_ctl start`` on the existing cluster (also after ``stop_server``)."""
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._run(
+            pg_ctl, "-D", str(self.data), "-l", str(self.logfile), "-o", options, "-w", "-t", "60", "start"
+        )
+
+    def stop_server(self, mode: str = "immediate") -> None:
+        """Stop the server, keep the cluster (``immediate`` is a crash: no shutdown checkpoint)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
@@ -145,7 +144,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self.stop_server()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -166,18 +165,33 @@ def running_postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def _start_or_fail() -> PostgresServer:
+    """A started server, or the test fails (skips only with KETAMINE_CDS_SKIP_POSTGRES set)."""
     server: PostgresServer | None = None
     try:
         server = PostgresServer()
-        server.start()
+        return server.start()
     except PostgresUnavailable as exc:
         if server is not None:
             server.stop()
         if os.environ.get(SKIP_ENV):
             pytest.skip(f"{exc} ({SKIP_ENV} is set)")
         pytest.fail(f"{exc}\n(set {SKIP_ENV}=1 to skip the PostgreSQL tests instead)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = _start_or_fail()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A server for one test alone, for tests that stop and restart it."""
+    server = _start_or_fail()
     try:
         yield server
     finally:
