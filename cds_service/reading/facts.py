@@ -66,6 +66,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
         self._obs_codes: dict[tuple[str, str], str] = {}
+        self._obs_units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
             for c in spec.get("codes") or []:

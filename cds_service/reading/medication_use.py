@@ -24,6 +24,9 @@ from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, concept_text
 from .timeline import NEVER_TAKEN_MED_STATUS, in_effect
+from .units import dose as dose_of
+from .units import rate as rate_of
+from .units import ratio_rate
 
 ROUTES = {
     "iv": ("intravenous", "iv", "i.v."),
@@ -85,23 +88,6 @@ READS: dict[str, tuple[Reads, Reads]] = {
 
 
 # -- small parsers ----------------------------------------------------------------------------------
-def quantity_mg(q: Any) -> tuple[float | None, str | None]:
-    """(value, unit) of a dose Quantity, converted to mg when the unit is g/mcg; mg/kg kept."""
-    value = as_float(q.get("value")) if isinstance(q, dict) else None
-    if value is None:
-        return None, None
-    unit = str(q.get("code") or q.get("unit") or "").strip().lower()
-    if unit in ("mg", "milligram", "milligrams"):
-        return value, "mg"
-    if unit in ("g", "gram"):
-        return value * 1000, "mg"
-    if unit in ("ug", "mcg", "microgram"):
-        return value / 1000, "mg"
-    if unit in ("mg/kg", "mg/kg/dose"):
-        return value, "mg/kg"
-    return value, unit or None
-
-
 _ROUTE_PATTERNS = [
     (route, re.compile("|".join(rf"(?<![a-z]){re.escape(w)}(?![a-z])" for w in words)))
     for route, words in ROUTES.items()
@@ -124,6 +110,23 @@ def minutes(value: Any, unit: Any) -> float | None:
         return None
     factor = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(str(unit))
     return float(value) * factor if factor else None
+
+
+def infusion_minutes(
+    dose: float | None, dose_unit: str | None, rate: dict[str, Any], stated: float | None
+) -> float | None:
+    """How long an infusion runs: the stated duration, or dose ÷ rate (``doseAndRate.rateQuantity``
+    or ``rateRatio``: 35 mg at 140 mg/h is 15 minutes) when none is stated or the rate runs it
+    faster by more than a minute (a pump runs at its rate)."""
+    derived = None
+    per_min, per_unit = rate_of(rate.get("rateQuantity"))
+    if per_min is None:
+        per_min, per_unit = ratio_rate(rate.get("rateRatio"))
+    if dose is not None and per_min and per_min > 0 and per_unit == f"{dose_unit}/min":
+        derived = dose / per_min
+    if stated is None or (derived is not None and derived < stated - 1):
+        return derived
+    return stated
 
 
 def per_day(repeat: dict[str, Any]) -> float | None:
@@ -330,21 +333,23 @@ class MedicationFacts:
     def _dosing(res: dict[str, Any], rtype: str) -> _Dosing:
         if rtype == "MedicationAdministration":
             adm = as_dict(res.get("dosage"))
-            dose, unit = quantity_mg(adm.get("dose"))
-            return _Dosing(dose, unit, route=route_of(adm.get("route")))
+            dose, unit = dose_of(adm.get("dose"))
+            return _Dosing(
+                dose, unit, route=route_of(adm.get("route")), infusion=infusion_minutes(dose, unit, adm, None)
+            )
         key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
         dosage = as_dict((as_list(res.get(key)) or [{}])[0])
         if not dosage:
             return _Dosing()
         dr = as_dict((as_list(dosage.get("doseAndRate")) or [{}])[0])
-        dose, unit = quantity_mg(dr.get("doseQuantity"))
+        dose, unit = dose_of(dr.get("doseQuantity"))
         repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
         return _Dosing(
             dose,
             unit,
             per_day(repeat),
             route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
-            minutes(repeat.get("duration"), repeat.get("durationUnit")),
+            infusion_minutes(dose, unit, dr, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
         )
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:

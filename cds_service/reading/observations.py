@@ -13,6 +13,7 @@ from .elements import Reads
 from .raw import as_dict, as_float, as_list
 from .record import PatientRecord, ref
 from .terminology import codings, concept_text
+from .units import quantity_in, unit_code
 
 OBSERVATION = Reads(
     "Observation",
@@ -48,6 +49,7 @@ class ObservationFacts:
     record: PatientRecord
     now: datetime
     _obs_codes: dict[tuple[str, str], str]
+    _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
 
     @cached_property
     def _observation_candidates(self) -> dict[str, list[Candidate]]:
@@ -89,7 +91,7 @@ class ObservationFacts:
         when, resource, element = item
         if not self.record.readable(resource, OBSERVATION):  # unreadable: skipped and reported
             return None
-        fact = _obs_fact(ref(resource), kind, when, element)
+        fact = _obs_fact(ref(resource), kind, when, element, self._obs_units.get(kind))
         if resource.get("status") in PRELIMINARY_OBS_STATUS:
             fact = replace(fact, preliminary=True)
         return fact
@@ -130,8 +132,18 @@ class ObservationFacts:
         return facts[::-1]
 
 
-def _obs_fact(reference: str, kind: str, when: datetime, element: dict[str, Any]) -> ObservationFact:
+def _obs_fact(
+    reference: str, kind: str, when: datetime, element: dict[str, Any], unit: str | None
+) -> ObservationFact:
+    """The value of an observation (or component). A kind with a unit (weight in kg, BP in mm[Hg])
+    gets its value converted to that unit, or no value when the recorded unit is missing, unknown or
+    measures something else: a number is never assumed to be in the expected unit."""
     q = as_dict(element.get("valueQuantity"))
+    if unit is not None and (q or "valueInteger" in element):
+        value = quantity_in(q, unit) if q else None
+        if value is not None and unit_code(q) != unit:
+            value = round(value, 1)  # converted: no more precision than the recording had
+        return ObservationFact(reference, kind, when, value, unit if value is not None else None)
     for number in (
         as_float(q.get("value")),
         as_float(element.get("valueInteger")),
