@@ -154,22 +154,22 @@ def quantity_in(quantity: Any, to_code: str) -> float | None:
     return convert(value, code, to_code)
 
 
-def dose(quantity: Any) -> tuple[float | None, str | None]:
-    """A dose as (value, "mg") or (value, "mg/kg"); (None, None) when it is neither (``1 {pill}``)."""
-    for unit in ("mg", "mg/kg"):
+def _first_of(quantity: Any, targets: tuple[str, ...]) -> tuple[float | None, str | None]:
+    for unit in targets:
         value = quantity_in(quantity, unit)
         if value is not None:
             return value, unit
     return None, None
+
+
+def dose(quantity: Any) -> tuple[float | None, str | None]:
+    """A dose as (value, "mg") or (value, "mg/kg"); (None, None) when it is neither (``1 {pill}``)."""
+    return _first_of(quantity, ("mg", "mg/kg"))
 
 
 def rate(quantity: Any) -> tuple[float | None, str | None]:
     """An infusion rate as (value, "mg/min") or (value, "mg/kg/min"); (None, None) otherwise."""
-    for unit in ("mg/min", "mg/kg/min"):
-        value = quantity_in(quantity, unit)
-        if value is not None:
-            return value, unit
-    return None, None
+    return _first_of(quantity, ("mg/min", "mg/kg/min"))
 
 
 def ratio_rate(ratio: Any) -> tuple[float | None, str | None]:
