@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from . import serving
 from .config import Settings
 
 RULES_OPTION = click.option(
@@ -78,6 +79,7 @@ def main() -> None:
     help="Seconds for all FHIR fetches of one call (default 3).",
 )
 @click.option("--log-level", default=None, envvar="KETAMINE_CDS_LOG_LEVEL")
+@serving.options  # timeouts, keep-alive, max requests, access log (cds_service/serving.py)
 def serve(
     host: str,
     port: int,
@@ -92,6 +94,7 @@ def serve(
     dev: bool,
     fhir_deadline: float | None,
     log_level: str | None,
+    **gunicorn_options: Any,
 ) -> None:
     """Serve the CDS Hooks endpoints with gunicorn."""
     from gunicorn.app.base import BaseApplication
@@ -109,6 +112,7 @@ def serve(
         fhir_deadline=fhir_deadline,
         log_level=log_level,
     )
+    operator_settings = serving.gunicorn_settings(gunicorn_options)
     try:
         app = create_app(settings)  # fail fast in the parent: invalid rules never reach the workers
     except Exception as exc:  # noqa: BLE001 - shown to the operator as is
@@ -120,10 +124,8 @@ def serve(
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("accesslog", None)
             self.cfg.set("preload_app", True)
+            serving.configure(self.cfg, operator_settings)  # the operator's settings; control socket off
 
         def load(self) -> Any:
             return app
