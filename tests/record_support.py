@@ -38,3 +38,11 @@ def fired(request: dict[str, Any]) -> set[str]:
     ruleset = load_ruleset(RULES)
     facts = facts_of(request)
     return {o.rule.id for o in evaluate(ruleset, facts).fired}
+
+
+def run_request(request: dict[str, Any]):
+    """The whole pipeline on a request (bundled rules, evaluation-time extension honoured)."""
+    from cds_service import pipeline
+    from cds_service.config import Settings
+
+    return pipeline.run(request, load_ruleset(RULES), Settings(rules_dir=RULES, allow_time_override=True))

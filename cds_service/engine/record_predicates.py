@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..reading.raw import as_dict
+from ..reading.record import ref
 from .predicates import (
     CompileContext,
     Env,
@@ -115,3 +117,64 @@ def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
 
     key = {"order_vs": order_vs, "vs": vs, "grace": grace, "within": within, "other": other}
     return Leaf("concurrent_medication", run, key, {f"valueset:{order_vs}", f"valueset:{vs}"})
+
+
+@predicate(
+    "deceased",
+    "The patient is recorded as deceased (Patient.deceasedBoolean true, or a deceasedDateTime not in "
+    "the future). False without a Patient or deceased[x]; unknown when deceased[x] cannot be read. "
+    "Binds `deceased_on` (date or none).",
+)
+def _deceased(args: Any, ctx: CompileContext) -> Node:
+    _args(args, set())
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        dead, on = env.facts.deceased
+        if dead is None:
+            return Result(None, missing=[Missing("unreadable-record", "a readable Patient.deceased[x]")])
+        patient = env.facts.record.patient
+        evidence = [f"Patient/{patient.get('id')}"] if dead and patient else []
+        return Result(dead, bind={"deceased_on": on.isoformat() if on else None}, evidence=evidence)
+
+    return Leaf("deceased", run, {}, set())
+
+
+@predicate(
+    "unidentified_order",
+    "An order being decided whose drug could not be identified (no known code, no readable "
+    'Medication, no known name) while its text loosely names a drug of the value set ("Ketamin", '
+    '"S-Ketamin"): its checks cannot run. Binds `unidentified` (text, ref, reference, suggests).',
+)
+def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
+    a = _args(args, {"valueset"}, {"valueset"})
+    vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        f, t = env.facts, env.facts.t
+        _ = f.drafts  # identifies every draft, collecting the unidentified ones
+        selected = set(f.record.selections)
+        found = []
+        for res in f.unidentified_orders:
+            r = ref(res)
+            if f.hook == "order-select" and selected and r not in selected:
+                continue
+            identified = f.medications.identify(res)
+            display = as_dict(res.get("medicationReference")).get("display")
+            text = " ".join(
+                p for p in (identified.drug.text, display if isinstance(display, str) else "") if p
+            )
+            suggests = t.suggested_by_text(text, vs)
+            if suggests:
+                found.append(
+                    {
+                        "text": text[:60],
+                        "ref": r,
+                        "reference": identified.reference,
+                        "suggests": " or ".join(sorted(t.display(i) for i in suggests)),
+                    }
+                )
+        return Result(
+            bool(found), bind={"unidentified": found} if found else {}, evidence=[o["ref"] for o in found]
+        )
+
+    return Leaf("unidentified_order", run, {"vs": vs}, {f"valueset:{vs}"})

@@ -41,6 +41,7 @@ __all__ = [
 
 BIRTH_DATE = Reads("Patient", "birthDate")
 GENDER = Reads("Patient", "gender")
+DECEASED = Reads("Patient", "deceased[x]")
 PROCEDURE = Reads("Procedure", "status", "code", "performed[x]")
 
 
@@ -99,6 +100,23 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
             return None
         g = p.get("gender")
         return g if g in ("male", "female", "other") else None
+
+    @cached_property
+    def deceased(self) -> tuple[bool | None, date | None]:
+        """(deceased?, on which day) from ``Patient.deceased[x]``; (None, None) when unreadable.
+
+        No Patient or no ``deceased[x]`` reads as alive (False): FHIR records a death, not life."""
+        p = self.record.patient
+        if p is None:
+            return False, None
+        if not self.record.readable(p, DECEASED):
+            return None, None
+        if p.get("deceasedBoolean") is True:
+            return True, None
+        when = parse_datetime(p.get("deceasedDateTime"))
+        if when is not None and when <= self.now:
+            return True, when.date()
+        return False, None
 
     # allergies ----------------------------------------------------------------------------------
     @cached_property

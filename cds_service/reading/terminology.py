@@ -197,6 +197,26 @@ class Terminology:
         # "esketamine" also contains "ketamine" only as a substring, which the word boundary rules out.
         return frozenset(found)
 
+    def suggested_by_text(self, text: str, valueset_id: str) -> frozenset[str]:
+        """Ingredients of a medication value set whose name *loosely* appears in a text: inside a
+        word and without a final "e" ("Ketamin", "S-Ketamin", "esketaminum"). Only for saying that an
+        unidentified order may be one of them, never for identifying it."""
+        low = text.lower() if isinstance(text, str) else ""
+        if not low:
+            return frozenset()
+        vs = self.valuesets[valueset_id]
+        ids = set(vs.ingredients)
+        for code in vs.products:
+            ids |= self.products[code].ingredients
+        found = set()
+        for ing_id in ids:
+            ing = self.ingredients.get(ing_id)
+            for name in ing.names if ing else (ing_id,):
+                stem = name[:-1] if name.endswith("e") and len(name) > 5 else name
+                if len(stem) >= 5 and stem in low:
+                    found.add(ing_id)
+        return frozenset(found)
+
     def drug_in(self, match: DrugMatch, valueset_id: str) -> frozenset[str]:
         """The ingredients of a match that belong to a medication value set (memoised: rules ask
         the same question of the same drugs many times per request)."""
