@@ -35,28 +35,54 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     order = {r.id: (r.file_order, i) for i, r in enumerate(rs.rules)}
     entries: list[tuple[int, tuple[int, int], dict[str, Any]]] = []
 
+    fired = ev.fired
+    # With a contraindication on screen, nothing else may reassure: cards that say "within the
+    # label" or "in the studied range" are left out, and templates see `critical` to qualify.
+    critical = [o for o in fired if (o.indicator or o.rule.indicator) == "critical" and o.rule.kind == "card"]
+    base_ctx["critical"] = [o.rule.title for o in critical]
+    if critical:
+        fired = [o for o in fired if not o.rule.reassuring]
+    rows: dict[str, list[Outcome]] = {}
+    for o in fired:
+        if o.rule.kind == "row" and o.rule.panel:
+            rows.setdefault(o.rule.panel, []).append(o)
+    # A lead rule opens its panel's card instead of standing alone (one card for one decision).
+    leads = {rid: pid for pid in rows for rid in rs.panels[pid].lead}
+
     # 1. own cards, one per decision
     by_decision: dict[str, list[Outcome]] = {}
-    for o in ev.fired:
-        if o.rule.kind == "card":
-            by_decision.setdefault(o.rule.decision or o.rule.id, []).append(o)
+    lead_outcomes: dict[str, list[Outcome]] = {}
+    for o in fired:
+        if o.rule.kind != "card":
+            continue
+        if o.rule.id in leads and (o.indicator or o.rule.indicator) == "info":
+            lead_outcomes.setdefault(leads[o.rule.id], []).append(o)
+            continue
+        by_decision.setdefault(o.rule.decision or o.rule.id, []).append(o)
     for outcomes in by_decision.values():
         outcomes.sort(key=lambda o: (SEVERITY[o.indicator or "info"], order[o.rule.id]))
         winner, others = outcomes[0], outcomes[1:]
         card = _rule_card(winner, others, base_ctx, ev, patient_id)
         entries.append((SEVERITY[card["indicator"]], order[winner.rule.id], card))
 
-    # 2. panels from rows
-    rows: dict[str, list[Outcome]] = {}
-    for o in ev.fired:
-        if o.rule.kind == "row" and o.rule.panel:
-            rows.setdefault(o.rule.panel, []).append(o)
+    # 2. panels from rows (opened by their lead rule's card text, if it fired)
     for panel_id, outcomes in rows.items():
         panel = rs.panels[panel_id]
         view = [_row_view(o, base_ctx) for o in outcomes]
         indicator = min((o.indicator or "info" for o in outcomes), key=SEVERITY.__getitem__)
-        card = _panel_card(panel, indicator, {**base_ctx, "rows": view}, outcomes, patient_id, ev)
-        entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in outcomes), card))
+        ctx: dict[str, Any] = {**base_ctx, "rows": view, "lead": None}
+        led = lead_outcomes.get(panel_id, [])
+        for lo in led:
+            lctx = _rule_context(lo, base_ctx)
+            ctx.update(lo.result.bind if lo.result else {})
+            ctx["lead"] = {
+                "summary": summary_text(
+                    _render(lo.rule.templates.get("summary"), lctx, lo.rule.id), lo.rule.title
+                ),
+                "detail": _with_citation(_render(lo.rule.templates.get("detail"), lctx, lo.rule.id), lo.rule),
+            }
+        card = _panel_card(panel, indicator, ctx, [*led, *outcomes], patient_id, ev)
+        entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in [*led, *outcomes]), card))
 
     # 3. data gaps: every rule that could not decide, grouped by what it lacks
     gaps = [o for o in ev.outcomes if o.status == "unknown"]
@@ -151,7 +177,13 @@ def _rule_card(
     detail = _render(rule.templates.get("detail"), ctx, rule.id)
     detail = _with_citation(detail, rule)
     if others:
-        detail += "\n\nAlso found: " + "; ".join(f"{x.rule.title} ({x.indicator})" for x in others)
+        also = []
+        for x in others:
+            text = summary_text(
+                _render(x.rule.templates.get("summary"), _rule_context(x, base), x.rule.id), ""
+            )
+            also.append(f"- {text or x.rule.title} ({x.indicator})")
+        detail += "\n\n**Also found:**\n" + "\n".join(also)
     card["detail"] = detail
     suggestions = [
         _suggestion(s["label"], _suggestion_code(s, ev), patient_id, recommended=s.get("recommended", False))
@@ -171,15 +203,39 @@ def _rule_card(
     return card
 
 
+# What an evidence status means, in words a prescriber reads on the card.
+EVIDENCE_WORDS = {
+    "regulatory-label": "regulatory label",
+    "guideline": "guideline",
+    "guideline-level-1": "guideline, Level 1 evidence",
+    "guideline-level-2": "guideline, Level 2 evidence",
+    "guideline-level-3": "guideline, Level 3 evidence",
+    "guideline-level-4": "guideline, Level 4 evidence",
+    "expert-consensus": "expert consensus",
+    "observational": "observational studies",
+    "seed-only": "unverified: reported in a review article, not checked against its primary source",
+    "unverified": "unverified: the source could not be traced",
+    "local-policy": "local policy of this service",
+}
+
+
+def evidence_words(evidence: str, verified: bool = True) -> str:
+    words = EVIDENCE_WORDS.get(evidence, evidence)
+    if not verified and not words.startswith("unverified"):
+        words = f"{words} (unverified)"
+    return words
+
+
 def _with_citation(detail: str, rule: Rule) -> str:
     src = rule.source
     parts = [src.get("guideline") or src["label"]]
     if src.get("section"):
         parts.append(src["section"])
     parts.append(str(src["year"]))
-    cite = f"Source: [{', '.join(parts)}]({src['url']}) — evidence: {src['evidence']}"
+    evidence = evidence_words(src["evidence"], src.get("verified", True))
+    cite = f"Source: [{', '.join(parts)}]({src['url']}) — evidence: {evidence}"
     for extra in rule.also_cites:
-        cite += f"; [{extra['label']}]({extra['url']}) ({extra['evidence']})"
+        cite += f"; [{extra['label']}]({extra['url']}) ({evidence_words(extra['evidence'])})"
     return f"{detail}\n\n{cite}" if detail else cite
 
 
@@ -192,7 +248,7 @@ def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
         indicator=o.indicator,
         source_label=src["label"],
         source_url=src["url"],
-        evidence=src["evidence"],
+        evidence=evidence_words(src["evidence"], src.get("verified", True)),
         verified=src.get("verified", True),
     )
     return view

@@ -132,6 +132,76 @@ EXTRA_NAMES = {
     "zaleplon": ["sonata"],
 }
 
+# Ingredients with no RxNorm IN code in codes.csv, known only from the product displays of the
+# shared CDC/VSAC expansions (issue 9): CNS depressants the opioid, benzodiazepine and barbiturate
+# sets missed, and the gabapentinoids of the FDA Drug Safety Communication of 2019-12-19
+# (knowledge.md §10). No ingredient code is loaded: orders match through the expansions' product
+# codes (SCD/SBD, whose displays name the ingredient) or by name.
+OPIOID_SETS = "CDC opioid-CDS opioid-analgesics-with-ambulatory-misuse-potential; VSAC 2.16.840.1.113762.1.4.1046.241"
+BZD_SETS = "CDC opioid-CDS benzodiazepine-medications; VSAC 2.16.840.1.113762.1.4.1125.1"
+DERIVED_INGREDIENTS = {
+    "butalbital": ("barbiturate", "CDC opioid-CDS barbiturate-medications; VSAC 2.16.840.1.113762.1.4.1248.134"),
+    "butorphanol": ("opioid", OPIOID_SETS),
+    "clobazam": ("bzd", BZD_SETS),
+    "clorazepate": ("bzd", BZD_SETS),
+    "estazolam": ("bzd", BZD_SETS),
+    "flurazepam": ("bzd", BZD_SETS),
+    "gabapentin": ("gabapentinoid", "VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)"),
+    "levorphanol": ("opioid", OPIOID_SETS),
+    "meperidine": ("opioid", OPIOID_SETS),
+    "oxymorphone": ("opioid", OPIOID_SETS),
+    "pentazocine": ("opioid", OPIOID_SETS),
+    "pregabalin": ("gabapentinoid", "VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)"),
+    "quazepam": ("bzd", BZD_SETS),
+}
+
+# Brand names verified outside /work/shared (a name is not a code, but --check wants a source).
+EXTERNAL_NAMES = {
+    "isocarboxazid": (["marplan"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
+    "phenelzine": (["nardil"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
+    "tranylcypromine": (["parnate"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
+    "methylphenidate": (["ritalin", "concerta"], "ADDitude ADHD medication list (additudemag.com); myhealthyfeeling.com"),
+    "amphetamine": (["adderall"], "mixed amphetamine salts (myhealthyfeeling.com; additudemag.com)"),
+    "dexmethylphenidate": (["focalin"], "additudemag.com ADHD medication list (Focalin XR)"),
+    "dextroamphetamine": (["dexedrine"], "adhd.nyc stimulant names; myhealthyfeeling.com"),
+}
+
+# Codes verified outside /work/shared, each with its public source (issue 9). --check accepts
+# these; every other code must be in the shared sources.
+EXTERNAL_CODES = {
+    ("http://snomed.info/sct", "128609009"): (
+        "Intracranial aneurysm (disorder)",
+        "V1",
+        "RESQ Stroke Registry FHIR IG, ValueSet bleeding-reason-vs (tecnomod-um.org, 2026)",
+    ),
+}
+for _code, _name in {
+    "I72.0": "Aneurysm of carotid artery",
+    "I72.1": "Aneurysm of artery of upper extremity",
+    "I72.2": "Aneurysm of renal artery",
+    "I72.3": "Aneurysm of iliac artery",
+    "I72.4": "Aneurysm of artery of lower extremity",
+    "I72.5": "Aneurysm of other precerebral arteries",
+    "I72.6": "Aneurysm of vertebral artery",
+    "I72.8": "Aneurysm of other specified arteries",
+    "I72.9": "Aneurysm of unspecified site",
+}.items():
+    EXTERNAL_CODES[("http://hl7.org/fhir/sid/icd-10-cm", _code)] = (
+        _name,
+        "V1",
+        "ICD-10-CM 2026 category I72 (americanmedicalcoding.com aneurysm coding guide; diseasedb.com/icd10)",
+    )
+HCG_SOURCE = "VSAC 2.16.840.1.113883.3.464.1003.111.12.1011 Pregnancy Test (eCQM update 2025-05-08, canvas-medical SDK)"
+for _code, _name in {
+    "2106-3": "Choriogonadotropin (pregnancy test) [Presence] in Urine",
+    "2110-5": "Choriogonadotropin.beta subunit (pregnancy test) [Presence] in Serum or Plasma",
+    "2112-1": "Choriogonadotropin.beta subunit (pregnancy test) [Presence] in Urine",
+    "2118-8": "Choriogonadotropin (pregnancy test) [Presence] in Serum or Plasma",
+    "80384-1": "Choriogonadotropin (pregnancy test) [Presence] in Urine by Rapid immunoassay",
+    "80385-8": "Choriogonadotropin (pregnancy test) [Presence] in Serum by Rapid immunoassay",
+}.items():
+    EXTERNAL_CODES[("http://loinc.org", _code)] = (_name, "V1", HCG_SOURCE)
+
 INGREDIENT_NOTES = {
     "agomelatine": "No RxNorm concept exists (codes.csv: only the OMOP RxNorm Extension code OMOP997499, "
     "which is not RxNorm and is not loaded). Matched by ATC or name.",
@@ -275,6 +345,18 @@ def build_medications(src: Sources) -> MedBuild:
             spec["atc"] = [] if status == "U" else ATC_RE.findall(code)
             spec["atc_status"] = status
             spec["atc_source"] = f"codes.csv; {sources}" if sources not in ("", "-") else "codes.csv"
+    for ing_id, (cls, sources) in DERIVED_INGREDIENTS.items():
+        ingredients[ing_id] = {
+            "display": ing_id,
+            "classes": [cls],
+            "rxnorm": [],
+            "atc": [],
+            "names": [ing_id],
+            "status": "U",
+            "source": f"product displays in {sources}",
+            "note": "RxNorm IN not in codes.csv (unverified, not loaded): matched through the product "
+            "codes of the expansions named in `source`, or by name.",
+        }
     for ing_id, spec in ingredients.items():
         if ing_id in INGREDIENT_NOTES:
             spec["note"] = INGREDIENT_NOTES[ing_id]
@@ -367,6 +449,8 @@ def build_medications(src: Sources) -> MedBuild:
             continue
         ingredients[next(iter(ings))]["names"].append(brand)
     for ing_id, extra in EXTRA_NAMES.items():
+        ingredients[ing_id]["names"] += extra
+    for ing_id, (extra, _source) in EXTERNAL_NAMES.items():
         ingredients[ing_id]["names"] += extra
     for spec in ingredients.values():
         spec["names"] = [spec["display"], *sorted(set(spec["names"]) - {spec["display"]})]
@@ -474,6 +558,12 @@ class Recipe:
     products: list[str] = field(default_factory=list)
     notes: str = ""
     compare: list[str] = field(default_factory=list)  # expansions whose uncovered ingredients go to notes
+
+
+def external(system: str, code: str) -> Known:
+    """A code verified outside /work/shared (EXTERNAL_CODES), with its cited source."""
+    display, status, source = EXTERNAL_CODES[(system, code)]
+    return Known(system, code, display, status, source)
 
 
 def med(id_: str, title: str, description: str, ingredients: list[str], **kw: Any) -> Recipe:
@@ -612,9 +702,15 @@ VALUESETS: list[Recipe] = [
             "oxazepam",
             "temazepam",
             "triazolam",
+            "clobazam",
+            "clorazepate",
+            "estazolam",
+            "flurazepam",
+            "quazepam",
         ],
         source="codes.csv (BZD group; S2, S4, S5); products from CDC opioid-CDS "
-        "benzodiazepine-medications and VSAC 2.16.840.1.113762.1.4.1125.1",
+        "benzodiazepine-medications and VSAC 2.16.840.1.113762.1.4.1125.1; clobazam, clorazepate, "
+        "estazolam, flurazepam and quazepam from those expansions' product displays",
         compare=["benzodiazepine-medications", "2.16.840.1.113762.1.4.1125.1"],
     ),
     med(
@@ -641,18 +737,35 @@ VALUESETS: list[Recipe] = [
             "oxycodone",
             "tapentadol",
             "tramadol",
+            "butorphanol",
+            "levorphanol",
+            "meperidine",
+            "oxymorphone",
+            "pentazocine",
         ],
         source="codes.csv (Opioid group; S1, S2, S5, S6); products from CDC opioid-CDS "
-        "opioid-analgesics-with-ambulatory-misuse-potential and VSAC 2.16.840.1.113762.1.4.1046.241",
+        "opioid-analgesics-with-ambulatory-misuse-potential and VSAC 2.16.840.1.113762.1.4.1046.241; "
+        "butorphanol, levorphanol, meperidine, oxymorphone and pentazocine from those expansions' product "
+        "displays",
         compare=["opioid-analgesics-with-ambulatory-misuse-potential", "2.16.840.1.113762.1.4.1046.241"],
     ),
     med(
         "barbiturates",
         "Barbiturates",
         "Barbiturates (additive sedation; phenobarbital is also a CYP inducer).",
-        ["phenobarbital"],
-        source="codes.csv (Barbiturate group; S2, S5)",
+        ["phenobarbital", "butalbital"],
+        source="codes.csv (Barbiturate group; S2, S5); butalbital from the product displays of CDC "
+        "opioid-CDS barbiturate-medications",
         compare=["barbiturate-medications"],
+    ),
+    med(
+        "gabapentinoids",
+        "Gabapentinoids",
+        "Gabapentin and pregabalin: serious breathing problems with opioids and other CNS depressants "
+        "(FDA Drug Safety Communication 2019-12-19, knowledge.md §10).",
+        ["gabapentin", "pregabalin"],
+        source="product displays in VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)",
+        compare=["2.16.840.1.113762.1.4.1248.134"],
     ),
     med(
         "psychostimulants",
@@ -979,10 +1092,13 @@ VALUESETS: list[Recipe] = [
                 "V",
                 f"{KT2} (VSAC 2.16.840.1.113762.1.4.1029.229, not in the shared expansions)",
             ),
+            external(SCT, "128609009"),
+            *(external(ICD, f"I72.{d}") for d in "01234568" + "9"),
         ],
-        notes="UNVERIFIED, not loaded: generic 'aneurysm' and 'intracranial aneurysm' SNOMED concepts; "
-        "I72.x (other/peripheral aneurysm). Peripheral arterial aneurysms are therefore not covered. "
-        "Aortic dissection codes come with the aortic sets.",
+        notes="Intracranial aneurysm (SNOMED 128609009) and the I72 family (carotid, limb, renal, iliac, "
+        "precerebral, vertebral, other and unspecified arteries) are verified from public sources outside "
+        "the shared set (V1). UNVERIFIED, not loaded: a generic 'aneurysm' SNOMED concept. Aortic "
+        "dissection codes come with the aortic sets.",
     ),
     Recipe(
         "arteriovenous-malformation",
@@ -1398,8 +1514,9 @@ def check(src: Sources, rules_dir: Path) -> list[str]:
             for code in spec.get("atc") or []:
                 if code not in csv_tokens:
                     problems.append(f"{rel(meds_path)}: {ing_id}: ATC {code} not in codes.csv")
+            external_names = EXTERNAL_NAMES.get(ing_id, ([], ""))[0]
             for name in spec.get("names") or []:
-                if name.lower() not in shared_text:
+                if name.lower() not in shared_text and name.lower() not in external_names:
                     problems.append(
                         f"{rel(meds_path)}: {ing_id}: name {name!r} not found in the shared sources"
                     )
@@ -1449,6 +1566,11 @@ def check(src: Sources, rules_dir: Path) -> list[str]:
         for where, coding in found:
             system, code = coding["system"], str(coding["code"])
             if coding.get("status") == "local" or ".local/" in system:
+                continue
+            external = EXTERNAL_CODES.get((system, code))
+            if external is not None:
+                if coding.get("display") and coding["display"] != external[0]:
+                    problems.append(f"{rel(path)}: {where}: display of {code} differs from its cited source")
                 continue
             hits = src.index.get((system, code))
             if hits:

@@ -70,6 +70,7 @@ class Rule:
     templates: dict[str, jinja2.Template] = field(default_factory=dict)
     row: dict[str, jinja2.Template] = field(default_factory=dict)
     evaluate_last: bool = False
+    reassuring: bool = False
     enabled: bool = True
     description: str = ""
     also_cites: list[dict[str, Any]] = field(default_factory=list)
@@ -95,6 +96,7 @@ class Panel:
     detail: jinja2.Template
     source: dict[str, Any]
     links: list[dict[str, Any]]
+    lead: tuple[str, ...] = ()
 
 
 @dataclass
@@ -362,6 +364,7 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
                 TEMPLATES.from_string(spec["detail"]),
                 spec["source"],
                 spec.get("links") or [],
+                tuple(spec.get("lead") or ()),
             )
         except jinja2.TemplateSyntaxError as exc:
             problems.add(
@@ -526,6 +529,7 @@ def _compile_rule(
         templates=templates,
         row=row,
         evaluate_last=bool(spec.get("evaluate_last")),
+        reassuring=bool(spec.get("reassuring")),
         enabled=bool(override.get("enabled", spec.get("enabled", True))),
         description=spec.get("description", ""),
         also_cites=spec.get("also_cites") or [],

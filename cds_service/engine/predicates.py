@@ -8,6 +8,7 @@ explanation of why a card fired.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -31,8 +32,6 @@ class Result:
     evidence: list[str] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
     reason: str = ""
-
-
 
 
 class CompileError(Exception):
@@ -356,13 +355,22 @@ def _sex(args: Any, ctx: CompileContext) -> Node:
     "condition", "A Condition in the value set: `active_only` (default false) restricts to active ones."
 )
 def _condition(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"valueset", "active_only", "bind"}, {"valueset"})
+    a = _args(args, {"valueset", "active_only", "bind", "onset_within_days"}, {"valueset"})
     vs = ctx.valueset(a["valueset"], "condition", ("valueset",))
     active_only = bool(ctx.value(a.get("active_only", False)))
     bind_as = a.get("bind", "conditions")
+    recent = ctx.number(a, "onset_within_days")
 
     def run(env: Env, a: dict[str, Any]) -> Result:
         found = env.facts.conditions_in(vs, active_only=active_only)
+        if recent is not None:  # onset (or, without one, the recorded date) no older than this
+            today = env.facts.today
+            found = [
+                c
+                for c in found
+                if (c.onset or c.recorded) is not None
+                and 0 <= (today - (c.onset or c.recorded)).days <= recent
+            ]
         if not found:
             unreadable = env.facts.unreadable_conditions_in(vs)
             if unreadable:
@@ -373,15 +381,18 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
             evidence=[c.ref for c in found],
         )
 
-    return Leaf("condition", run, {"vs": vs, "active_only": active_only, "bind": bind_as}, {f"valueset:{vs}"})
+    return Leaf(
+        "condition",
+        run,
+        {"vs": vs, "active_only": active_only, "bind": bind_as, "recent": recent},
+        {f"valueset:{vs}"},
+    )
 
 
 def _unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
     """A relevant record that could not be read: the check cannot say 'absent'."""
     title = env.facts.t.valuesets[vs].title
-    return Missing(
-        "unreadable-record", f"a readable record of {title.lower()} ({', '.join(refs[:3])} malformed)"
-    )
+    return Missing("unreadable-record", f"a readable record of {title} ({', '.join(refs[:3])} malformed)")
 
 
 def _condition_view(c: Any) -> dict[str, Any]:
@@ -417,10 +428,13 @@ def _procedure(args: Any, ctx: CompileContext) -> Node:
     "gt/gte/lt/lte/eq, or `positive: true` for a coded positive answer. Unknown when there is none.",
 )
 def _observation(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"kind", "within_days", "within_hours", "positive", "label", *COMPARATORS}, {"kind"})
+    a = _args(
+        args, {"kind", "within_days", "within_hours", "positive", "label", "ask", *COMPARATORS}, {"kind"}
+    )
     kind = ctx.kind(a["kind"], ("kind",))
     spec = {k: ctx.number(a, k) for k in COMPARATORS | {"within_days", "within_hours"} if k in a}
     positive = a.get("positive")
+    ask = bool(a.get("ask", True))
     window = spec.get("within_days")
     if spec.get("within_hours") is not None:
         window = spec["within_hours"] / 24
@@ -428,7 +442,8 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
 
     def holds(env: Env, obs: ObservationFact) -> bool | None:
         if positive is not None:
-            return (obs.code in env.facts.positive_answers.get(kind, set())) == bool(positive)
+            hit = obs.code in env.facts.positive_answers.get(kind, set()) or positive_text(obs.text)
+            return hit == bool(positive)
         return None if obs.value is None else _compare(obs.value, spec)
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
@@ -439,13 +454,24 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
                 return Result(True, bind={kind: _obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         obs = env.facts.latest(kind, within_days=window)
         if obs is None:
-            return Result(None, missing=[Missing(kind, label)])
+            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
         verdict = holds(env, obs)
         if verdict is None:
-            return Result(None, missing=[Missing(kind, label)])
+            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
         return Result(verdict, bind={kind: _obs_view(obs)}, evidence=[obs.ref])
 
-    return Leaf("observation", run, {"kind": kind, **spec, "positive": positive}, {f"observation:{kind}"})
+    return Leaf(
+        "observation", run, {"kind": kind, **spec, "positive": positive, "ask": ask}, {f"observation:{kind}"}
+    )
+
+
+_POSITIVE = re.compile(r"\b(positive|detected|reactive)\b", re.I)
+_NEGATED = re.compile(r"\b(not|non|negative|no)\b|non-reactive|undetected", re.I)
+
+
+def positive_text(text: str) -> bool:
+    """A coded answer whose words say positive ("Positive", "hCG detected"), not negated."""
+    return bool(text and _POSITIVE.search(text) and not _NEGATED.search(text))
 
 
 @predicate(
@@ -476,9 +502,27 @@ def _window_label(kind: str, days: float | None) -> str:
     return f"{name} within the last {days:g} days"
 
 
+# How clinicians write a measured value, by unit: blood pressure, rates and saturation in whole
+# numbers, weight to 0.1 kg; anything else to at most 2 decimals (3 significant digits above 10).
+WHOLE_UNITS = {"mm[hg]", "mmhg", "/min", "%", "{beats}/min", "{breaths}/min", "beats/min", "breaths/min"}
+TENTH_UNITS = {"kg", "cm", "[degf]", "cel"}
+
+
+def clinical_number(value: float | None, unit: str | None = None) -> int | float | None:
+    """98.32605215136181 kg → 98.3; 151.86292759932016 mmHg → 152."""
+    if value is None:
+        return None
+    u = (unit or "").strip().lower()
+    if u in WHOLE_UNITS:
+        return int(round(value))
+    if u in TENTH_UNITS:
+        return num(round(value, 1))
+    return num(round(value, 1) if abs(value) >= 10 else round(value, 2))
+
+
 def _obs_view(o: ObservationFact) -> dict[str, Any]:
     return {
-        "value": (int(o.value) if o.value is not None and o.value.is_integer() else o.value),
+        "value": clinical_number(o.value, o.unit),
         "unit": o.unit,
         "date": o.when.date().isoformat(),
         "text": o.text,
@@ -495,12 +539,26 @@ def num(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else round(value, 2)
 
 
+def drug_name(u: MedUse) -> str:
+    """What the record calls the drug, once: the concept's text, else its first display.
+
+    (The matcher's text joins text and displays, which repeats the name when they are equal.)"""
+    concept = u.resource.get("medicationCodeableConcept") if isinstance(u.resource, dict) else None
+    if isinstance(concept, dict):
+        if isinstance(concept.get("text"), str) and concept["text"].strip():
+            return concept["text"].strip()[:80]
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
+                return c["display"].strip()[:80]
+    return u.describe()
+
+
 def _med_view(env: Env, u: MedUse) -> dict[str, Any]:
     t = env.facts.t
     return {
-        "name": u.describe(),
+        "name": drug_name(u),
         "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
-        "dose": num(u.dose),
+        "dose": clinical_number(u.dose, u.dose_unit),
         "dose_unit": u.dose_unit,
         "route": u.route,
         "infusion_minutes": u.infusion_minutes,
@@ -574,6 +632,71 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
         return Result(True, bind={bind_as: list(seen.values())}, evidence=[u.ref for u in found])
 
     return Leaf("active_medication", run, {"vs": vs, "grace": grace, "bind": bind_as}, {f"valueset:{vs}"})
+
+
+@predicate(
+    "diazepam_equivalent",
+    "Total daily dose of the active drugs of the value set in diazepam-equivalent mg/day, from the site's "
+    "chosen `table` among `tables` (mg equal to 10 mg oral diazepam, by ingredient), compared with "
+    "gt/gte/lt/lte. `unassessed: true` instead is true when such a drug is active but its dose cannot "
+    "be converted (no table chosen, drug not in the table, or no daily dose on the record).",
+)
+def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
+    a = _args(
+        args,
+        {"valueset", "tables", "table", "grace_days", "unassessed", *COMPARATORS},
+        {"valueset", "tables"},
+    )
+    vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
+    tables = ctx.value(a["tables"], ("tables",))
+    choice = ctx.value(a.get("table"), ("table",))
+    if not isinstance(tables, dict):
+        raise CompileError("tables must map a table name to {ingredient: mg}", ("tables",))
+    if choice not in (None, "", "none") and choice not in tables:
+        raise CompileError(f"table {choice!r} is not one of {sorted(tables)} (or none)", ("table",))
+    table = tables.get(choice) or {} if choice not in (None, "", "none") else {}
+    grace = ctx.number(a, "grace_days", 7)
+    unassessed = bool(a.get("unassessed", False))
+    cmp = {k: ctx.number(a, k) for k in COMPARATORS if k in a}
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        uses = env.facts.active_uses(vs, grace_days=int(grace))
+        if not uses:
+            return Result(False)
+        total = 0.0
+        parts: list[dict[str, Any]] = []
+        open_: list[str] = []
+        by_ingredient: dict[str, float] = {}
+        for u in uses:
+            name = drug_name(u)
+            for ing in env.facts.t.drug_in(u.drug, vs):
+                mg10 = table.get(ing)
+                daily = u.daily_dose if len(u.drug.ingredients) == 1 else None
+                if not mg10 or daily is None or u.doses_per_day is None:
+                    open_.append(name)
+                    continue
+                by_ingredient[ing] = max(by_ingredient.get(ing, 0.0), daily * 10 / float(mg10))
+                parts.append(
+                    {"name": name, "mg_day": num(round(daily, 2)), "de": num(round(daily * 10 / mg10, 1))}
+                )
+        total = sum(by_ingredient.values())
+        bind = {
+            "de_mg_day": num(round(total, 1)),
+            "de_parts": parts,
+            "de_unassessed": sorted(set(open_)),
+            "de_table": choice if table else None,
+        }
+        refs = [u.ref for u in uses]
+        if unassessed:
+            return Result(bool(open_) and not (cmp and _compare(total, cmp)), bind=bind, evidence=refs)
+        return Result(bool(parts) and _compare(total, cmp), bind=bind, evidence=refs)
+
+    return Leaf(
+        "diazepam_equivalent",
+        run,
+        {"vs": vs, "table": repr(sorted(table.items())), "grace": grace, "unassessed": unassessed, **cmp},
+        {f"valueset:{vs}"},
+    )
 
 
 @predicate(
@@ -659,8 +782,8 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             results.append((o, per_kg, mg))
         o, per_kg, mg = max(results, key=lambda r: r[1])
         bind = {
-            "dose_mg": num(round(mg, 1)) if mg is not None else None,
-            "dose_mg_per_kg": round(per_kg, 2),
+            "dose_mg": clinical_number(mg, "mg") if mg is not None else None,
+            "dose_mg_per_kg": num(round(per_kg, 2)),
             "weight": _obs_view(weight) if weight else None,
             "order": _med_view(env, o),
         }
@@ -680,10 +803,13 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
     "Dose in mg of an order of the value set, compared with gt/gte/lt/lte/eq; unknown when not in mg.",
 )
 def _dose_mg(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"valueset", "routes", *COMPARATORS}, {"valueset"})
+    a = _args(args, {"valueset", "routes", "not_in", *COMPARATORS}, {"valueset"})
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
     routes = tuple(ctx.value(a.get("routes")) or ())
     cmp = {k: ctx.number(a, k) for k in COMPARATORS if k in a}
+    not_in = tuple(ctx.value(a.get("not_in")) or ())
+    if any(not isinstance(v, int | float) or isinstance(v, bool) for v in not_in):
+        raise CompileError("not_in must be a list of numbers", ("not_in",))
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         orders = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
@@ -692,7 +818,12 @@ def _dose_mg(args: Any, ctx: CompileContext) -> Node:
         for o in orders:
             if o.dose is None or o.dose_unit != "mg":
                 return Result(None, missing=[Missing("order-dose", "the dose in mg on the order")])
-        hits = [o for o in orders if _compare(o.dose or 0, cmp)]
+        hits = [
+            o
+            for o in orders
+            if _compare(o.dose or 0, cmp)
+            and (not not_in or all(abs((o.dose or 0) - v) > 1e-6 for v in not_in))
+        ]
         top = max(orders, key=lambda o: o.dose or 0)
         return Result(
             bool(hits),
@@ -700,7 +831,7 @@ def _dose_mg(args: Any, ctx: CompileContext) -> Node:
             evidence=[o.ref for o in orders],
         )
 
-    return Leaf("dose_mg", run, {"vs": vs, "routes": routes, **cmp}, {f"valueset:{vs}"})
+    return Leaf("dose_mg", run, {"vs": vs, "routes": routes, "not_in": not_in, **cmp}, {f"valueset:{vs}"})
 
 
 @predicate(
@@ -761,24 +892,28 @@ def _session_frequency(args: Any, ctx: CompileContext) -> Node:
         raise CompileError("phases must be a non-empty list", ("phases",))
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
-        if not env.facts.orders_in(vs):
+        orders = env.facts.orders_in(vs)
+        if not orders:
             return Result(False)
         course = _current_course(env.facts.sessions(vs), env.facts.today, int(gap))
-        if not course:
-            return Result(False, bind={"course_week": 1})
-        first = course[0].start or env.facts.today
+        first = (course[0].start if course else None) or env.facts.today
         week = (env.facts.today - first).days // 7 + 1
         limit = next(
             (p["max_per_week"] for p in phases if p.get("until_week") is None or week <= p["until_week"]),
             phases[-1]["max_per_week"],
         )
         last7 = [s for s in course if s.start and (env.facts.today - s.start).days < 7]
+        # The order's own timing counts too: "daily" means 7 sessions a week whatever came before.
+        per_week = max((o.doses_per_day or 0) * 7 for o in orders)
+        order_sessions = max(1, round(per_week))
         count = len(last7) + 1
-        return Result(
-            count > limit,
-            bind={"course_week": week, "sessions_7d": count, "max_per_week": limit},
-            evidence=[s.ref for s in last7],
-        )
+        bind = {
+            "course_week": week,
+            "sessions_7d": count,
+            "max_per_week": limit,
+            "order_per_week": num(round(per_week, 1)) if per_week else None,
+        }
+        return Result(count > limit or order_sessions > limit, bind=bind, evidence=[s.ref for s in last7])
 
     return Leaf("session_frequency", run, {"vs": vs, "phases": repr(phases), "gap": gap}, {f"valueset:{vs}"})
 
@@ -825,7 +960,11 @@ def _trd(args: Any, ctx: CompileContext) -> Node:
         "response_improvement_pct",
         "lookback_months",
         "adequate_doses",
+        "adequate_doses_source",
         "score_kinds",
+        "remission_below",
+        "remission_days",
+        "untreated_gap_days",
     }
     a = _args(args, allowed, {"valueset", "episode_valueset"})
     spec = {
@@ -837,9 +976,17 @@ def _trd(args: Any, ctx: CompileContext) -> Node:
         "lookback_months": ctx.number(a, "lookback_months", 24),
         "doses": ctx.value(a.get("adequate_doses") or {}, ("adequate_doses",)),
         "score_kinds": tuple(ctx.value(a.get("score_kinds") or ["phq9", "madrs"])),
+        "doses_source": ctx.value(
+            a.get("adequate_doses_source") or "site dose table", ("adequate_doses_source",)
+        ),
+        "remission_below": ctx.value(a.get("remission_below") or {}, ("remission_below",)),
+        "remission_days": ctx.number(a, "remission_days", 60),
+        "untreated_gap_days": ctx.number(a, "untreated_gap_days", 365),
     }
     for k in spec["score_kinds"]:
         ctx.kind(k, ("score_kinds",))
+    for k in spec["remission_below"]:
+        ctx.kind(k, ("remission_below",))
 
     def run(env: Env, s: dict[str, Any]) -> Result:
         summary = assess_trd(env.facts, s)
@@ -858,10 +1005,18 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     episodes = [c for c in facts.conditions_in(s["episode_vs"]) if c.active]
     onsets = [c.onset for c in episodes if c.onset]
     if onsets:
-        episode_start, episode_basis = max(onsets), "onset of the current depressive episode"
+        episode_start, episode_basis = max(onsets), "onset of the recorded depressive episode"
     else:
         episode_start = facts.today - timedelta(days=int(s["lookback_months"] * 30.4))
         episode_basis = f"no episode onset recorded: looked back {s['lookback_months']:g} months"
+    # DSM-5: episodes are separate when >= 2 months pass without meeting criteria. A recurrent-MDD
+    # onset is often the first-ever diagnosis, so a later remission starts a new episode.
+    remission = _last_remission(facts, s)
+    earlier_episode = None
+    if remission is not None and remission["end"] > episode_start:
+        episode_start = remission["end"]
+        episode_basis = f"after {remission['why']} (DSM-5: ≥ 2 months without an episode separates episodes)"
+        earlier_episode = remission
     counted: list[dict[str, Any]] = []
     not_counted: list[dict[str, Any]] = []
     by_ingredient: dict[str, list[Trial]] = {}
@@ -873,7 +1028,12 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         for t in trials:
             view = _trial_view(facts, t)
             if t.end < episode_start:
-                reasons.append(f"ended before the current episode ({episode_start.isoformat()})")
+                if earlier_episode is not None:
+                    reasons.append(
+                        f"earlier episode: ended {t.end.isoformat()}, before {earlier_episode['why']}"
+                    )
+                else:
+                    reasons.append(f"ended before the current episode ({episode_start.isoformat()})")
                 continue
             attested = any(w in r.lower() for r in t.stop_reasons for w in NON_RESPONSE_WORDS)
             if t.ongoing and not attested:
@@ -889,7 +1049,10 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                 continue
             minimum = (s["doses"] or {}).get(ingredient)
             if minimum is not None and t.max_daily_dose is not None and t.max_daily_dose < minimum:
-                reasons.append(f"{t.max_daily_dose:g} mg/d is below the adequate {minimum:g} mg/d")
+                reasons.append(
+                    f"{num(t.max_daily_dose)} mg/day is below the minimal adequate dose of "
+                    f"{num(minimum)} mg/day ({s['doses_source']})"
+                )
                 continue
             change = _score_change(facts, t, s["score_kinds"])
             if change is not None and change["improvement_pct"] >= s["response_pct"]:
@@ -898,6 +1061,13 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                 )
                 continue
             view["dose_assessed"] = minimum is not None and t.max_daily_dose is not None
+            view["dose_note"] = (
+                f"dose ≥ {num(minimum)} mg/day ({s['doses_source']})"
+                if view["dose_assessed"]
+                else "dose not recorded: adequacy not assessed"
+                if minimum is not None
+                else f"not in the {s['doses_source']}: dose adequacy not rated"
+            )
             view["outcome"] = (
                 "clinician-attested non-response"
                 if attested and change is None
@@ -924,8 +1094,73 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         "not_counted": not_counted,
         "episode_start": episode_start.isoformat(),
         "episode_basis": episode_basis,
+        "earlier_left_out": [v for v in not_counted if v["why"].startswith("earlier episode")],
         "text_matched": any(v["text_matched"] for v in counted + not_counted),
     }
+
+
+def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest stretch of >= ``remission_days`` without a depressive episode, if the record shows one.
+
+    Evidence: consecutive scores below the remission threshold spanning that long, or a stretch with
+    no antidepressant that has only remission scores in it (or, when ``untreated_gap_days`` long,
+    no scores at all). Returns its end (the current episode's earliest start) and a sentence.
+    """
+    thresholds = s["remission_below"] or {}
+    scores = sorted(
+        (o.when.date(), kind, o.value)
+        for kind in thresholds
+        for o in facts.series(kind)
+        if o.value is not None and o.when.date() <= facts.today
+    )
+    found: list[tuple[date, date, str]] = []
+    run: list[tuple[date, str, float]] = []
+    for day, kind, value in [*scores, (facts.today, "", float("inf"))]:
+        if kind and value < thresholds[kind]:
+            run.append((day, kind, value))
+            continue
+        if run and (run[-1][0] - run[0][0]).days >= s["remission_days"]:
+            label = run[0][1].upper().replace("PHQ9", "PHQ-9")
+            found.append(
+                (
+                    run[0][0],
+                    run[-1][0],
+                    f"remission from {run[0][0].isoformat()} to {run[-1][0].isoformat()} "
+                    f"({label} below {num(thresholds[run[0][1]])} throughout)",
+                )
+            )
+        run = []
+    # stretches without any antidepressant
+    trials = sorted(facts.trials(s["vs"]), key=lambda t: t.start)
+    covered_until: date | None = None
+    for t in trials:
+        if covered_until is not None and (t.start - covered_until).days >= s["remission_days"]:
+            gap_start, gap_end = covered_until, t.start
+            inside = [(d, k, v) for d, k, v in scores if gap_start <= d <= gap_end]
+            days = (gap_end - gap_start).days
+            if inside and all(v < thresholds[k] for _, k, v in inside):
+                found.append(
+                    (
+                        gap_start,
+                        gap_end,
+                        f"{days // 30} months off antidepressants in remission "
+                        f"({gap_start.isoformat()} to {gap_end.isoformat()})",
+                    )
+                )
+            elif not inside and days >= s["untreated_gap_days"]:
+                found.append(
+                    (
+                        gap_start,
+                        gap_end,
+                        f"{days // 30} months without antidepressants or depression "
+                        f"scores ({gap_start.isoformat()} to {gap_end.isoformat()})",
+                    )
+                )
+        covered_until = max(covered_until or t.end, t.end)
+    if not found:
+        return None
+    start, end, why = max(found, key=lambda f: f[1])
+    return {"start": start, "end": end, "why": why}
 
 
 def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
@@ -1034,10 +1269,23 @@ def _pathway(args: Any, ctx: CompileContext) -> Node:
     "`assess_after` on `score_kinds` (response = improvement of at least `response_pct`).",
 )
 def _course(args: Any, ctx: CompileContext) -> Node:
-    allowed = {"valueset", "min_sessions", "assess_after", "response_pct", "score_kinds", "course_gap_days"}
+    allowed = {
+        "valueset",
+        "min_sessions",
+        "assess_after",
+        "response_pct",
+        "score_kinds",
+        "course_gap_days",
+        "by_week_valueset",
+        "assess_week",
+    }
     a = _args(args, allowed, {"valueset"})
     spec = {
         "vs": ctx.valueset(a["valueset"], "medication", ("valueset",)),
+        "week_vs": ctx.valueset(a["by_week_valueset"], "medication", ("by_week_valueset",))
+        if a.get("by_week_valueset")
+        else None,
+        "week": ctx.number(a, "assess_week", 4),
         "min": ctx.number(a, "min_sessions", 1),
         "after": ctx.number(a, "assess_after", 6),
         "pct": ctx.number(a, "response_pct", 50),
@@ -1052,11 +1300,21 @@ def _course(args: Any, ctx: CompileContext) -> Node:
         if len(course) < s["min"]:
             return Result(False)
         first, last = course[0].start, course[-1].start
+        # A course of the by-week drug (esketamine: the label evaluates at week 4) is assessed at
+        # that week; any other course after the N-th session (the Norwegian protocol's sixth).
+        by_week = s["week_vs"] is not None and all(env.facts.t.drug_in(c.drug, s["week_vs"]) for c in course)
+        pivot = None
+        if by_week and first and (env.facts.today - first).days >= s["week"] * 7:
+            pivot = first + timedelta(days=int(s["week"] * 7))
+        elif not by_week and len(course) >= s["after"]:
+            pivot = course[int(s["after"]) - 1].start
         info: dict[str, Any] = {
             "sessions": len(course),
             "first": first.isoformat() if first else None,
             "last": last.isoformat() if last else None,
             "assess_after": int(s["after"]),
+            "assess_label": f"at week {s['week']:g}" if by_week else f"after session {s['after']:g}",
+            "due": pivot is None,
             "response": None,
         }
         for kind in s["kinds"]:
@@ -1065,13 +1323,12 @@ def _course(args: Any, ctx: CompileContext) -> Node:
             if not base:
                 continue
             info["instrument"] = kind.upper().replace("PHQ9", "PHQ-9")
-            info["baseline"] = f"{base[-1].value:g}"
-            if len(course) >= s["after"]:
-                pivot = course[int(s["after"]) - 1].start
-                after = [o for o in series if pivot and o.when.date() >= pivot and o.value is not None]
+            info["baseline"] = f"{num(base[-1].value)}"
+            if pivot is not None:
+                after = [o for o in series if o.when.date() >= pivot and o.value is not None]
                 if after:
                     pct = (base[-1].value - after[0].value) / base[-1].value * 100 if base[-1].value else 0
-                    info["after_score"] = f"{after[0].value:g}"
+                    info["after_score"] = f"{num(after[0].value)}"
                     info["improvement_pct"] = round(pct)
                     info["response"] = pct >= s["pct"]
             break
