@@ -154,9 +154,11 @@ def summary_text(text: str, fallback: str) -> str:
 
 
 def _rule_context(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
+    bind = o.result.bind if o.result else {}
     return {
         **base,
-        **(o.result.bind if o.result else {}),
+        **bind,
+        "bound": bind,  # every binding by name, for templates that loop over several
         "params": o.rule.params,
         "rule": {"id": o.rule.id, "title": o.rule.title},
     }

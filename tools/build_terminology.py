@@ -191,6 +191,12 @@ for _code, _name in {
         "V1",
         "ICD-10-CM 2026 category I72 (americanmedicalcoding.com aneurysm coding guide; diseasedb.com/icd10)",
     )
+EXTERNAL_CODES[("http://loinc.org", "44260-8")] = (
+    "Thoughts that you would be better off dead, or of hurting yourself in some way",
+    "V1",
+    "MII PRO module PHQ-9 questionnaire (medizininformatik-initiative/kerndatensatzmodul-proms, "
+    "knowledge.md S12 repository)",
+)
 HCG_SOURCE = "VSAC 2.16.840.1.113883.3.464.1003.111.12.1011 Pregnancy Test (eCQM update 2025-05-08, canvas-medical SDK)"
 for _code, _name in {
     "2106-3": "Choriogonadotropin (pregnancy test) [Presence] in Urine",

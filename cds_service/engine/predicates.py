@@ -575,9 +575,10 @@ def _med_view(env: Env, u: MedUse) -> dict[str, Any]:
     "`routes` optional.",
 )
 def _order(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"valueset", "routes"}, {"valueset"})
+    a = _args(args, {"valueset", "routes", "bind"}, {"valueset"})
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
     routes = tuple(ctx.value(a.get("routes")) or ())
+    bind_as = a.get("bind")  # another name, for a second drug ordered in the same request
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         found = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
@@ -587,9 +588,10 @@ def _order(args: Any, ctx: CompileContext) -> Node:
                 return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
             return Result(False)
         views = [_med_view(env, o) for o in found]
-        return Result(True, bind={"order": views[0], "orders": views}, evidence=[o.ref for o in found])
+        bind = {bind_as: views} if bind_as else {"order": views[0], "orders": views}
+        return Result(True, bind=bind, evidence=[o.ref for o in found])
 
-    return Leaf("order", run, {"vs": vs, "routes": routes}, {f"valueset:{vs}"})
+    return Leaf("order", run, {"vs": vs, "routes": routes, "bind": bind_as}, {f"valueset:{vs}"})
 
 
 @predicate(
@@ -638,8 +640,9 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
     "diazepam_equivalent",
     "Total daily dose of the active drugs of the value set in diazepam-equivalent mg/day, from the site's "
     "chosen `table` among `tables` (mg equal to 10 mg oral diazepam, by ingredient), compared with "
-    "gt/gte/lt/lte. `unassessed: true` instead is true when such a drug is active but its dose cannot "
-    "be converted (no table chosen, drug not in the table, or no daily dose on the record).",
+    "gt/gte/lt/lte; draft orders of the value set count as concurrent use. `unassessed: true` instead "
+    "is true when such a drug is used but its dose cannot be converted (no table chosen, drug not in "
+    "the table, or no daily dose on the record).",
 )
 def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
     a = _args(
@@ -660,10 +663,10 @@ def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
     cmp = {k: ctx.number(a, k) for k in COMPARATORS if k in a}
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
-        uses = env.facts.active_uses(vs, grace_days=int(grace))
+        # what the patient takes, and what is being ordered with it (an order set is concurrent use)
+        uses = env.facts.active_uses(vs, grace_days=int(grace)) + env.facts.orders_in(vs)
         if not uses:
             return Result(False)
-        total = 0.0
         parts: list[dict[str, Any]] = []
         open_: list[str] = []
         by_ingredient: dict[str, float] = {}
