@@ -41,7 +41,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     critical = [o for o in fired if (o.indicator or o.rule.indicator) == "critical" and o.rule.kind == "card"]
     base_ctx["critical"] = [o.rule.title for o in critical]
     if critical:
-        fired = [o for o in fired if not o.rule.reassuring]
+        fired = [o for o in fired if not (o.rule.reassuring or o.rule.quiet_when_critical)]
     rows: dict[str, list[Outcome]] = {}
     for o in fired:
         if o.rule.kind == "row" and o.rule.panel:
@@ -62,6 +62,8 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     for outcomes in by_decision.values():
         outcomes.sort(key=lambda o: (SEVERITY[o.indicator or "info"], order[o.rule.id]))
         winner, others = outcomes[0], outcomes[1:]
+        if (winner.indicator or "info") != "info":  # a finding is not followed by "in the studied range"
+            others = [x for x in others if not x.rule.reassuring]
         card = _rule_card(winner, others, base_ctx, ev, patient_id)
         entries.append((SEVERITY[card["indicator"]], order[winner.rule.id], card))
 

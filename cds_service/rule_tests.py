@@ -149,6 +149,14 @@ def run_case(case: dict[str, Any], rulesets: RuleSets, *, file: str = "", line: 
     for text in expect.get("detail_contains") or []:
         if not any(text.lower() in (c.get("detail") or "").lower() for c in result.cards):
             result.failures.append(f"detail_contains: no card detail contains {text!r}")
+    for text in expect.get("summary_not_contains") or []:
+        for c in result.cards:
+            if text.lower() in c["summary"].lower():
+                result.failures.append(f"summary_not_contains: {c['source']['topic']['code']} says {text!r}")
+    for text in expect.get("detail_not_contains") or []:
+        for c in result.cards:
+            if text.lower() in (c.get("detail") or "").lower():
+                result.failures.append(f"detail_not_contains: {c['source']['topic']['code']} says {text!r}")
     return result
 
 

@@ -54,8 +54,15 @@ SEPARATELY_RETRIEVED_KINDS = frozenset(
 # tests/test_retrieval.py checks it equals what prefetch_for derives from the bundled rules.
 BUNDLED_ASSESSMENT_CODES = (
     "http://ketamine-cds.local/CodeSystem/assessment|madrs-total",
+    "http://loinc.org|2106-3",
+    "http://loinc.org|2110-5",
+    "http://loinc.org|2112-1",
+    "http://loinc.org|2118-8",
+    "http://loinc.org|44260-8",
     "http://loinc.org|44261-6",
     "http://loinc.org|70274-6",
+    "http://loinc.org|80384-1",
+    "http://loinc.org|80385-8",
     "http://loinc.org|89204-2",
     "http://loinc.org|93245-9",
     "http://loinc.org|93246-7",

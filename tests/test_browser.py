@@ -179,8 +179,9 @@ def test_v12_under_uk_shows_the_nice_row(tab: Tab) -> None:
     expect(page.locator("#result-jurisdiction")).to_have_text("UK")
     table = page.locator('article.cds-card[data-topic="eligibility"] .detail table')
     expect(table).to_be_visible()
-    expect(table.locator("tbody tr", has_text="NICE")).to_have_count(1)
-    expect(table.locator("tbody tr", has_text="NICE").get_by_role("link", name="NICE")).to_be_visible()
+    # NICE's own position, and the local "sixth-line" pathway as a separate, unverified row
+    expect(table.get_by_role("link", name="NICE", exact=True)).to_have_count(1)
+    expect(table.get_by_role("link", name="Local pathway (unverified)", exact=True)).to_have_count(1)
 
     _run(tab, "v12-nice-vs-expert-panel", "US")
     expect(page.locator("#result-jurisdiction")).to_have_text("US")

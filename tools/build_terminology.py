@@ -137,30 +137,34 @@ EXTRA_NAMES = {
 # sets missed, and the gabapentinoids of the FDA Drug Safety Communication of 2019-12-19
 # (knowledge.md §10). No ingredient code is loaded: orders match through the expansions' product
 # codes (SCD/SBD, whose displays name the ingredient) or by name.
-OPIOID_SETS = "CDC opioid-CDS opioid-analgesics-with-ambulatory-misuse-potential; VSAC 2.16.840.1.113762.1.4.1046.241"
+OPIOID_SETS = (
+    "CDC opioid-CDS opioid-analgesics-with-ambulatory-misuse-potential; VSAC 2.16.840.1.113762.1.4.1046.241"
+)
+CNS134 = "VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)"
 BZD_SETS = "CDC opioid-CDS benzodiazepine-medications; VSAC 2.16.840.1.113762.1.4.1125.1"
 DERIVED_INGREDIENTS = {
-    "butalbital": ("barbiturate", "CDC opioid-CDS barbiturate-medications; VSAC 2.16.840.1.113762.1.4.1248.134"),
+    "butalbital": ("barbiturate", f"CDC opioid-CDS barbiturate-medications; {CNS134}"),
     "butorphanol": ("opioid", OPIOID_SETS),
     "clobazam": ("bzd", BZD_SETS),
     "clorazepate": ("bzd", BZD_SETS),
     "estazolam": ("bzd", BZD_SETS),
     "flurazepam": ("bzd", BZD_SETS),
-    "gabapentin": ("gabapentinoid", "VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)"),
+    "gabapentin": ("gabapentinoid", CNS134),
     "levorphanol": ("opioid", OPIOID_SETS),
     "meperidine": ("opioid", OPIOID_SETS),
     "oxymorphone": ("opioid", OPIOID_SETS),
     "pentazocine": ("opioid", OPIOID_SETS),
-    "pregabalin": ("gabapentinoid", "VSAC 2.16.840.1.113762.1.4.1248.134 (Central Nervous System Depressants)"),
+    "pregabalin": ("gabapentinoid", CNS134),
     "quazepam": ("bzd", BZD_SETS),
 }
 
 # Brand names verified outside /work/shared (a name is not a code, but --check wants a source).
+MAOI_BRANDS = "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"
 EXTERNAL_NAMES = {
-    "isocarboxazid": (["marplan"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
-    "phenelzine": (["nardil"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
-    "tranylcypromine": (["parnate"], "USP DI monograph 'Antidepressants, MAO inhibitor' (drugs.com/mmx/nardil.html)"),
-    "methylphenidate": (["ritalin", "concerta"], "ADDitude ADHD medication list (additudemag.com); myhealthyfeeling.com"),
+    "isocarboxazid": (["marplan"], MAOI_BRANDS),
+    "phenelzine": (["nardil"], MAOI_BRANDS),
+    "tranylcypromine": (["parnate"], MAOI_BRANDS),
+    "methylphenidate": (["ritalin", "concerta"], "ADDitude ADHD medication list (additudemag.com)"),
     "amphetamine": (["adderall"], "mixed amphetamine salts (myhealthyfeeling.com; additudemag.com)"),
     "dexmethylphenidate": (["focalin"], "additudemag.com ADHD medication list (Focalin XR)"),
     "dextroamphetamine": (["dexedrine"], "adhd.nyc stimulant names; myhealthyfeeling.com"),
@@ -197,7 +201,10 @@ EXTERNAL_CODES[("http://loinc.org", "44260-8")] = (
     "MII PRO module PHQ-9 questionnaire (medizininformatik-initiative/kerndatensatzmodul-proms, "
     "knowledge.md S12 repository)",
 )
-HCG_SOURCE = "VSAC 2.16.840.1.113883.3.464.1003.111.12.1011 Pregnancy Test (eCQM update 2025-05-08, canvas-medical SDK)"
+HCG_SOURCE = (
+    "VSAC 2.16.840.1.113883.3.464.1003.111.12.1011 Pregnancy Test "
+    "(eCQM update 2025-05-08, canvas-medical SDK)"
+)
 for _code, _name in {
     "2106-3": "Choriogonadotropin (pregnancy test) [Presence] in Urine",
     "2110-5": "Choriogonadotropin.beta subunit (pregnancy test) [Presence] in Serum or Plasma",
@@ -999,6 +1006,23 @@ VALUESETS: list[Recipe] = [
         "CDC set: codes about someone else or not about use (fetal alcohol syndrome/spectrum, neonatal "
         "effects, fetal disorder from maternal dependence, counselling for a family member, accidental "
         "poisoning). Alcohol codes are also in alcohol-use-disorder.",
+    ),
+    Recipe(
+        "substance-use-in-remission",
+        "Substance use disorder in remission",
+        "condition",
+        "Substance and alcohol use disorder codes whose meaning is 'in remission': a history (a risk "
+        "factor for misuse), not active use, whatever the clinical status says.",
+        source=f"CDC opioid-CDS {SUB_CDC}; VSAC {SUD1001}; VSAC {SUB320} (displays naming remission)",
+        parts=[
+            Expand(
+                k,
+                display=r"remission",
+                exclude_display=rf"nicotine|tobacco|caffeine|{NOT_PATIENT_USE}",
+                code=r"^(?!F17|F55)",
+            )
+            for k in (SUB_CDC, SUD1001, SUB320)
+        ],
     ),
     Recipe(
         "alcohol-use-disorder",

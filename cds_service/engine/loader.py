@@ -71,6 +71,7 @@ class Rule:
     row: dict[str, jinja2.Template] = field(default_factory=dict)
     evaluate_last: bool = False
     reassuring: bool = False
+    quiet_when_critical: bool = False
     enabled: bool = True
     description: str = ""
     also_cites: list[dict[str, Any]] = field(default_factory=list)
@@ -530,6 +531,7 @@ def _compile_rule(
         row=row,
         evaluate_last=bool(spec.get("evaluate_last")),
         reassuring=bool(spec.get("reassuring")),
+        quiet_when_critical=bool(spec.get("quiet_when_critical")),
         enabled=bool(override.get("enabled", spec.get("enabled", True))),
         description=spec.get("description", ""),
         also_cites=spec.get("also_cites") or [],

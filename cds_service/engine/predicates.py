@@ -395,9 +395,20 @@ def _unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
     return Missing("unreadable-record", f"a readable record of {title} ({', '.join(refs[:3])} malformed)")
 
 
+def concept_name(concept: Any, fallback: str = "") -> str:
+    """A CodeableConcept's name, once: its text, else its first display (never both joined)."""
+    if isinstance(concept, dict):
+        if isinstance(concept.get("text"), str) and concept["text"].strip():
+            return concept["text"].strip()
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
+                return c["display"].strip()
+    return fallback
+
+
 def _condition_view(c: Any) -> dict[str, Any]:
     return {
-        "text": c.text or "condition",
+        "text": concept_name(c.concept, c.text) or "condition (no name recorded)",
         "active": c.active,
         "onset": c.onset.isoformat() if c.onset else None,
         "ref": c.ref,
@@ -544,13 +555,7 @@ def drug_name(u: MedUse) -> str:
 
     (The matcher's text joins text and displays, which repeats the name when they are equal.)"""
     concept = u.resource.get("medicationCodeableConcept") if isinstance(u.resource, dict) else None
-    if isinstance(concept, dict):
-        if isinstance(concept.get("text"), str) and concept["text"].strip():
-            return concept["text"].strip()[:80]
-        for c in concept.get("coding") or []:
-            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
-                return c["display"].strip()[:80]
-    return u.describe()
+    return concept_name(concept)[:80] or u.describe()
 
 
 def _med_view(env: Env, u: MedUse) -> dict[str, Any]:
@@ -666,6 +671,9 @@ def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
         # what the patient takes, and what is being ordered with it (an order set is concurrent use)
         uses = env.facts.active_uses(vs, grace_days=int(grace)) + env.facts.orders_in(vs)
         if not uses:
+            unreadable = env.facts.unreadable_medications_in(vs)
+            if unreadable:
+                return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
             return Result(False)
         parts: list[dict[str, Any]] = []
         open_: list[str] = []
@@ -1136,10 +1144,17 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
     # stretches without any antidepressant
     trials = sorted(facts.trials(s["vs"]), key=lambda t: t.start)
     covered_until: date | None = None
-    for t in trials:
-        if covered_until is not None and (t.start - covered_until).days >= s["remission_days"]:
-            gap_start, gap_end = covered_until, t.start
-            inside = [(d, k, v) for d, k, v in scores if gap_start <= d <= gap_end]
+    # each stretch off antidepressants ends at the next trial, or (after the last) at the first
+    # score showing depression again, or today
+    ends = [t.start for t in trials[1:]] + [facts.today]
+    for t, next_start in zip(trials, ends, strict=True):
+        covered_until = max(covered_until or t.end, t.end)
+        if any(u.start <= covered_until < u.end for u in trials if u is not t):
+            continue
+        depressed = [d for d, k, v in scores if covered_until < d <= next_start and v >= thresholds[k]]
+        gap_start, gap_end = covered_until, min([next_start, *depressed])
+        if (gap_end - gap_start).days >= s["remission_days"]:
+            inside = [(d, k, v) for d, k, v in scores if gap_start < d < gap_end]
             days = (gap_end - gap_start).days
             if inside and all(v < thresholds[k] for _, k, v in inside):
                 found.append(
@@ -1159,7 +1174,6 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
                         f"scores ({gap_start.isoformat()} to {gap_end.isoformat()})",
                     )
                 )
-        covered_until = max(covered_until or t.end, t.end)
     if not found:
         return None
     start, end, why = max(found, key=lambda f: f[1])
