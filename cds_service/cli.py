@@ -311,15 +311,20 @@ def test_rules(files: tuple[Path, ...], rules_dir: Path | None, select: str | No
     "--examples",
     "examples_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("fhir_examples"),
-    show_default=True,
-    help="Folder of example CDS Hooks requests (*.json); the rule-test cases are always included.",
+    default=None,
+    help="Folder of example CDS Hooks requests (*.json; default: the bundled examples); the rule-test "
+    "cases are always included.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
-def card_burden(rules_dir: Path | None, site_config: Path | None, examples_dir: Path, as_json: bool) -> None:
+def card_burden(
+    rules_dir: Path | None, site_config: Path | None, examples_dir: Path | None, as_json: bool
+) -> None:
     """Cards per hook call (median, max, by indicator) and per-rule fire rate over the examples
     and the rule-test cases."""
+    from .bundled import examples_dir as bundled_examples
     from .burden import collect, render_text, summarise
+
+    examples_dir = examples_dir or bundled_examples()
 
     settings = Settings.from_env(rules_dir=rules_dir, site_config=site_config)
     summary = summarise(collect(settings.rules_dir, examples_dir, settings.site_config))
