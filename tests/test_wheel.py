@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -261,3 +263,79 @@ def test_fhir_server_and_seed(installed: dict[str, object], stopper: list[subpro
     out = _cli(installed, "seed", "--fhir", base).stdout
     assert re.search(r"Seeded \d+ patients", out), out
     assert requests.get(f"{base}/Patient/v01", timeout=10).status_code == 200
+
+
+READ_ONLY_SCRIPT = r"""
+set -e
+for d in "$@"; do mount --bind "$d" "$d"; mount -o remount,bind,ro "$d"; done
+if touch /tmp/.kcds-write-probe 2>/dev/null; then echo "/tmp is writable" >&2; exit 97; fi
+cd /tmp  # read-only: Python's last-resort temporary folder is the working directory
+exec "$KCDS_EXE" serve --dev --host 127.0.0.1 --port "$KCDS_PORT" --workers 2
+"""
+
+
+def test_serve_on_a_read_only_filesystem(
+    installed: dict[str, object], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What `docker run --read-only` leaves writable: the /data volume and /dev/shm. Every other folder
+    (the venv, /tmp, $HOME, the working directory) is remounted read-only in a private mount namespace."""
+    if os.geteuid() != 0 or not Path("/usr/bin/unshare").exists() or not Path("/dev/shm").is_dir():
+        pytest.skip("needs root, unshare and /dev/shm to remount folders read-only")
+    data = Path(tempfile.mkdtemp(prefix="kcds-data-", dir="/dev/shm"))  # the /data volume
+    folders = [d for d in ("/tmp", "/var", "/home", "/root", "/opt", "/usr", "/etc", "/srv", "/work")
+               if Path(d).is_dir() and not Path(d).is_symlink()]  # fmt: skip
+    port = free_port()
+    env = dict(installed["env"])  # type: ignore[call-overload]
+    env.update(
+        HOME="/nonexistent",
+        KCDS_EXE=str(installed["exe"]),
+        KCDS_PORT=str(port),
+        KETAMINE_CDS_DATABASE=str(data / "feedback.sqlite3"),
+        KETAMINE_CDS_WORKER_TMP_DIR="/dev/shm",
+        KETAMINE_CDS_ACCESS_LOG="-",
+    )
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --mount is not permitted here: {probe.stderr.decode()[:200]}")
+    process = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", READ_ONLY_SCRIPT, "ro", *folders],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base, health = f"http://127.0.0.1:{port}", None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = requests.get(f"{base}/healthz", timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert health is not None and health.status_code == 200, process.poll()
+        examples = _installed_path(installed, "examples_dir")
+        body = json.loads((examples / "v04-pregnancy.json").read_text())
+        cards = requests.post(f"{base}/cds-services/order-sign", json=body, timeout=30).json()["cards"]
+        assert cards and cards[0]["indicator"] == "critical"
+        fb = {"feedback": [{"card": cards[0]["uuid"], "outcome": "overridden",
+                            "overrideReason": {"reason": cards[0]["overrideReasons"][0]},
+                            "outcomeTimestamp": "2026-05-04T09:00:00Z"}]}  # fmt: skip
+        assert (
+            requests.post(f"{base}/cds-services/order-sign/feedback", json=fb, timeout=10).status_code == 200
+        )
+        assert requests.get(f"{base}/", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+    assert process.returncode == 0, err[-3000:]
+    problems = [
+        ln
+        for ln in err.splitlines()
+        if re.search(r"read-only|permission denied|Errno", ln, re.I)
+        or (ln.startswith("{") and json.loads(ln)["level"] in ("error", "critical"))
+    ]
+    assert not problems, problems
+    assert any('"event":"http_access"' in ln for ln in out.splitlines())
+    assert not Path("/nonexistent").exists()  # nothing wrote to $HOME (the root folder stays writable here)
