@@ -119,6 +119,20 @@ def test_unreachable_medication_is_reported_not_fatal():
     assert any(p.where == "Medication" for p in outcome.evaluation.facts.record.problems)
 
 
+def test_a_current_medication_nobody_could_identify_makes_interaction_checks_unknown():
+    """Phenelzine as Medication/{id} with no FHIR server to read it: the MAOI check cannot say "no"."""
+    example = load_example("v08-phenelzine")
+    request = copy.deepcopy(example)
+    for i, (_k, e) in enumerate(phenelzine_records(request)):
+        to_reference(e["resource"], f"unsent-{i}")
+    outcome = run(request)
+    maoi = next(o for o in outcome.evaluation.outcomes if o.rule.id == "ddi-maoi")
+    assert maoi.status == "unknown"
+    gaps = [c for c in outcome.response["cards"] if c["source"]["topic"]["code"] == "data-gaps"]
+    assert gaps and "Medication could not be read" in gaps[0]["detail"]
+    assert gaps[0]["indicator"] == "warning"
+
+
 def test_medication_with_local_code_is_identified_by_its_ingredient():
     example = load_example("v05-psychosis-history")
     request = copy.deepcopy(example)

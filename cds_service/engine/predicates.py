@@ -389,6 +389,11 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
     )
 
 
+UNRESOLVED_MEDICATION = Missing(
+    "unresolved-medication", "the drug of current medication records whose Medication could not be read"
+)
+
+
 def _unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
     """A relevant record that could not be read: the check cannot say 'absent'."""
     title = env.facts.t.valuesets[vs].title
@@ -631,6 +636,8 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
             unreadable = env.facts.unreadable_medications_in(vs)
             if unreadable:
                 return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
+            if env.facts.unresolved_in_effect(int(grace)):  # some current drug is not known at all
+                return Result(None, missing=[UNRESOLVED_MEDICATION])
             return Result(False)
         seen: dict[str, dict[str, Any]] = {}
         for u in found:

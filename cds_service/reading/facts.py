@@ -66,6 +66,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
+        self.unresolved_meds: list[dict[str, Any]] = []  # records whose Medication could not be read
         self._obs_codes: dict[tuple[str, str], str] = {}
         self._obs_units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}

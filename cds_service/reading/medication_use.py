@@ -213,6 +213,7 @@ class MedicationFacts:
     malformed_meds: list[tuple[str, DrugMatch]]
     malformed_orders: list[tuple[str, DrugMatch]]
     unidentified_orders: list[dict[str, Any]]
+    unresolved_meds: list[dict[str, Any]]
     _trials: dict[tuple[str, int], list[Trial]]
 
     @cached_property
@@ -255,16 +256,38 @@ class MedicationFacts:
         _ = self.medication_uses
         return [r for r, drug in self.malformed_meds if self.t.drug_in(drug, valueset)]
 
+    def unresolved_in_effect(self, grace_days: int = 0) -> list[str]:
+        """References of records in effect today whose drug is not known at all (a
+        ``medicationReference`` nothing could read, without a display): "is the patient taking X?"
+        cannot be answered "no" while they are there."""
+        _ = self.medication_uses
+        out = []
+        for res in self.unresolved_meds:
+            rtype = str(res.get("resourceType"))
+            if rtype not in READS or not self.record.readable(res, READS[rtype][0]):
+                continue
+            start, end = self._dates(res, rtype)
+            use = MedUse(ref(res), rtype, DrugMatch(), str(res.get("status") or ""), start, end)
+            if rtype == "MedicationAdministration":
+                if start and 0 <= (self.today - start).days <= max(grace_days, 1):
+                    out.append(use.ref)
+            elif in_effect(use, [], self.today, grace_days):
+                out.append(use.ref)
+        return out
+
     def unreadable_orders_in(self, valueset: str) -> list[str]:
         """References of unreadable draft orders of a drug in the value set."""
         _ = self.orders
         return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
 
     def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
-        drug = self.medications.identify(res).drug
+        identified = self.medications.identify(res)
+        drug = identified.drug
         if not drug.ingredients:
             if kind == "draft":
                 self.unidentified_orders.append(res)
+            elif identified.reference and not drug.text:  # a Medication nothing could read, no name
+                self.unresolved_meds.append(res)
             return None
         status = str(res.get("status") or "")
         if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
