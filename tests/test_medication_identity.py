@@ -197,3 +197,26 @@ def test_the_fhir_server_honours_the_include(fhir_server):
     bundle = requests.get(f"{fhir_server.base_url}/{query}", timeout=10).json()
     kinds = {(e["resource"]["resourceType"], e.get("search", {}).get("mode")) for e in bundle["entry"]}
     assert kinds == {("MedicationRequest", "match"), ("Medication", "include")}
+
+
+def test_ketamine_ordered_by_ndc_gives_the_example_cards():
+    """An EHR that codes the order by package NDC (11-digit and hyphenated forms of Ketalar)."""
+    example = load_example("v05-psychosis-history")
+    for ndc in ("42023011310", "42023-113-10", "0409-2051-05"):
+        request = copy.deepcopy(example)
+        order = request["context"]["draftOrders"]["entry"][0]["resource"]
+        order["medicationCodeableConcept"] = {
+            "coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": ndc}]
+        }
+        assert signature(request) == signature(example), ndc
+
+
+def test_an_unknown_ndc_is_not_ketamine():
+    from cds_service.reading.terminology import ndc_products
+
+    assert ndc_products("42023-0113-10") == [("42023", "0113")]
+    terminology = load_ruleset(RULES).terminology
+    drug = terminology.match_drug(
+        {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-1433-80"}]}
+    )
+    assert not drug.ingredients

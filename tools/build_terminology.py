@@ -476,8 +476,29 @@ def build_medications(src: Sources) -> MedBuild:
         "systems": {"rxnorm": RXNORM, "atc": ATC},
         "ingredients": dict(sorted(ingredients.items())),
         "products": dict(sorted(products.items(), key=lambda kv: int(kv[0]))),
+        "ndc": {code: dict(spec) for code, spec in sorted(NDC_PRODUCTS.items())},
     }
     return MedBuild(data, dict(skipped), warnings)
+
+
+# NDC products that codes.csv's `Product` rows name (labeler-product codes from openFDA, S15): an
+# order or dispense coded with an NDC of one of these is identified. No other NDC map is verified.
+NDC_PRODUCTS: dict[str, dict[str, Any]] = {
+    "42023-113": {
+        "display": "Ketalar (ketamine hydrochloride injection)",
+        "ingredients": ["ketamine"],
+        "form": "injection",
+        "status": "V1",
+        "source": "codes.csv Product row 'ketamine inj (openFDA NDC 42023-113 Ketalar / 0409-2051)'; S15",
+    },
+    "0409-2051": {
+        "display": "ketamine hydrochloride injection",
+        "ingredients": ["ketamine"],
+        "form": "injection",
+        "status": "V1",
+        "source": "codes.csv Product row 'ketamine inj (openFDA NDC 42023-113 Ketalar / 0409-2051)'; S15",
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1437,6 +1458,14 @@ def medications_yaml(data: dict[str, Any]) -> str:
                 continue
             v = spec[key]
             out.append(f"    {key}: {flow_list(v) if isinstance(v, list) else scalar(v)}")
+    if data.get("ndc"):
+        out.append("ndc:  # NDC products (labeler-product); a package NDC matches its product")
+        for code, spec in data["ndc"].items():
+            out.append(f'  "{code}":')
+            for key in ("display", "ingredients", "form", "status", "source"):
+                if key in spec:
+                    v = spec[key]
+                    out.append(f"    {key}: {flow_list(v) if isinstance(v, list) else scalar(v)}")
     return "\n".join(out) + "\n"
 
 

@@ -17,6 +17,7 @@ from .raw import as_list
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+NDC = "http://hl7.org/fhir/sid/ndc"
 
 SYSTEM_ALIASES = {
     "rxnorm": RXNORM,
@@ -27,7 +28,35 @@ SYSTEM_ALIASES = {
     "snomed": "http://snomed.info/sct",
     "loinc": "http://loinc.org",
     "cpt": "http://www.ama-assn.org/go/cpt",
+    "ndc": NDC,
 }
+
+
+def ndc_products(code: str) -> list[tuple[str, str]]:
+    """The (labeler, product) pairs, normalised to 5 + 4 digits, an NDC can stand for.
+
+    ``42023-113-10`` and ``42023-0113-10`` (hyphenated, any segment lengths) give one pair; an
+    11-digit code is 5-4-2; an unhyphenated 10-digit code is ambiguous (4-4-2, 5-3-2 or 5-4-1) and
+    gives each reading.
+    """
+    code = code.strip()
+    if "-" in code:
+        parts = code.split("-")
+        if (
+            len(parts) in (2, 3)
+            and all(p.isdigit() for p in parts[:2])
+            and len(parts[0]) <= 5
+            and len(parts[1]) <= 4
+        ):
+            return [(parts[0].zfill(5), parts[1].zfill(4))]
+        return []
+    if not code.isdigit():
+        return []
+    if len(code) == 11:
+        return [(code[:5], code[5:9])]
+    if len(code) == 10:
+        return [(code[:4].zfill(5), code[4:8]), (code[:5], code[5:8].zfill(4)), (code[:5], code[5:9])]
+    return []
 
 
 def norm_code(system: str, code: str) -> tuple[str, str]:
@@ -104,6 +133,8 @@ class Terminology:
     ingredients: dict[str, Ingredient] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     valuesets: dict[str, ValueSet] = field(default_factory=dict)
+    # (labeler, product) of an NDC product (5 + 4 digits) -> the product it is
+    ndc: dict[tuple[str, str], Product] = field(default_factory=dict)
     # (system, code) of an ingredient code (RxNorm IN or ATC) -> ingredient id
     ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
     _name_pattern: re.Pattern[str] | None = None
@@ -137,6 +168,14 @@ class Terminology:
                 frozenset(spec.get("ingredients") or ()),
                 spec.get("form"),
             )
+        for code, spec in (medications.get("ndc") or {}).items():
+            for key in ndc_products(str(code)):
+                t.ndc[key] = Product(
+                    str(code),
+                    spec.get("display", ""),
+                    frozenset(spec.get("ingredients") or ()),
+                    spec.get("form"),
+                )
         if t._name_to_ingredient:
             alternatives = sorted(t._name_to_ingredient, key=len, reverse=True)
             t._name_pattern = re.compile(
@@ -183,6 +222,12 @@ class Terminology:
                 form = form or p.form
             elif (system, code) in self.ingredient_codes:
                 ingredients.add(self.ingredient_codes[(system, code)])
+            elif system == NDC and self.ndc:
+                for key in ndc_products(code):
+                    if key in self.ndc:
+                        ingredients |= self.ndc[key].ingredients
+                        form = form or self.ndc[key].form
+                        break
         if ingredients:
             return DrugMatch(frozenset(ingredients), frozenset(products), form, "code", text)
         by_text = self.ingredients_in_text(text)
