@@ -15,6 +15,9 @@ Parts (``--parts``, default ``inproc,http,linearity``):
                 patient sessions of patient-view → order-select → order-sign), then unloaded
                 latency one request at a time for the typical and the large record.
 * ``linearity`` ms per resource across sizes (from the in-process order-sign numbers).
+* ``floor``     the echo floor (``bench/floor.py``): a plain Flask echo endpoint (parse JSON, no cards)
+                served by the same ``serve`` command, loaded side by side with the service in one
+                run, new patient every order-sign call; prints the throughput ratio.
 * ``profile``   cProfile of the in-process order-sign call for the typical and the large record (not
                 in the default run: ``--parts profile``).
 
@@ -76,6 +79,7 @@ TARGETS = {
     "inproc_order_sign_p99_ms": 15.0,
     "http_throughput_rps": 300.0,
     "large_record_ms": 100.0,
+    "floor_ratio": 0.5,
 }
 # "Linear": the marginal cost per added resource between consecutive sizes stays within this factor
 # of the least-squares slope, and the straight-line fit explains ≥ 98 % of the variance.
@@ -397,7 +401,8 @@ def free_port() -> int:
 
 
 class Server:
-    """``ketamine-cds serve --dev`` as a subprocess (the process is gunicorn's master)."""
+    """``ketamine-cds serve --dev`` as a subprocess (the process is gunicorn's master); ``launcher``
+    replaces ``ketamine-cds`` (e.g. ``[python, bench/echo_serve.py]`` for the echo floor)."""
 
     def __init__(
         self,
@@ -406,6 +411,7 @@ class Server:
         threads: int | None = None,
         port: int | None = None,
         database: Path | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.database = database or tmp / f"serve-{self.port}.sqlite3"
@@ -414,8 +420,7 @@ class Server:
         if exe is None:
             raise SystemExit("ketamine-cds not found (install the project into .venv)")
         cmd = [
-            exe,
-            "serve",
+            *(launcher or [exe, "serve"]),
             "--dev",
             "--workers",
             str(workers),
@@ -952,6 +957,16 @@ def report_targets(results: dict[str, Any]) -> dict[str, Any]:
                     "pass": seq["p50"] <= TARGETS["large_record_ms"],
                 }
             )
+    fl = results.get("floor")
+    if fl:
+        checks.append(
+            {
+                "target": f"order-sign, new patient, {TYPICAL} resources vs the echo floor",
+                "limit": f"≥ {TARGETS['floor_ratio']:g}× its req/s",
+                "ratio": fl["ratio"],
+                "pass": fl["ratio"] >= TARGETS["floor_ratio"],
+            }
+        )
     lin = results.get("linearity", {})
     for mode in MODES:
         m = lin.get(mode)
@@ -970,6 +985,8 @@ def report_targets(results: dict[str, Any]) -> dict[str, Any]:
             got = f"{c['wall_ms']:.2f} ms wall ({c['cpu_ms']:.2f} ms CPU)"
         elif "wall_ms" in c:
             got = f"{c['wall_ms']:.2f} ms"
+        elif "ratio" in c:
+            got = f"{c['ratio']:.2f}×"
         elif "rps" in c:
             got = f"{c['rps']:.1f} req/s"
         else:
@@ -983,8 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--parts",
-        default="inproc,http,linearity",
-        help="comma list of inproc, http, linearity, profile (default: inproc,http,linearity)",
+        default="inproc,http,linearity,floor",
+        help="comma list of inproc, http, linearity, floor, profile (default: inproc,http,linearity,floor)",
     )
     p.add_argument(
         "--sizes",
@@ -1011,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-requests", type=int, default=40, help="sequential typical requests per mode (40)")
     p.add_argument("--large-requests", type=int, default=10, help="sequential large requests per mode (10)")
     p.add_argument("--quick", action="store_true", help="HTTP: skip the session-mix run")
+    p.add_argument("--floor-rounds", type=int, default=2, help="floor: echo/service load pairs (default 2)")
     p.add_argument("--profile-iterations", type=int, default=100, help="profiled typical calls (large: 1/10)")
     p.add_argument("--profile-mode", choices=MODES, default="new")
     p.add_argument("--profile-top", type=int, default=25)
@@ -1028,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.modes) - set(MODES):
         p.error(f"unknown modes: {sorted(set(args.modes) - set(MODES))}")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
-    unknown = parts - {"inproc", "http", "linearity", "profile"}
+    unknown = parts - {"inproc", "http", "linearity", "floor", "profile"}
     if unknown:
         p.error(f"unknown parts: {sorted(unknown)}")
     if args.json:
@@ -1050,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         f"· parts {sorted(parts)} · load average {os.getloadavg()[0]:.2f}"
     )
     t0 = time.perf_counter()
-    needed = set(args.sizes) | ({TYPICAL, LARGE} if parts & {"http", "profile"} else set())
+    needed = set(args.sizes) | ({TYPICAL, LARGE} if parts & {"http", "profile", "floor"} else set())
     for size in sorted(needed):
         for hook in HOOKS:
             records.request_bytes(size, hook)
@@ -1068,6 +1086,10 @@ def main(argv: list[str] | None = None) -> int:
             results["linearity"] = linearity(results["inproc"], args.sizes, args.modes)
         if "http" in parts:
             results["http"] = bench_http(args, tmp)
+        if "floor" in parts:
+            import floor
+
+            results["floor"] = floor.bench_floor(args, tmp, sys.modules[__name__])
         if "profile" in parts:
             results["profile"] = bench_profile(args, tmp)
     results["targets"] = report_targets(results)

@@ -353,11 +353,21 @@ def _explanation(outcomes: list[Outcome]) -> dict[str, Any]:
     return {"rules": out}
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items() if v is not None and v != [] and v != ""}
+    t = type(value)
+    if t in _SCALARS:  # exact types first: most values are (this runs for every bound fact)
+        return value
+    if t is dict or isinstance(value, dict):
+        return {
+            k if type(k) is str else str(k): v if type(v) in _SCALARS else _jsonable(v)
+            for k, v in value.items()
+            if v is not None and v != [] and v != ""
+        }
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool):
+    if isinstance(value, _SCALARS):
         return value
     return str(value)

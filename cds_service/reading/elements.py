@@ -129,6 +129,7 @@ class Reads:
         tree = _READ_TREE.setdefault(self.rtype, {})
         *heads, last = path.split(".")
         steps = []
+        node: dict[str, Any] | None = tree
         for name in heads:
             f = fields_of(model).get(name)
             if f is None or f.model is None:
@@ -137,7 +138,8 @@ class Reads:
                 )
             steps.append(f)
             model = f.model
-            tree = tree.setdefault(name, {})
+            # None: another fact reads this whole element, which covers everything below it
+            node = node.setdefault(name, {}) if node is not None else None
         known = fields_of(model)
         if last.endswith("[x]"):
             stem = last[:-3]
@@ -146,8 +148,10 @@ class Reads:
             keys = [last] if last in known else []
         if not keys:
             raise ValueError(f"{self.rtype}: {path}: {model.__name__} has no element {last!r}")
-        for k in keys:
-            tree.setdefault(k, None)
+        if node is not None:
+            for k in keys:
+                node[k] = None  # read as a whole: validated when read, never shallow-checked
+        _ACTIONS.clear()
         return _Check(path, tuple(steps), tuple(_Leaf(k, _adapter(known[k].annotation)) for k in keys))
 
 
@@ -192,28 +196,63 @@ def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
     Input should be a valid integer"``), or None. An absent element is not an error: the fact simply
     has no value for it. Messages name elements, never their values."""
     for check in reads.checks:
-        objects: list[tuple[str, dict[str, Any]]] = [("", resource)]
-        for step in check.steps:
-            nxt = []
-            for where, obj in objects:
-                value = obj.get(step.key)
-                if value is None:
-                    continue
-                here = f"{where}{step.key}"
-                if step.many != isinstance(value, list):
-                    return f"{here}: {_SHAPE[step.many]}"
-                for i, item in enumerate(value if step.many else [value]):
-                    at = f"{here}[{i}]" if step.many else here
+        if _check_fails(resource, check):
+            return _locate(resource, check)
+    return None
+
+
+def _check_fails(resource: dict[str, Any], check: _Check) -> bool:
+    """The fast path of :func:`first_error`: no messages, no paths built."""
+    objects = [resource]
+    for step in check.steps:
+        nxt: list[dict[str, Any]] = []
+        for obj in objects:
+            value = obj.get(step.key)
+            if value is None:
+                continue
+            if step.many:
+                if not isinstance(value, list):
+                    return True
+                for item in value:
                     if not isinstance(item, dict):
-                        return f"{at}: expected an object"
-                    nxt.append((f"{at}.", item))
-            objects = nxt
+                        return True
+                nxt += value
+            elif isinstance(value, dict):
+                nxt.append(value)
+            else:
+                return True
+        objects = nxt
+    for obj in objects:
+        for leaf in check.leaves:
+            if leaf.key in obj and _verdict(leaf, obj[leaf.key]) is not None:
+                return True
+    return False
+
+
+def _locate(resource: dict[str, Any], check: _Check) -> str | None:
+    """The message for a failing check, naming the element (the slow path)."""
+    objects: list[tuple[str, dict[str, Any]]] = [("", resource)]
+    for step in check.steps:
+        nxt = []
         for where, obj in objects:
-            for leaf in check.leaves:
-                if leaf.key in obj:
-                    error = _verdict(leaf, obj[leaf.key])
-                    if error is not None:
-                        return f"{where}{leaf.key}{error[0]}: {error[1]}"
+            value = obj.get(step.key)
+            if value is None:
+                continue
+            here = f"{where}{step.key}"
+            if step.many != isinstance(value, list):
+                return f"{here}: {_SHAPE[step.many]}"
+            for i, item in enumerate(value if step.many else [value]):
+                at = f"{here}[{i}]" if step.many else here
+                if not isinstance(item, dict):
+                    return f"{at}: expected an object"
+                nxt.append((f"{at}.", item))
+        objects = nxt
+    for where, obj in objects:
+        for leaf in check.leaves:
+            if leaf.key in obj:
+                error = _verdict(leaf, obj[leaf.key])
+                if error is not None:
+                    return f"{where}{leaf.key}{error[0]}: {error[1]}"
     return None
 
 
@@ -231,6 +270,27 @@ def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str,
     return out
 
 
+# (model, read tree) -> JSON key -> None (a leaf facts read: skip) or (is an array, model to look
+# inside or None, subtree); a key missing from the table is not an element of the model.
+_ACTIONS: dict[tuple[Any, int], dict[str, Any]] = {}
+_SKIP = object()
+
+
+def _actions(model: Any, tree: dict[str, Any]) -> dict[str, Any]:
+    key = (model, id(tree))
+    table = _ACTIONS.get(key)
+    if table is None:
+        table = {}
+        for k, f in fields_of(model).items():
+            sub = tree.get(k, False)
+            if sub is None:
+                table[k] = _SKIP
+            else:
+                table[k] = (f.many, f.model if sub else None, sub or {})
+        _ACTIONS[key] = table
+    return table
+
+
 def _shallow(
     obj: dict[str, Any],
     model: Any,
@@ -239,22 +299,22 @@ def _shallow(
     out: Counter[tuple[str, str]],
     top: bool,
 ) -> None:
-    known = fields_of(model)
+    table = _actions(model, tree)
     for key, value in obj.items():
-        if top and key == "resourceType":
-            continue
-        f = known.get(key)
-        path = f"{prefix}{key}"
-        if f is None:
-            out[(path, "not an element of R4B " + model.__name__)] += 1
-            continue
-        sub = tree.get(key, False)
-        if sub is None:
+        act = table.get(key)
+        if act is _SKIP:
             continue  # a leaf a fact reads: validated when read
-        if isinstance(value, list) != f.many and value is not None:
-            out[(path, _SHAPE[f.many])] += 1
+        if act is None:
+            if not (top and key == "resourceType"):
+                out[(f"{prefix}{key}", "not an element of R4B " + model.__name__)] += 1
             continue
-        if sub and f.model is not None:  # an element on the way to what facts read: look inside
-            for item in value if isinstance(value, list) else [value]:
+        many, inner, sub = act
+        if value is None:
+            continue
+        if isinstance(value, list) != many:
+            out[(f"{prefix}{key}", _SHAPE[many])] += 1
+            continue
+        if inner is not None:  # an element on the way to what facts read: look inside
+            for item in value if many else (value,):
                 if isinstance(item, dict):
-                    _shallow(item, f.model, sub, f"{path}.", out, top=False)
+                    _shallow(item, inner, sub, f"{prefix}{key}.", out, top=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from .dates import parse_date
@@ -95,7 +95,13 @@ _ROUTE_PATTERNS = [
 
 
 def route_of(concept: Any) -> str | None:
-    text = concept_text(concept).lower()
+    return _route_in(concept_text(concept))
+
+
+@lru_cache(maxsize=4096)
+def _route_in(text: str) -> str | None:
+    """The route a text names ("IV infusion" → iv); memoised: orders repeat a few route texts."""
+    text = text.lower()
     if not text:
         return None
     for route, pattern in _ROUTE_PATTERNS:
@@ -119,6 +125,8 @@ def infusion_minutes(
     or ``rateRatio``: 35 mg at 140 mg/h is 15 minutes) when none is stated or the rate runs it
     faster by more than a minute (a pump runs at its rate)."""
     derived = None
+    if "rateQuantity" not in rate and "rateRatio" not in rate:
+        return stated
     per_min, per_unit = rate_of(rate.get("rateQuantity"))
     if per_min is None:
         per_min, per_unit = ratio_rate(rate.get("rateRatio"))

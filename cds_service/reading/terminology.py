@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .raw import as_list
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -139,7 +141,7 @@ class Terminology:
     ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
     _name_pattern: re.Pattern[str] | None = None
     _name_to_ingredient: dict[str, str] = field(default_factory=dict)
-    _match_cache: dict[tuple[tuple[tuple[str, str], ...], str], DrugMatch] = field(default_factory=dict)
+    _match_cache: dict[Any, DrugMatch] = field(default_factory=dict)
     _drug_in_cache: dict[tuple[frozenset[str], frozenset[str], str], frozenset[str]] = field(
         default_factory=dict
     )
@@ -200,7 +202,10 @@ class Terminology:
     def match_drug(self, concept: Any) -> DrugMatch:
         """Ingredients of a medication CodeableConcept: by code, else by text (memoised: a record
         repeats the same few products in every request and dispense)."""
-        key = (tuple(codings(concept)), concept_text(concept))
+        try:  # the concept's JSON is the key: one C call instead of normalising its codings
+            key: Any = orjson.dumps(concept)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            key = (tuple(codings(concept)), concept_text(concept))
         hit = self._match_cache.get(key)
         if hit is None:
             hit = self._match_drug(concept)

@@ -135,13 +135,20 @@ def unit_code(quantity: Any) -> str | None:
     return None
 
 
-def convert(value: float, from_code: str, to_code: str) -> float | None:
-    """``value`` in ``from_code`` expressed in ``to_code``; None if either is unknown or they measure
-    different things (kg vs mm[Hg])."""
+@lru_cache(maxsize=4096)
+def factor(from_code: str, to_code: str) -> float | None:
+    """What a value in ``from_code`` is multiplied by to be in ``to_code``; None if either is unknown
+    or they measure different things (kg vs mm[Hg])."""
     src, dst = parse(from_code), parse(to_code)
     if src is None or dst is None or src[1] != dst[1]:
         return None
-    return value * src[0] / dst[0]
+    return src[0] / dst[0]
+
+
+def convert(value: float, from_code: str, to_code: str) -> float | None:
+    """``value`` in ``from_code`` expressed in ``to_code`` (see :func:`factor`)."""
+    f = factor(from_code, to_code)
+    return None if f is None else value * f
 
 
 def quantity_in(quantity: Any, to_code: str) -> float | None:
@@ -151,14 +158,18 @@ def quantity_in(quantity: Any, to_code: str) -> float | None:
     code = unit_code(quantity)
     if value is None or code is None:
         return None
-    return convert(value, code, to_code)
+    f = factor(code, to_code)
+    return None if f is None else value * f
 
 
 def _first_of(quantity: Any, targets: tuple[str, ...]) -> tuple[float | None, str | None]:
-    for unit in targets:
-        value = quantity_in(quantity, unit)
-        if value is not None:
-            return value, unit
+    value = as_float(as_dict(quantity).get("value"))
+    code = unit_code(quantity) if value is not None else None
+    if code is not None:
+        for unit in targets:
+            f = factor(code, unit)
+            if f is not None:
+                return value * f, unit
     return None, None
 
 

@@ -1,0 +1,80 @@
+"""The echo floor: the service's throughput as a fraction of a plain Flask echo's (``--parts floor``).
+
+Both are started with the same ``serve`` command (``bench/echo_serve.py`` swaps the app for an echo
+that parses the JSON body and returns no cards), so gunicorn's settings are identical. Both run at
+once; the same load (closed loop, a new patient on every order-sign call, the typical record) is
+sent to the echo and then to the service, ``--floor-rounds`` times, alternating, so that whatever
+else the machine does affects both alike. The ratio of the mean req/s is the figure of merit
+(target ≥ 0.5); server CPU ms per request says where the difference goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str, Any]:
+    """``b`` is the running bench module (its Server, run_load, say …)."""
+    b.say(
+        f"\n== echo floor: gunicorn, {args.workers} workers, same `serve` settings; order-sign, "
+        f"{b.TYPICAL} resources, new patient each call; {args.floor_rounds} alternating rounds =="
+    )
+    echo = b.Server(
+        tmp,
+        workers=args.workers,
+        threads=args.threads,
+        launcher=[sys.executable, str(HERE / "echo_serve.py")],
+    )
+    service = b.Server(tmp, workers=args.workers, threads=args.threads)
+    servers = {"echo": echo, "service": service}
+    out: dict[str, Any] = {"rounds": args.floor_rounds, "runs": {"echo": [], "service": []}}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        plan = [("/cds-services/order-sign", b.records.request_bytes(b.TYPICAL, "order-sign"))]
+        for s in servers.values():
+            b.run_load(s.port, plan, args.warm_seconds, connections=4, processes=2, vary="call")
+        b.say(
+            f"{'round  server':16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/req':>10}"
+        )
+        for i in range(args.floor_rounds):
+            for name, s in servers.items():
+                cpu0 = b.server_cpu(s)
+                r = b.run_load(
+                    s.port, plan, args.duration, args.connections, args.client_processes, vary="call"
+                )
+                r["server_cpu_ms_per_request"] = round(1000 * (b.server_cpu(s) - cpu0) / max(1, r["ok"]), 2)
+                out["runs"][name].append(r)
+                b.say(
+                    f"{i + 1:<6} {name:9} {r['throughput_rps']:7.1f} {r['latency_ms']['p50']:7.2f} "
+                    f"{r['latency_ms']['p99']:7.2f} {r['error_count']:6} "
+                    f"{r['server_cpu_ms_per_request']:10.2f}"
+                )
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    def mean(name: str, key: str) -> float:
+        runs = out["runs"][name]
+        return sum(r[key] for r in runs) / max(1, len(runs))
+
+    out["echo_rps"] = round(mean("echo", "throughput_rps"), 1)
+    out["service_rps"] = round(mean("service", "throughput_rps"), 1)
+    out["echo_cpu_ms"] = round(mean("echo", "server_cpu_ms_per_request"), 2)
+    out["service_cpu_ms"] = round(mean("service", "server_cpu_ms_per_request"), 2)
+    out["ratio"] = round(out["service_rps"] / max(out["echo_rps"], 1e-9), 3)
+    out["cpu_ratio"] = round(out["echo_cpu_ms"] / max(out["service_cpu_ms"], 1e-9), 3)
+    out["loadavg"] = os.getloadavg()[0]
+    b.say(
+        f"  mean: echo {out['echo_rps']:.1f} req/s ({out['echo_cpu_ms']:.2f} ms CPU/req), service "
+        f"{out['service_rps']:.1f} req/s ({out['service_cpu_ms']:.2f} ms CPU/req) → ratio "
+        f"{out['ratio']:.2f}× (by server CPU per request: {out['cpu_ratio']:.2f}×)"
+    )
+    return out
