@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import textwrap
 from pathlib import Path
@@ -130,7 +131,10 @@ def serve(
         def load(self) -> Any:
             return app
 
-    click.echo(f"ketamine-cds serving http://{host}:{port}/cds-services ({workers} workers)", err=True)
+    # a log line (JSON, with the rule-set version) like every other one the service writes
+    logging.getLogger("cds_service.serve").info(
+        "ketamine-cds serving http://%s:%s/cds-services (%d workers)", host, port, workers
+    )
     Server().run()
 
 

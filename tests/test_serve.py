@@ -133,7 +133,8 @@ def test_real_gunicorn_access_log_and_no_control_socket(tmp_path: Path) -> None:
     assert "secret" not in out  # no query string in the access log
     assert "Control server" not in err and "control socket" not in err.lower(), err
     assert not (home / ".gunicorn").exists() and not list(cwd.rglob("*.ctl"))
-    # gunicorn's own lines are JSON too (only the start banner of the command line is text)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("ketamine-cds serving")]
+    # every line on stderr is JSON: the service's, gunicorn's own and the start banner
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines and all(line.startswith("{") for line in lines), lines
+    assert any("ketamine-cds serving http://" in json.loads(line).get("msg", "") for line in lines)
     assert any(json.loads(line)["logger"] == "gunicorn.error" for line in lines)
