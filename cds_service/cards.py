@@ -183,10 +183,12 @@ def _rule_card(
     if others:
         also = []
         for x in others:
-            text = summary_text(
-                _render(x.rule.templates.get("summary"), _rule_context(x, base), x.rule.id), ""
-            )
+            xctx = _rule_context(x, base)
+            text = summary_text(_render(x.rule.templates.get("summary"), xctx, x.rule.id), "")
             also.append(f"- {text or x.rule.title} ({x.indicator})")
+            if indicator == "info":  # information folded into one card keeps its detail
+                more = _render(x.rule.templates.get("detail"), xctx, x.rule.id)
+                also += [f"  {line}" if line.strip() else "" for line in more.splitlines()]
         detail += "\n\n**Also found:**\n" + "\n".join(also)
     card["detail"] = detail
     suggestions = [
@@ -199,7 +201,9 @@ def _rule_card(
     if indicator in ("warning", "critical"):
         card["overrideReasons"] = _override_reasons(rule.card.get("override_reasons"), ev)
     links = [
-        {"label": lk["label"], "url": lk["url"], "type": "absolute"} for lk in rule.card.get("links") or []
+        {"label": lk["label"], "url": lk["url"], "type": "absolute"}
+        for x in [o, *others]
+        for lk in x.rule.card.get("links") or []
     ]
     if links:
         card["links"] = links

@@ -413,7 +413,7 @@ def concept_name(concept: Any, fallback: str = "") -> str:
 
 def _condition_view(c: Any) -> dict[str, Any]:
     return {
-        "text": concept_name(c.concept, c.text) or "condition (no name recorded)",
+        "text": concept_name(c.concept, once(c.text)) or "condition (no name recorded)",
         "active": c.active,
         "onset": c.onset.isoformat() if c.onset else None,
         "ref": c.ref,
@@ -536,12 +536,21 @@ def clinical_number(value: float | None, unit: str | None = None) -> int | float
     return num(round(value, 1) if abs(value) >= 10 else round(value, 2))
 
 
+def once(text: str) -> str:
+    """ "Pregnant Pregnant" → "Pregnant": a concept's text and display joined when they are equal."""
+    words = (text or "").split()
+    half = len(words) // 2
+    if words and len(words) % 2 == 0 and words[:half] == words[half:]:
+        return " ".join(words[:half])
+    return text
+
+
 def _obs_view(o: ObservationFact) -> dict[str, Any]:
     return {
         "value": clinical_number(o.value, o.unit),
         "unit": o.unit,
         "date": o.when.date().isoformat(),
-        "text": o.text,
+        "text": once(o.text),
         "ref": o.ref,
         "preliminary": o.preliminary,
     }
@@ -682,26 +691,34 @@ def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
             if unreadable:
                 return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
             return Result(False)
-        parts: list[dict[str, Any]] = []
-        open_: list[str] = []
-        by_ingredient: dict[str, float] = {}
+        # one entry per ingredient (its request, dispenses and statements describe one use):
+        # the highest daily dose any record gives
+        by_ingredient: dict[str, dict[str, Any]] = {}
+        open_: dict[str, str] = {}
         for u in uses:
             name = drug_name(u)
             for ing in env.facts.t.drug_in(u.drug, vs):
                 mg10 = table.get(ing)
                 daily = u.daily_dose if len(u.drug.ingredients) == 1 else None
                 if not mg10 or daily is None or u.doses_per_day is None:
-                    open_.append(name)
+                    open_.setdefault(ing, name)
                     continue
-                by_ingredient[ing] = max(by_ingredient.get(ing, 0.0), daily * 10 / float(mg10))
-                parts.append(
-                    {"name": name, "mg_day": num(round(daily, 2)), "de": num(round(daily * 10 / mg10, 1))}
-                )
-        total = sum(by_ingredient.values())
+                de = daily * 10 / float(mg10)
+                if ing not in by_ingredient or de > by_ingredient[ing]["value"]:
+                    by_ingredient[ing] = {
+                        "name": name,
+                        "mg_day": num(round(daily, 2)),
+                        "de": num(round(de, 1)),
+                        "value": de,
+                    }
+        for ing in by_ingredient:
+            open_.pop(ing, None)
+        parts = [{k: v for k, v in p.items() if k != "value"} for p in by_ingredient.values()]
+        total = sum(p["value"] for p in by_ingredient.values())
         bind = {
             "de_mg_day": num(round(total, 1)),
             "de_parts": parts,
-            "de_unassessed": sorted(set(open_)),
+            "de_unassessed": sorted(set(open_.values())),
             "de_table": choice if table else None,
         }
         refs = [u.ref for u in uses]

@@ -187,9 +187,7 @@ class SqliteJtiCache:
         with self.db.transaction(synchronous="NORMAL") as db:
             if self._adds % self.PURGE_EVERY == 0:
                 db.execute("DELETE FROM jti_seen WHERE expires_at <= ?", (now,))
-            db.execute(
-                "DELETE FROM jti_seen WHERE iss = ? AND jti = ? AND expires_at <= ?", (iss, jti, now)
-            )
+            db.execute("DELETE FROM jti_seen WHERE iss = ? AND jti = ? AND expires_at <= ?", (iss, jti, now))
             cur = db.execute(
                 "INSERT OR IGNORE INTO jti_seen (iss, jti, expires_at) VALUES (?, ?, ?)",
                 (iss, jti, expires_at),
