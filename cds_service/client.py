@@ -62,6 +62,8 @@ SCOPES = " ".join(
         "MedicationAdministration",
         "Observation",
         "Procedure",
+        "AllergyIntolerance",
+        "Medication",
     )
 )
 
