@@ -200,3 +200,22 @@ def test_effective_instant_and_period_feed_the_timeline():
     ):
         request = add(without_bp(ketamine_request()), "vitalSigns", bp_panel(186, 104, "final", when))
         assert "ci-blood-pressure-severe" in fired(request), when
+
+
+def test_procedure_with_only_a_period_end_is_dated():
+    request = ketamine_request()
+    add(
+        request,
+        "procedures",
+        {
+            "resourceType": "Procedure",
+            "id": "ect-1",
+            "status": "completed",
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "90870"}]},
+            "subject": {"reference": "Patient/v02"},
+            "performedPeriod": {"end": "2026-04-20T11:00:00Z"},
+        },
+    )
+    facts = facts_of(request)
+    dated = [(r, d) for vs in ("ect",) for r, d in facts.procedures_in(vs)]
+    assert dated and dated[0][1] is not None

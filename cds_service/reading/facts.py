@@ -131,8 +131,11 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
             if p.get("status") in ("entered-in-error", "not-done", "preparation"):
                 continue
             if self.t.concept_in(p.get("code"), valueset) and self.record.readable(p, PROCEDURE):
-                when = parse_date(p.get("performedDateTime")) or parse_date(
-                    (p.get("performedPeriod") or {}).get("start")
+                period = p.get("performedPeriod") if isinstance(p.get("performedPeriod"), dict) else {}
+                when = (
+                    parse_date(p.get("performedDateTime"))
+                    or parse_date(period.get("start"))
+                    or parse_date(period.get("end"))
                 )
                 out.append((ref(p), when))
         return out
