@@ -11,7 +11,7 @@ import copy
 from typing import Any
 
 from .conftest import load_example
-from .record_support import facts_of, fired, run_predicate
+from .record_support import facts_of, fired, run_predicate, run_request
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
@@ -173,6 +173,8 @@ def test_preliminary_bp_of_188_over_108_is_a_signal_labelled_preliminary():
         {"observation": {"kind": "systolic_bp", "gte": 180, "within_hours": 24}}, facts_of(request)
     )
     assert r.value is True and r.bind["systolic_bp"]["preliminary"] is True
+    summaries = [c["summary"] for c in run_request(request).response["cards"]]
+    assert any("188/108" in s and "preliminary" in s for s in summaries), summaries
 
 
 def test_a_normal_preliminary_bp_does_not_clear_the_check():
