@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # ketamine-cds: CDS Hooks 2.0 service, with the bundled rules (inside the installed package).
 #   docker build -t ketamine-cds .
 #   cp config/trusted-issuers.example.yaml config/trusted-issuers.yaml     # then list your EHR's issuer

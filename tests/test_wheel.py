@@ -98,6 +98,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "dir_wheel": base / "from-dir" / dir_build.stdout.strip().splitlines()[-1],
         "venv": venv,
         "logs": base / "build.log",
+        "base": base,
+        "src": src,
     }
 
 
@@ -109,6 +111,26 @@ def test_no_packaging_warnings(built: dict[str, Path]) -> None:
         if re.search(r"warn|deprecat", line, re.I) and "byte-compiling is disabled" not in line
     ]
     assert not warnings, warnings
+
+
+def test_the_docker_build_context_builds_the_same_wheel(built: dict[str, Path]) -> None:
+    """The Dockerfile's build stage runs `pip install .` on what it COPYs: that subset of the
+    repository, less what .dockerignore leaves out, must build the very same wheel (no Docker here)."""
+    from .test_docker_files import copy_sources, ignored, stages
+
+    context = built["base"] / "docker-context"
+    for source in copy_sources(stages()[0]):
+        origin = built["src"] / source
+        for path in [origin] if origin.is_file() else sorted(origin.rglob("*")):
+            rel = path.relative_to(built["src"]).as_posix()
+            if path.is_file() and not ignored(rel):
+                (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                (context / rel).write_bytes(path.read_bytes())
+    hooks = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    done = _run([sys.executable, "-c", hooks, built["base"] / "docker-dist"], cwd=context)
+    wheel = built["base"] / "docker-dist" / done.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as from_context, zipfile.ZipFile(built["wheel"]) as reference:
+        assert sorted(from_context.namelist()) == sorted(reference.namelist())
 
 
 def test_wheel_and_sdist_carry_the_data_and_every_module(built: dict[str, Path]) -> None:
