@@ -19,7 +19,7 @@ from .logs import hash_id, log_call
 from .ruleset_provider import RuleSetProvider
 from .services import SERVICES, prefetch_for
 from .storage import StorageUnavailable
-from .validation import field_path, first_error, parse_json, schema_validator, validate_request
+from .validation import error_message, field_path, first_error, parse_json, schema_validator, validate_request
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
@@ -52,19 +52,31 @@ def _finish(resp: Response) -> Response:
 
 
 def _authenticate() -> None:
-    """Bare 401 on any failure (CDS Hooks 2.0.1 §Security); OPTIONS never reaches here."""
+    """401 on any failure (CDS Hooks 2.0.1 §Security); OPTIONS never reaches here.
+
+    The expected ``aud`` is the configured public base URL plus the path invoked: never anything
+    taken from the request's Host or X-Forwarded-* headers, which the caller controls.
+    ``create_app`` refuses to start in JWT mode without a public base URL.
+    """
     st = state()
     if st.settings.insecure_no_auth:
         return
     from .auth import AuthError
 
-    base = (st.settings.public_base_url or request.host_url).rstrip("/")
-    audience = base + request.path
+    base = (st.settings.public_base_url or "").rstrip("/")
     try:
-        g.claims = st.authenticator.verify(request.headers.get("Authorization"), audience)  # type: ignore[union-attr]
+        if not base:
+            raise AuthError("no public base URL configured")
+        g.claims = st.authenticator.verify(request.headers.get("Authorization"), base + request.path)  # type: ignore[union-attr]
     except AuthError as exc:
         log.warning("authentication failed: %s", exc)
-        raise ApiError(401, "") from exc
+        raise ApiError(401, "authentication required: a valid CDS Hooks JWT (see the service log)") from exc
+
+
+def _fhir_origins() -> tuple[str, ...] | None:
+    """FHIR servers the calling issuer is allowlisted for (None: no allowlist for it)."""
+    claims = g.get("claims")
+    return getattr(claims, "fhir_origins", None)
 
 
 def _json_body() -> Any:
@@ -72,9 +84,7 @@ def _json_body() -> Any:
     if not (
         mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
     ):
-        raise ApiError(
-            415, f"Content-Type must be application/json, got {mimetype or 'none'!r}", "Content-Type"
-        )
+        raise ApiError(415, "Content-Type must be application/json", "Content-Type")
     return parse_json(request.get_data(cache=False))
 
 
@@ -91,7 +101,11 @@ def _api_error(exc: ApiError) -> tuple[Response | str, int]:
             duration_ms=_elapsed(),
         )
     if exc.status == 401:
-        return "", 401
+        # RFC 6750 §3: say which scheme is expected; the reason stays in the log only
+        resp = jsonify({"status": 401, "error": "authentication required"})
+        error = ', error="invalid_token"' if request.headers.get("Authorization") else ""
+        resp.headers["WWW-Authenticate"] = f'Bearer realm="ketamine-cds"{error}'
+        return resp, 401
     return jsonify(exc.body()), exc.status
 
 
@@ -147,7 +161,7 @@ def call(service_id: str) -> Response:
     st = state()
     service = SERVICES.get(service_id)
     if service is None:
-        raise ApiError(404, f"no CDS service {service_id!r}", "service")
+        raise ApiError(404, "no such CDS service (see GET /cds-services)", "service")
     _authenticate()
     body = validate_request(_json_body(), service)
     ruleset = st.rules.get()
@@ -158,7 +172,9 @@ def call(service_id: str) -> Response:
         "patient": hash_id(body["context"].get("patientId")),
     }
     try:
-        outcome = pipeline.run(body, ruleset, st.settings, request_id=g.request_id)
+        outcome = pipeline.run(
+            body, ruleset, st.settings, request_id=g.request_id, fhir_origins=_fhir_origins()
+        )
     except DataUnavailable as exc:
         log_call(**fields, status=412, missing=exc.missing, duration_ms=_elapsed())
         raise
@@ -191,12 +207,12 @@ def call(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     st = state()
     if service_id not in SERVICES:
-        raise ApiError(404, f"no CDS service {service_id!r}", "service")
+        raise ApiError(404, "no such CDS service (see GET /cds-services)", "service")
     _authenticate()
     body = _json_body()
     error = first_error(schema_validator("feedback"), body)
     if error is not None:
-        raise ApiError(400, f"{field_path(error)}: {error.message[:300]}", field_path(error))
+        raise ApiError(400, error_message(error), field_path(error))
     try:
         stored = st.store.add_feedback(service_id, body["feedback"])
     except StorageUnavailable as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 from flask_cors import CORS
@@ -12,7 +13,7 @@ from flask_cors import CORS
 from .api import State, bp
 from .config import Settings
 from .feedback import FeedbackStore
-from .logs import configure
+from .logs import configure, init_salt, salt_file
 from .ruleset_provider import RuleSetProvider
 from .storage import SchemaError, Storage, StorageUnavailable, open_storage
 from .web import web
@@ -31,6 +32,19 @@ def _open_storage(settings: Settings) -> Storage:
     return storage
 
 
+def check_public_base_url(url: str | None) -> None:
+    """JWT mode needs the URL clients call: the expected ``aud`` is built from it, never from the
+    request's (client-controlled) Host or X-Forwarded-* headers."""
+    if not url:
+        raise SystemExit(
+            "JWT mode needs the URL clients call, for the token audience: pass --public-base-url "
+            "(KETAMINE_CDS_PUBLIC_BASE_URL), e.g. https://cds.example.org"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SystemExit(f"--public-base-url must be an http(s) URL without query or fragment, got {url!r}")
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -41,6 +55,7 @@ def create_app(
     configured (unless ``insecure_no_auth`` is set explicitly)."""
     settings = settings or Settings.from_env()
     configure(settings.log_level)
+    init_salt(settings.log_salt, salt_file(settings.database))
     # first: an invalid rule set stops here, and every log line from now on names the rule set
     rules = RuleSetProvider(settings.rules_dir, settings.site_config_path, hot_reload=settings.hot_reload)
     storage: Storage | None = None
@@ -61,6 +76,8 @@ def create_app(
         authenticator = Authenticator.from_file(settings.trusted_issuers, jti_cache=storage.jti_cache)
         if not authenticator.issuers:
             raise SystemExit(f"{settings.trusted_issuers}: no trusted issuers listed")
+    if not settings.insecure_no_auth:
+        check_public_base_url(settings.public_base_url)
     if settings.insecure_no_auth:
         log.warning("AUTHENTICATION DISABLED (--insecure-no-auth): any caller can use this service")
     app = Flask(__name__)

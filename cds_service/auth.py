@@ -25,11 +25,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import jwt
-import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from .reading.fhir_client import CallBudget, FetchPolicy, guarded_session, origins
 from .storage.sqlite import SqliteJtiCache  # noqa: F401 - moved to cds_service.storage; old import path
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ MIN_RSA_BITS = 2048
 _CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _TYPS = ("jwt", "application/jwt")
-_ISSUER_FIELDS = frozenset({"iss", "jwks_url", "jwks", "jku_allowlist", "algorithms", "tenant"})
+_ISSUER_FIELDS = frozenset(
+    {"iss", "jwks_url", "jwks", "jku_allowlist", "algorithms", "tenant", "fhir_servers"}
+)
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 Fetch = Callable[[str, tuple[float, float]], Any]
@@ -104,6 +106,9 @@ class TrustedIssuer:
     jku_allowlist: tuple[str, ...] = ()
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     tenant: str | None = None
+    #: FHIR servers (https URLs; http only for loopback, for tests) this client's calls may name as
+    #: ``fhirServer``; None: any the service's policy allows (docs/security.md, FHIR server policy).
+    fhir_servers: tuple[str, ...] | None = None
     inline_keys: dict[str, list[_Key]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +137,14 @@ class TrustedIssuer:
         object.__setattr__(self, "algorithms", tuple(dict.fromkeys(algs)))
         if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant):
             raise AuthConfigError(f"{name}: tenant must be a non-empty string")
+        if self.fhir_servers is not None:
+            servers = self.fhir_servers
+            if isinstance(servers, str) or not isinstance(servers, Iterable) or not list(servers):
+                raise AuthConfigError(f"{name}: fhir_servers must be a non-empty list of URLs")
+            urls = tuple(_check_key_url(u, f"{name}: fhir_servers entry") for u in servers)
+            if any(urlsplit(u).username or urlsplit(u).password for u in urls):
+                raise AuthConfigError(f"{name}: fhir_servers entries must not contain credentials")
+            object.__setattr__(self, "fhir_servers", origins(urls))
         inline: dict[str, list[_Key]] = {}
         if self.jwks is not None:
             try:
@@ -164,6 +177,7 @@ class TrustedIssuer:
             jku_allowlist=jku,
             algorithms=tuple(algorithms),
             tenant=entry.get("tenant"),
+            fhir_servers=entry.get("fhir_servers"),
         )
 
 
@@ -271,30 +285,42 @@ def _parse_jwks(doc: Any, *, strict: bool) -> dict[str, list[_Key]]:
 
 
 def fetch_jwks(url: str, timeout: tuple[float, float]) -> Any:
-    """GET a JWKS with connect/read timeouts, a total deadline and a size cap.
+    """GET a JWKS within a hard deadline (connect + read timeouts together) and a size cap.
 
-    Redirects are not followed: the key source is exactly the URL an administrator allowlisted.
+    The deadline holds for every byte: when it passes the socket is shut down, so a server that
+    drips its answer cannot hold the request. Redirects are not followed: the key source is
+    exactly the URL an administrator allowlisted (checked when the configuration is loaded).
     """
-    deadline = time.monotonic() + sum(timeout)
+    total = sum(timeout)
+    budget = CallBudget(total, max_bytes=MAX_JWKS_BYTES)
+    session = guarded_session(budget, FetchPolicy(allow_http=True, allow_loopback=True), timeout[0])
+    timer = threading.Timer(total, budget.abort)
+    timer.daemon = True
+    timer.start()
+    body = bytearray()
     try:
-        with requests.get(
+        with session.get(
             url,
-            timeout=timeout,
+            timeout=(min(timeout[0], total), min(timeout[1], total)),
             allow_redirects=False,
             stream=True,
             headers={"Accept": "application/jwk-set+json, application/json"},
         ) as resp:
             if resp.status_code != 200:
                 raise JwksError(f"HTTP {resp.status_code}")
-            body = bytearray()
-            for chunk in resp.iter_content(16384):
+            for chunk in resp.raw.stream(16384, decode_content=True):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise JwksError("JWKS too large")
-                if time.monotonic() > deadline:
+                if budget.remaining() <= 0:
                     raise JwksError("JWKS download too slow")
-    except requests.RequestException as exc:
-        raise JwksError(type(exc).__name__) from None
+    except JwksError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - requests, urllib3, the deadline: all a failed fetch
+        raise JwksError("JWKS download too slow" if budget.aborted else type(exc).__name__) from None
+    finally:
+        timer.cancel()
+        session.close()
     try:
         return json.loads(bytes(body))
     except ValueError:
@@ -302,8 +328,9 @@ def fetch_jwks(url: str, timeout: tuple[float, float]) -> Any:
 
 
 class _KeySource:
-    """The cached keys of one (issuer, URL) pair. A lock per source serialises fetches so a burst
-    of requests with an unknown kid causes one fetch, not one per request."""
+    """The cached keys of one (issuer, URL) pair. Fetches are single-flight: a burst of requests
+    with an unknown kid causes one fetch, the others wait for it (no longer than its deadline),
+    and the network is never used under the lock, so requests with a known kid never wait."""
 
     def __init__(self, url: str | None, keys: dict[str, list[_Key]] | None = None) -> None:
         self.url = url
@@ -311,6 +338,7 @@ class _KeySource:
         self.fetched_at: float | None = None
         self.attempted_at: float | None = None
         self.lock = threading.Lock()
+        self.inflight: threading.Event | None = None
 
 
 # -- replay cache ----------------------------------------------------------------------------------
@@ -371,6 +399,7 @@ class Claims:
     tenant: str | None
     sub: str | None
     raw: Mapping[str, Any]
+    fhir_origins: tuple[str, ...] | None = None  # the issuer's fhir_servers allowlist
 
 
 _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -512,6 +541,7 @@ class Authenticator:
             tenant=tenant if isinstance(tenant, str) else None,
             sub=sub if isinstance(sub, str) else None,
             raw=claims,
+            fhir_origins=issuer.fhir_servers,
         )
 
     def _decode(self, token: str, keys: list[_Key], alg: str, iss: str, audience_url: str) -> dict[str, Any]:
@@ -562,16 +592,31 @@ class Authenticator:
             may_fetch = (
                 source.attempted_at is None or now - source.attempted_at >= self.refresh_interval_seconds
             )
-            if stale and may_fetch:
+            inflight = source.inflight
+            fetcher = stale and may_fetch and inflight is None
+            if fetcher:
                 source.attempted_at = now
-                try:
-                    source.keys = _parse_jwks(self._fetch(source.url, self.http_timeout), strict=False)
-                    source.fetched_at = now
-                except JwksError as exc:
-                    log.warning("JWKS fetch failed for issuer %s: %s", issuer.iss, exc)
-                except Exception as exc:  # noqa: BLE001 - a custom fetch must not break auth
-                    log.warning("JWKS fetch failed for issuer %s: %s", issuer.iss, type(exc).__name__)
+                inflight = source.inflight = threading.Event()
+            elif kid in source.keys or inflight is None:
+                return source.keys.get(kid, [])
+        if not fetcher:  # another request is fetching: wait for it, never longer than its deadline
+            inflight.wait(timeout=sum(self.http_timeout) + 0.5)  # type: ignore[union-attr]
             return source.keys.get(kid, [])
+        keys: dict[str, list[_Key]] | None = None
+        try:
+            keys = _parse_jwks(self._fetch(source.url, self.http_timeout), strict=False)
+        except JwksError as exc:
+            log.warning("JWKS fetch failed for issuer %s: %s", issuer.iss, exc)
+        except Exception as exc:  # noqa: BLE001 - a custom fetch must not break auth
+            log.warning("JWKS fetch failed for issuer %s: %s", issuer.iss, type(exc).__name__)
+        finally:
+            with source.lock:
+                if keys is not None:
+                    source.keys = keys
+                    source.fetched_at = now
+                source.inflight = None
+            inflight.set()  # type: ignore[union-attr]
+        return source.keys.get(kid, [])
 
 
 def _bearer_token(authorization_header: str | None) -> str:

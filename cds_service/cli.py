@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -74,6 +75,26 @@ def main() -> None:
     help="Development mode: --insecure-no-auth and honour the evaluation-time extension.",
 )
 @click.option(
+    "--forwarded-allow-ips",
+    default="",
+    envvar="KETAMINE_CDS_FORWARDED_ALLOW_IPS",
+    help="Proxy addresses whose X-Forwarded-* headers are trusted (comma-separated; default none).",
+)
+@click.option(
+    "--worker-class",
+    type=click.Choice(["gevent", "gthread"]),
+    default="gevent",
+    show_default=True,
+    envvar="KETAMINE_CDS_WORKER_CLASS",
+    help="gevent: slow clients cost a greenlet, not a thread (docs/security.md). gthread: --threads.",
+)
+@click.option(
+    "--fhir-allow-http",
+    is_flag=True,
+    envvar="KETAMINE_CDS_FHIR_ALLOW_HTTP",
+    help="Allow a plain-http fhirServer with JWT auth on (development only: the token goes in clear).",
+)
+@click.option(
     "--fhir-deadline",
     type=float,
     envvar="KETAMINE_CDS_FHIR_DEADLINE",
@@ -93,11 +114,19 @@ def serve(
     public_base_url: str | None,
     insecure_no_auth: bool,
     dev: bool,
+    forwarded_allow_ips: str,
+    worker_class: str,
+    fhir_allow_http: bool,
     fhir_deadline: float | None,
     log_level: str | None,
     **gunicorn_options: Any,
 ) -> None:
     """Serve the CDS Hooks endpoints with gunicorn."""
+    if worker_class == "gevent":
+        # Before anything else is imported, so every lock and socket the app makes is cooperative.
+        from gevent import monkey
+
+        monkey.patch_all()
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
@@ -110,10 +139,16 @@ def serve(
         public_base_url=public_base_url,
         insecure_no_auth=(insecure_no_auth or dev) or None,
         allow_time_override=dev or None,
+        fhir_allow_http=fhir_allow_http or None,
+        fhir_allow_loopback=dev or None,  # a local Sandbox's FHIR server is on localhost
+        fhir_error_detail=dev or None,
         fhir_deadline=fhir_deadline,
         log_level=log_level,
     )
     operator_settings = serving.gunicorn_settings(gunicorn_options)
+    if not settings.insecure_no_auth and not settings.public_base_url:
+        # Only the bind address can say which URL clients call; never the request's headers.
+        settings = dataclasses.replace(settings, public_base_url=serving.derived_public_base_url(host, port))
     try:
         app = create_app(settings)  # fail fast in the parent: invalid rules never reach the workers
     except Exception as exc:  # noqa: BLE001 - shown to the operator as is
@@ -124,8 +159,11 @@ def serve(
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", worker_class)
+            self.cfg.set("worker_connections", 1000)
             self.cfg.set("preload_app", True)
+            self.cfg.set("forwarded_allow_ips", forwarded_allow_ips)
+            self.cfg.set("post_fork", serving.exit_with_master)
             serving.configure(self.cfg, operator_settings)  # the operator's settings; control socket off
 
         def load(self) -> Any:
@@ -146,7 +184,15 @@ def _run_file(path: Path, rules_dir: Path | None, site_config: Path | None, juri
     from .services import SERVICES
     from .validation import parse_json, validate_request
 
-    settings = Settings.from_env(rules_dir=rules_dir, site_config=site_config, allow_time_override=True)
+    settings = Settings.from_env(
+        rules_dir=rules_dir,
+        site_config=site_config,
+        allow_time_override=True,
+        # a local file on the developer's machine: its fhirServer may be a local test server
+        fhir_allow_http=True,
+        fhir_allow_loopback=True,
+        fhir_error_detail=True,
+    )
     try:
         ruleset = load_ruleset(settings.rules_dir, settings.site_config_path)
     except RuleLoadError as exc:

@@ -590,6 +590,10 @@ class InProcessService:
             allow_time_override=True,
             hot_reload=False,
             fhir_deadline=fhir_deadline,
+            # a local tool on the developer's own machine: its FHIR server is often localhost,
+            # and the integrator wants the network detail of a failed fetch
+            fhir_allow_loopback=True,
+            fhir_error_detail=True,
             log_level="ERROR",  # no per-call log lines or the no-auth warning on the console
         )
         if jurisdiction:

@@ -23,12 +23,17 @@ class Settings:
     fhir_connect_timeout: float = 1.0
     fhir_read_timeout: float = 2.0
     fhir_deadline: float = 3.0
-    fhir_max_pages: int = 20
+    fhir_max_pages: int = 50  # per call, all keys together (as the two below)
     fhir_max_bytes: int = 20_000_000
+    fhir_max_resources: int = 20_000
+    fhir_allow_http: bool = False  # plain-http fhirServer in JWT mode: development only
+    fhir_allow_loopback: bool = False  # fhirServer on 127.0.0.0/8, ::1 (tests, --dev)
+    fhir_error_detail: bool = False  # 412 bodies carry the network detail (development only)
     max_body_bytes: int = 16_000_000
     cors_origins: str = "*"
     hot_reload: bool = True
     log_level: str = "INFO"
+    log_salt: str | None = None  # patient-id hash salt; generated and kept next to the database if unset
 
     @property
     def site_config_path(self) -> Path:

@@ -1,7 +1,13 @@
 """Operational logging: one JSON line per CDS call, with no tokens and no clinical content.
 
 Patient ids appear only as a salted hash so calls for one patient can be correlated without
-identifying the patient.
+identifying the patient. The salt is ``KETAMINE_CDS_LOG_SALT`` or, when unset, a random one
+generated once and kept in a file next to the database (so every worker and every restart hashes
+alike, and nobody can recompute the hash of a known id without that file).
+
+Lines from libraries (urllib3, gunicorn, werkzeug …) are written as their message template only,
+without the arguments or exception text: those can quote URLs with patient ids, headers or bytes a
+server sent.
 """
 
 from __future__ import annotations
@@ -10,14 +16,53 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 CALL_LOGGER = "ketamine_cds.calls"
-_SALT = os.environ.get("KETAMINE_CDS_LOG_SALT", "ketamine-cds")
+OWN_LOGGERS = ("cds_service", "ketamine_cds")
 #: Fields on every line from now on: the rule-set version in service (set by RuleSetProvider).
 _EVERY_LINE: dict[str, Any] = {}
+# Until init_salt runs (a library use without create_app), a per-process random salt: never a
+# fixed default, which would make the hash of a known patient id computable by anyone.
+_SALT = secrets.token_hex(16)
+
+
+def salt_file(database: str | os.PathLike[str]) -> Path:
+    """Where a generated salt is kept: next to a SQLite database; for a ``postgresql://`` URL
+    under ``var/`` (set ``KETAMINE_CDS_LOG_SALT`` on every instance so they hash alike)."""
+    if "://" in str(database) or str(database) == ":memory:":
+        return Path("var/log-salt")
+    return Path(database).with_name("log-salt")
+
+
+def init_salt(configured: str | None, keep_at: Path) -> None:
+    """Use the configured salt, or the one kept at ``keep_at`` (created, mode 0600, if missing)."""
+    global _SALT
+    if configured:
+        _SALT = configured
+        return
+    try:
+        keep_at.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(keep_at, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            salt = keep_at.read_text(encoding="ascii").strip()
+        else:
+            salt = secrets.token_hex(32)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(salt + "\n")
+        if len(salt) < 32:
+            raise ValueError(f"{keep_at} holds no usable salt")
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"cannot keep the log salt at {keep_at} ({exc}); set KETAMINE_CDS_LOG_SALT "
+            "(a long random string) or make that directory writable"
+        ) from None
+    _SALT = salt
 
 
 def set_every_line_field(name: str, value: Any) -> None:
@@ -42,8 +87,10 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             payload.update(fields)
-        else:
+        elif record.name.startswith(OWN_LOGGERS):
             payload["msg"] = record.getMessage()
+        else:
+            payload["msg"] = str(record.msg)  # the template: a library's arguments may quote request data
         if record.exc_info and record.exc_info[1] is not None:
             # The type and where it was raised, never the message: messages can quote record data.
             exc = record.exc_info[1]

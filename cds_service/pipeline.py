@@ -17,6 +17,7 @@ from .engine.evaluate import Evaluation, evaluate
 from .engine.loader import RuleSet
 from .errors import ApiError
 from .reading.facts import Facts, parse_datetime
+from .reading.fhir_client import FetchPolicy
 from .reading.medications import fetch_missing
 from .reading.prefetch import PrefetchResult, resolve_prefetch
 from .reading.record import PatientRecord
@@ -52,6 +53,17 @@ def evaluation_time(request: dict[str, Any], allow_override: bool) -> datetime:
     return datetime.now(UTC)
 
 
+def fetch_policy(settings: Settings, fhir_origins: tuple[str, ...] | None = None) -> FetchPolicy:
+    """The fhirServer policy of one call (docs/security.md, "FHIR server policy")."""
+    return FetchPolicy(
+        allow_http=settings.fhir_allow_http or settings.insecure_no_auth,
+        allow_loopback=settings.fhir_allow_loopback,
+        allowed_origins=fhir_origins,
+        # an origin the operator allowlisted for this issuer may hear why its fetch failed
+        show_detail=settings.fhir_error_detail or fhir_origins is not None,
+    )
+
+
 def run(
     request: dict[str, Any],
     ruleset: RuleSet,
@@ -59,10 +71,15 @@ def run(
     *,
     request_id: str | None = None,
     jurisdiction: str | None = None,
+    fhir_origins: tuple[str, ...] | None = None,
 ) -> Outcome:
-    """Raises DataUnavailable (→ 412) when needed data can be neither prefetched nor fetched."""
+    """Raises DataUnavailable (→ 412) when needed data can be neither prefetched nor fetched.
+
+    ``fhir_origins``: the FHIR servers the calling issuer is allowlisted for (None: any allowed
+    by the settings' policy)."""
     t0 = time.perf_counter()
     now = evaluation_time(request, settings.allow_time_override)
+    policy = fetch_policy(settings, fhir_origins)
     prefetched = resolve_prefetch(
         request,
         deadline_seconds=settings.fhir_deadline,
@@ -70,6 +87,8 @@ def run(
         read_timeout=settings.fhir_read_timeout,
         max_pages=settings.fhir_max_pages,
         max_bytes=settings.fhir_max_bytes,
+        max_resources=settings.fhir_max_resources,
+        policy=policy,
         request_id=request_id,
         templates=prefetch_for(ruleset.observation_kinds),
     )
@@ -85,6 +104,7 @@ def run(
         connect_timeout=settings.fhir_connect_timeout,
         read_timeout=settings.fhir_read_timeout,
         request_id=request_id,
+        policy=policy,
     )
     facts = Facts(record, ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
     ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)

@@ -1,4 +1,5 @@
-"""The gunicorn settings operators set on ``ketamine-cds serve``, and gunicorn's log lines as JSON.
+"""The gunicorn settings operators set on ``ketamine-cds serve``, gunicorn's log lines as JSON, the
+token audience from the bind address, and workers that die with their master.
 
 Each setting is a ``serve`` flag and a ``KETAMINE_CDS_*`` environment variable (README, Configuration).
 Whatever the options, gunicorn's control socket (gunicorn 25.1+) stays off: by default it is created in
@@ -8,7 +9,13 @@ Whatever the options, gunicorn's control socket (gunicorn 25.1+) stays off: by d
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ipaddress
 import logging
+import os
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -139,3 +146,42 @@ class JsonGunicornLogger(GunicornLogger):
             self.access_log.info("access", extra={"fields": fields})
         except Exception:  # noqa: BLE001 - an access line must never break a response
             logging.getLogger(__name__).exception("access log line failed")
+
+
+# -- audience and orphans (docs/security.md) ------------------------------------------------------
+PR_SET_PDEATHSIG = 1
+
+
+def derived_public_base_url(host: str, port: int) -> str:
+    """``http://host:port`` when the bind address names one interface; otherwise no safe value
+    exists (a wildcard bind is reached under names we cannot know) and serve refuses to start."""
+    wildcard = host in ("", "*")
+    with contextlib.suppress(ValueError):
+        wildcard = wildcard or ipaddress.ip_address(host.strip("[]")).is_unspecified
+    if wildcard:
+        raise click.ClickException(
+            f"JWT mode on {host or '*'}:{port} needs --public-base-url (KETAMINE_CDS_PUBLIC_BASE_URL): "
+            "the URL clients call, which the token audience must equal. It is never taken from the "
+            "request's Host or X-Forwarded-* headers."
+        )
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    click.echo(
+        f"token audience: {url}/cds-services/... (set --public-base-url if clients call another URL)",
+        err=True,
+    )
+    return url
+
+
+def exit_with_master(server: Any, worker: Any) -> None:
+    """gunicorn ``post_fork``: the kernel kills this worker when the master dies (Linux
+    PR_SET_PDEATHSIG), so a SIGKILLed master leaves no orphan holding the port for the graceful
+    timeout; a master that died before the call is caught by the parent check."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+            logging.getLogger(__name__).warning("PR_SET_PDEATHSIG unavailable")
+    if os.getppid() != worker.ppid:
+        os._exit(0)

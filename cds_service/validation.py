@@ -39,6 +39,46 @@ def field_path(error: ValidationError) -> str:
     return out or "(body)"
 
 
+_TYPE_NAMES = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def describe(error: ValidationError) -> str:
+    """What is wrong, in the schema's terms only: never the submitted value (it may be a token,
+    a patient id or clinical text), as jsonschema's own messages would quote it."""
+    kind, expected = error.validator, error.validator_value
+    if kind == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        return "must be " + " or ".join(_TYPE_NAMES.get(str(n), str(n)) for n in names)
+    if kind == "required":
+        return "is required"
+    if kind in ("enum", "const"):
+        options = expected if isinstance(expected, list) else [expected]
+        shown = ", ".join(json.dumps(o) for o in options[:10]) + (", …" if len(options) > 10 else "")
+        return f"must be one of {shown}"
+    if kind in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
+        return f"violates {kind} {expected}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"violates {kind} {expected}"
+    if kind in ("pattern", "format"):
+        return "does not have the expected format"
+    if kind == "additionalProperties":
+        return "has a property that is not allowed here"
+    return f"is not valid ({kind})"
+
+
+def error_message(error: ValidationError) -> str:
+    """``<field>: <what is wrong>`` for a 400 body."""
+    return f"{field_path(error)}: {describe(error)}"
+
+
 def first_error(validator: Draft202012Validator, instance: Any) -> ValidationError | None:
     """The most relevant error (shallowest path first) so messages are stable."""
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), e.path))
@@ -54,7 +94,8 @@ def parse_json(raw: bytes) -> Any:
         # the standard library on multi-megabyte prefetch.
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON (not valid JSON per RFC 8259): {exc}"[:300], "(body)") from exc
+        # orjson's message gives the position only, never the text around it
+        raise ApiError(400, f"malformed JSON (not valid JSON per RFC 8259): {exc}"[:200], "(body)") from exc
     except RecursionError as exc:
         raise ApiError(400, "JSON nesting is too deep", "(body)") from exc
     return value
@@ -106,11 +147,9 @@ def validate_request(body: Any, service: Service) -> dict[str, Any]:
         raise ApiError(400, "request body must be a JSON object", "(body)")
     error = first_error(schema_validator("request"), body)
     if error is not None:
-        raise ApiError(400, f"{field_path(error)}: {error.message[:300]}", field_path(error))
+        raise ApiError(400, error_message(error), field_path(error))
     if body["hook"] != service.hook:
-        raise ApiError(
-            400, f"hook {body['hook']!r} does not match service {service.id!r} ({service.hook})", "hook"
-        )
+        raise ApiError(400, f"hook does not match service {service.id!r} ({service.hook})", "hook")
     if "fhirAuthorization" in body and "fhirServer" not in body:
         raise ApiError(400, "fhirServer is required when fhirAuthorization is present", "fhirServer")
     context = body["context"]

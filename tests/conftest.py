@@ -57,6 +57,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "allow_time_override": True,
         "hot_reload": False,
         "log_level": "WARNING",
+        "fhir_allow_loopback": True,  # the fake and the real test FHIR servers run on 127.0.0.1
     }
     base.update(overrides)
     return Settings(**base)

@@ -2,10 +2,10 @@
 
 The app is built the way production builds it: ``create_app`` reads a trusted-issuers YAML file
 (inline JWKS of freshly generated EC P-384 and RSA keys) and keeps its replay cache in SQLite.
-Every failure must be a bare ``401`` with an empty body on all three authenticated endpoints
-(discovery, service call, feedback); the ``aud`` must be exactly the URL invoked (the Flask test
-client's base is ``http://localhost/``, or ``public_base_url`` when set); CORS preflights need no
-token; and the ``Authorization`` header never reaches a log line.
+Every failure must be a ``401`` with one fixed JSON body and ``WWW-Authenticate`` on all three
+authenticated endpoints (discovery, service call, feedback); the ``aud`` must be exactly the URL
+invoked (``public_base_url`` + path: ``http://localhost`` here unless a test sets another); CORS
+preflights need no token; and the ``Authorization`` header never reaches a log line.
 
 Attack tokens (HS256 with the public key as the secret, alg ``none``) are assembled by hand,
 because PyJWT rightly refuses to produce them.
@@ -107,7 +107,7 @@ def issuers_file(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, rsa_key: rs
 
 
 def build(tmp_path: Path, **overrides: Any) -> Flask:
-    settings = {"insecure_no_auth": False, "log_level": "DEBUG", **overrides}
+    settings = {"insecure_no_auth": False, "log_level": "DEBUG", "public_base_url": BASE, **overrides}
     app = create_app(make_settings(tmp_path, **settings))
     app.test_client_class = CheckedClient
     return app
@@ -159,9 +159,11 @@ def call(client: FlaskClient, path: str, authorization: str | None, **headers: s
     return client.post(path, data=json.dumps(body), content_type="application/json", headers=headers)
 
 
-def assert_bare_401(resp: Any) -> None:
+def assert_refused(resp: Any) -> None:
+    """401 with a fixed JSON body (never the reason, which only the log gets) and WWW-Authenticate."""
     assert resp.status_code == 401, (resp.status_code, resp.data[:300])
-    assert resp.data == b"", "a refused call gets no body at all"
+    assert resp.get_json() == {"status": 401, "error": "authentication required"}
+    assert resp.headers["WWW-Authenticate"].startswith('Bearer realm="ketamine-cds"')
 
 
 # -- refusals -------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def refusal_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.mark.parametrize("case", BAD_CASES)
 @pytest.mark.parametrize("path", ENDPOINTS)
-def test_refused_tokens_get_a_bare_401(
+def test_refused_tokens_get_a_401(
     client: FlaskClient,
     ec_key: ec.EllipticCurvePrivateKey,
     other_ec_key: ec.EllipticCurvePrivateKey,
@@ -257,7 +259,7 @@ def test_refused_tokens_get_a_bare_401(
     headers = bad_headers(path, ec_key, other_ec_key)
     assert sorted(headers) == sorted(BAD_CASES)
     caplog.set_level(logging.INFO)
-    assert_bare_401(call(client, path, headers[case]))
+    assert_refused(call(client, path, headers[case]))
     assert refusal_reasons(caplog) == [BAD_CASES[case]], "refused, and for the reason the case is about"
 
 
@@ -268,7 +270,7 @@ def test_replayed_jti_is_refused(
     caplog.set_level(logging.INFO)
     header = f"Bearer {make_token(ec_key, BASE + path)}"
     assert call(client, path, header).status_code == 200
-    assert_bare_401(call(client, path, header))
+    assert_refused(call(client, path, header))
     assert refusal_reasons(caplog) == ["replayed jti"]
 
 
@@ -276,9 +278,9 @@ def test_refusal_comes_before_the_body_is_read(client: FlaskClient) -> None:
     """Without a valid token, a malformed body is not even parsed: 401, not 400/415."""
     for data, ctype in ((b"{not json", "application/json"), (b"x" * 100, "text/plain")):
         resp = client.post(SERVICE, data=data, content_type=ctype)
-        assert_bare_401(resp)
+        assert_refused(resp)
         resp = client.post(FEEDBACK, data=data, content_type=ctype)
-        assert_bare_401(resp)
+        assert_refused(resp)
 
 
 # -- acceptance -----------------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ def test_near_miss_audiences_refused(
     client: FlaskClient, ec_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture, aud: Any
 ) -> None:
     caplog.set_level(logging.INFO)
-    assert_bare_401(call(client, SERVICE, f"Bearer {make_token(ec_key, aud)}"))
+    assert_refused(call(client, SERVICE, f"Bearer {make_token(ec_key, aud)}"))
     assert refusal_reasons(caplog) == ["audience mismatch" if aud != [] else "missing aud"]
 
 
@@ -364,8 +366,8 @@ def test_tenant_pinned_by_the_issuer_entry(tmp_path: Path, ec_key: ec.EllipticCu
     try:
         with app.test_client() as c:
             aud = BASE + DISCOVERY
-            assert_bare_401(call(c, DISCOVERY, f"Bearer {make_token(ec_key, aud)}"))
-            assert_bare_401(call(c, DISCOVERY, f"Bearer {make_token(ec_key, aud, tenant='south')}"))
+            assert_refused(call(c, DISCOVERY, f"Bearer {make_token(ec_key, aud)}"))
+            assert_refused(call(c, DISCOVERY, f"Bearer {make_token(ec_key, aud, tenant='south')}"))
             assert call(c, DISCOVERY, f"Bearer {make_token(ec_key, aud, tenant='north')}").status_code == 200
     finally:
         close(app)
@@ -388,7 +390,7 @@ def test_public_base_url_is_the_audience(
     path: str,
 ) -> None:
     caplog.set_level(logging.INFO)
-    assert_bare_401(call(public_client, path, f"Bearer {make_token(ec_key, BASE + path)}"))
+    assert_refused(call(public_client, path, f"Bearer {make_token(ec_key, BASE + path)}"))
     assert refusal_reasons(caplog) == ["audience mismatch"]
     resp = call(public_client, path, f"Bearer {make_token(ec_key, PUBLIC + path)}")
     assert resp.status_code == 200, resp.data[:300]
@@ -403,7 +405,7 @@ def test_public_base_url_with_a_path_prefix(
             ok = make_token(ec_key, "https://example.org/cds/cds-services/order-sign")
             assert call(c, SERVICE, f"Bearer {ok}").status_code == 200
             bare = make_token(ec_key, "https://example.org/cds-services/order-sign")
-            assert_bare_401(call(c, SERVICE, f"Bearer {bare}"))
+            assert_refused(call(c, SERVICE, f"Bearer {bare}"))
     finally:
         close(app)
 
@@ -414,7 +416,7 @@ def test_spoofed_host_does_not_change_the_audience_when_public_base_url_is_set(
     caplog.set_level(logging.INFO)
     token = make_token(ec_key, "http://evil.example/cds-services/order-sign")
     resp = call(public_client, SERVICE, f"Bearer {token}", Host="evil.example")
-    assert_bare_401(resp)
+    assert_refused(resp)
     assert refusal_reasons(caplog) == ["audience mismatch"]
 
 
@@ -433,7 +435,7 @@ def test_forwarded_headers_are_not_trusted_for_the_audience(
             "Forwarded": "host=cds.example.org;proto=https",
         },
     )
-    assert_bare_401(resp)
+    assert_refused(resp)
     assert refusal_reasons(caplog) == ["audience mismatch"]
 
 
@@ -460,7 +462,7 @@ def test_preflight_needs_no_token_and_carries_cors_headers(client: FlaskClient, 
 def test_a_401_still_carries_cors_headers(client: FlaskClient, path: str) -> None:
     """So a browser-based CDS Client can see that it was refused, not a network error."""
     resp = call(client, path, None, Origin="https://sandbox.cds-hooks.org")
-    assert_bare_401(resp)
+    assert_refused(resp)
     assert resp.headers["Access-Control-Allow-Origin"] in ("*", "https://sandbox.cds-hooks.org")
 
 
@@ -481,11 +483,11 @@ def test_authorization_header_never_logged(
             for path in ENDPOINTS:
                 good = f"Bearer {make_token(ec_key, BASE + path, sub='Practitioner/secret-sub-4821')}"
                 assert call(client, path, good).status_code == 200
-                assert_bare_401(call(client, path, good))  # replay
+                assert_refused(call(client, path, good))  # replay
                 headers.append(good)
                 for header in bad_headers(path, ec_key, other_ec_key).values():
                     if header:
-                        assert_bare_401(call(client, path, header))
+                        assert_refused(call(client, path, header))
                     if header and header.partition(" ")[2]:
                         headers.append(header)
     finally:

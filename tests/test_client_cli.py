@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -396,7 +397,7 @@ def test_call_wrong_token_is_a_412_with_its_message(token_fhir: FhirServerHandle
     )
     assert result.exit_code == 1
     assert "412 Precondition Failed" in result.output
-    assert "FHIR server refused access (401)" in result.output
+    assert "answered 401 for" in result.output and "check fhirAuthorization" in result.output
     assert "[missing: " in result.output
 
 
@@ -481,8 +482,13 @@ def test_call_service_with_jwt(fhir: str, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     jwk = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
     issuer = TrustedIssuer(iss="https://ehr.test/cds-client", jwks={"keys": [jwk]})
-    app = create_app(make_settings(tmp_path, insecure_no_auth=False), authenticator=Authenticator([issuer]))
+    settings = make_settings(tmp_path, insecure_no_auth=False, public_base_url="http://127.0.0.1")
+    app = create_app(settings, authenticator=Authenticator([issuer]))
     server, thread = serve(app)
+    # the audience is the URL actually served, known only once the port is
+    app.extensions["ketamine_cds"].settings = dataclasses.replace(
+        settings, public_base_url=f"http://127.0.0.1:{server.server_port}"
+    )
     pem = tmp_path / "client-key.pem"
     pem.write_bytes(
         key.private_bytes(

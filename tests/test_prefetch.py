@@ -139,7 +139,8 @@ def test_unreachable_fhir_server_is_412(client, v1):
     body["fhirServer"] = refused_url()
     resp = post(client, body)
     assert resp.status_code == 412
-    assert "unreachable" in resp.get_json()["error"]
+    assert "the FHIR server request failed" in resp.get_json()["error"]
+    assert resp.get_json()["missing"] == ["medicationRequests"]
 
 
 def test_prefetched_bundle_next_page_is_followed(client, v1):
@@ -162,15 +163,15 @@ def test_prefetched_bundle_next_page_is_followed(client, v1):
 @pytest.mark.parametrize(
     ("route", "expect"),
     [
-        ({"mode": "status", "status": 401}, "refused access (401)"),
-        ({"mode": "status", "status": 403}, "refused access (403)"),
+        ({"mode": "status", "status": 401}, "answered 401 for Condition: check fhirAuthorization"),
+        ({"mode": "status", "status": 403}, "answered 403"),
         ({"mode": "status", "status": 404}, "answered 404"),
         ({"mode": "status", "status": 500}, "answered 500"),
         ({"mode": "non_json"}, "non-JSON"),
-        ({"mode": "huge", "size": 3_000_000}, "larger than"),
+        ({"mode": "huge", "size": 3_000_000}, "more than 1000000 bytes"),
         ({"mode": "next_cycle"}, "loops back"),
-        ({"mode": "next_endless"}, "more than"),
-        ({"mode": "drop"}, "unreachable"),
+        ({"mode": "next_endless"}, "more than 5 pages"),
+        ({"mode": "drop"}, "ConnectionError"),
         ({"mode": "slow", "delay": 5}, "timed out"),
     ],
 )
@@ -179,7 +180,12 @@ def test_fhir_faults_are_412_with_a_reason_within_the_deadline(tmp_path, v1, rou
 
     app = create_app(
         make_settings(
-            tmp_path, fhir_deadline=1.5, fhir_read_timeout=1.0, fhir_max_bytes=1_000_000, fhir_max_pages=5
+            tmp_path,
+            fhir_deadline=1.5,
+            fhir_read_timeout=1.0,
+            fhir_max_bytes=1_000_000,
+            fhir_max_pages=5,
+            fhir_error_detail=True,
         )
     )
     body = copy.deepcopy(v1)
@@ -222,4 +228,4 @@ def test_links_off_the_fhir_server_are_not_followed(client, v1):
         resp = post(client, body)
         assert other.requests == [], "the token must never go to another host"
     assert resp.status_code == 412
-    assert "off the FHIR server" in resp.get_json()["error"]
+    assert "link off the FHIR server" in resp.get_json()["error"]

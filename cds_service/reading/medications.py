@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .elements import Reads
-from .fhir_client import Deadline, FhirClient, FhirFetchError
+from .fhir_client import CallBudget, FetchPolicy, FhirClient, FhirFetchError
 from .raw import as_dict, as_list
 from .record import PatientRecord, Problem
 from .terminology import DrugMatch, Terminology, concept_text, form_from_text
@@ -173,8 +173,11 @@ def fetch_missing(
     connect_timeout: float = 1.0,
     read_timeout: float = 2.0,
     request_id: str | None = None,
+    policy: FetchPolicy | None = None,
 ) -> set[str]:
     """Read the unresolved Medications from ``fhirServer`` (one search) into the record.
+
+    ``policy`` is the call's fhirServer policy (SSRF; see ``fhir_client.FetchPolicy``).
 
     Returns the ids fetched. Failure is not fatal: the records keep their display text and the
     references stay unresolved (said in a card), and the reason is a record problem.
@@ -184,19 +187,20 @@ def fetch_missing(
     if not ids or not isinstance(server, str) or deadline_seconds <= 0:
         return set()
     auth = as_dict(request.get("fhirAuthorization"))
-    client = FhirClient(
-        server,
-        access_token=auth.get("access_token") if isinstance(auth.get("access_token"), str) else None,
-        deadline=Deadline(deadline_seconds),
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_pages=3,
-        request_id=request_id,
-    )
     started = time.perf_counter()
     try:
-        found = client.search("Medication?_id=" + ",".join(quote(i, safe="-.") for i in ids))
+        with FhirClient(
+            server,
+            budget=CallBudget(deadline_seconds, max_pages=3),
+            policy=policy,
+            access_token=auth.get("access_token") if isinstance(auth.get("access_token"), str) else None,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            request_id=request_id,
+        ) as client:
+            found = client.search("Medication?_id=" + ",".join(quote(i, safe="-.") for i in ids))
     except FhirFetchError as exc:
+        log.warning("Medication fetch failed: %s (%s)", exc.kind, exc.detail)
         record.problems.append(Problem("Medication", f"{len(ids)} Medication reference(s)", exc.reason))
         return set()
     finally:

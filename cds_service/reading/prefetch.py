@@ -12,14 +12,26 @@ Data that can be neither prefetched nor fetched raises :class:`DataUnavailable` 
 
 from __future__ import annotations
 
+import logging
 import re
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..errors import DataUnavailable
 from ..services import PREFETCH
-from .fhir_client import Deadline, FetchStats, FhirClient, FhirFetchError, bundle_resources, next_link
+from .fhir_client import (
+    CallBudget,
+    FetchPolicy,
+    FetchStats,
+    FhirClient,
+    FhirFetchError,
+    bundle_resources,
+    next_link,
+)
+
+log = logging.getLogger(__name__)
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 USER_TOKENS = {
@@ -71,11 +83,18 @@ def resolve_prefetch(
     deadline_seconds: float = 3.0,
     connect_timeout: float = 1.0,
     read_timeout: float = 2.0,
-    max_pages: int = 20,
+    max_pages: int = 50,
     max_bytes: int = 20_000_000,
+    max_resources: int = 20_000,
+    policy: FetchPolicy | None = None,
     request_id: str | None = None,
     templates: dict[str, str] = PREFETCH,
 ) -> PrefetchResult:
+    """Resources per key; raises DataUnavailable naming every key that could not be had.
+
+    The limits (bytes, pages, resources) and the deadline hold for the whole call, every key
+    together; see :class:`~.fhir_client.CallBudget`.
+    """
     prefetch = request.get("prefetch") or {}
     context = request.get("context") or {}
     result = PrefetchResult()
@@ -117,50 +136,65 @@ def resolve_prefetch(
             "no fhirServer in the request to fetch data that was not prefetched: " + ", ".join(missing),
             missing,
         )
-    auth = request.get("fhirAuthorization") or {}
-    client = FhirClient(
-        fhir_server,
-        access_token=auth.get("access_token"),
-        deadline=Deadline(deadline_seconds),
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_pages=max_pages,
-        max_bytes=max_bytes,
-        request_id=request_id,
+    policy = policy or FetchPolicy()
+    budget = CallBudget(
+        deadline_seconds, max_bytes=max_bytes, max_pages=max_pages, max_resources=max_resources
     )
-    # The main thread waits only until the deadline; a fetch still running then is abandoned
-    # (its sockets time out on their own), so a slow server never holds the worker longer.
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-fetch")
-    jobs: dict[str, Future[list[dict[str, Any]]]] = {}
-    for key, query in to_fetch.items():
-        jobs[key] = pool.submit(_fetch, client, query)
-    for key, bundle in continuations.items():
-        jobs[key] = pool.submit(client.continue_bundle, bundle)
-    wait(jobs.values(), timeout=max(client.deadline.remaining(), 0) + 0.05)
-    pool.shutdown(wait=False, cancel_futures=True)
-    failures: dict[str, str] = {}
-    for key, job in jobs.items():
-        if not job.done():
-            failures[key] = f"FHIR deadline of {deadline_seconds:g} s exceeded"
-            continue
-        try:
-            result.resources[key] = job.result()
-        except FhirFetchError as exc:
-            failures[key] = exc.reason
-    result.stats = client.stats
-    if failures:
-        reasons = sorted(set(failures.values()))
-        raise DataUnavailable(
-            f"could not fetch {', '.join(sorted(failures))} from the FHIR server: " + "; ".join(reasons),
-            sorted(failures),
+    result.stats = budget.stats
+    missing = sorted([*to_fetch, *continuations])
+    auth = request.get("fhirAuthorization") or {}
+    try:
+        client = FhirClient(
+            fhir_server,
+            budget=budget,
+            policy=policy,
+            access_token=auth.get("access_token"),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            request_id=request_id,
         )
+    except FhirFetchError as exc:
+        _log_failures({key: exc for key in missing}, request_id)
+        raise DataUnavailable(f"could not fetch {', '.join(missing)}: {exc.reason}", missing) from None
+    jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+    for key, query in to_fetch.items():
+        jobs[key] = partial(client.read, query)
+    for key, bundle in continuations.items():
+        jobs[key] = partial(client.continue_bundle, bundle)
+    with client:
+        fetched, failures = client.fetch_all(jobs)
+    result.resources.update(fetched)
+    if failures:
+        _log_failures(failures, request_id)
+        raise DataUnavailable(_failure_message(failures, policy, request_id), sorted(failures))
     return result
 
 
-def _fetch(client: FhirClient, query: str) -> list[dict[str, Any]]:
-    if "?" in query:
-        return client.search(query)
-    return _resources_of(client.get_json(query))
+def _failure_message(failures: dict[str, FhirFetchError], policy: FetchPolicy, request_id: str | None) -> str:
+    """What the caller is told: the keys and the safe reasons (the detail only in development)."""
+    reasons = sorted(
+        {e.reason if not policy.show_detail else f"{e.reason} ({e.detail})" for e in failures.values()}
+    )
+    text = f"could not fetch {', '.join(sorted(failures))} from the FHIR server: " + "; ".join(reasons)
+    if any(e.kind in ("failed", "limit") for e in failures.values()) and not policy.show_detail:
+        text += f" (the service log has the detail under request id {request_id})" if request_id else ""
+    return text
+
+
+def _log_failures(failures: dict[str, FhirFetchError], request_id: str | None) -> None:
+    for key, exc in sorted(failures.items()):
+        log.warning(
+            "FHIR fetch failed",
+            extra={
+                "fields": {
+                    "event": "fhir_fetch_failed",
+                    "request_id": request_id,
+                    "key": key,
+                    "kind": exc.kind,
+                    "detail": exc.detail,
+                }
+            },
+        )
 
 
 def _has_next(bundle: dict[str, Any]) -> bool:

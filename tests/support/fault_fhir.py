@@ -19,6 +19,10 @@ Modes (`route(path, mode=..., ...)`):
 - ``next_cycle``: a searchset Bundle whose `next` link is the URL just requested: paging never ends.
 - ``next_endless``: each page links to a new page (`_page=N+1`) and has a new resource: never ends.
 - ``drop``: close the connection without answering.
+- ``drip``: answer 200 with a valid Bundle (or `body`), one byte every `interval` seconds (default 1).
+- ``drip_headers``: send the status line, then one made-up header line every `interval` seconds,
+  never ending the headers.
+- ``redirect``: answer `status` (302) with ``Location: <location>``.
 
 Any mode honours `delay` (wait before answering). A route matches the path relative to the base
 (``/Condition`` or ``Condition``; ``*`` globs allowed), optionally only one `method` and only
@@ -42,7 +46,21 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
-MODES = frozenset({"ok", "status", "slow", "non_json", "huge", "next_cycle", "next_endless", "drop"})
+MODES = frozenset(
+    {
+        "ok",
+        "status",
+        "slow",
+        "non_json",
+        "huge",
+        "next_cycle",
+        "next_endless",
+        "drop",
+        "drip",
+        "drip_headers",
+        "redirect",
+    }
+)
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_HUGE_SIZE = 32 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -122,6 +140,8 @@ class Route:
     content_length: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)
     times: int | None = None
+    interval: float = 1.0
+    location: str | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str, query: Mapping[str, list[str]]) -> bool:
@@ -140,6 +160,7 @@ class FaultFhirServer:
     def __init__(self, base_path: str = "/fhir") -> None:
         self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
         self.requests: list[RecordedRequest] = []
+        self.connections = 0  # TCP connections accepted (keep-alive reuse shows as fewer)
         self._routes: list[Route] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -214,6 +235,8 @@ class FaultFhirServer:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         times: int | None = None,
+        interval: float = 1.0,
+        location: str | None = None,
     ) -> Route:
         """Script the answer for `path` (relative to the base). See the module docstring."""
         if mode not in MODES:
@@ -235,7 +258,11 @@ class FaultFhirServer:
             content_length=content_length,
             headers=dict(headers or {}),
             times=times,
+            interval=interval,
+            location=location,
         )
+        if mode == "redirect" and status is None:
+            route.status = 302
         with self._lock:
             self._routes.append(route)
         return route
@@ -296,6 +323,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._lock:
+            self.server.fake.connections += 1
 
     def do_GET(self) -> None:
         self._serve()
@@ -410,6 +442,37 @@ class _Handler(BaseHTTPRequestHandler):
             {"relation": "next", "url": next_url},
         ]
         self._send_body(route.status, bundle, route)
+
+    def _mode_drip(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
+        body = route.body if route.body is not None else _page_bundle("drip", 0)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        self.send_response(route.status)
+        self.send_header("Content-Type", FHIR_JSON)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+        for i in range(len(data)):
+            if self.server.fake._stopping.wait(route.interval):
+                self.close_connection = True
+                return
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+
+    def _mode_drip_headers(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        self.wfile.flush()
+        n = 0
+        while not self.server.fake._stopping.wait(route.interval):
+            n += 1
+            self.wfile.write(f"X-Drip-{n}: {n}\r\n".encode("ascii"))
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _mode_redirect(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
+        self.send_response(route.status)
+        self.send_header("Location", route.location or "/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _mode_drop(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
         self.close_connection = True
