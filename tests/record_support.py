@@ -10,15 +10,21 @@ from cds_service.engine.loader import load_ruleset
 from cds_service.engine.predicates import CompileContext, Env, Result, compile_node
 from cds_service.pipeline import evaluation_time
 from cds_service.reading.facts import Facts
+from cds_service.reading.fhir_client import FetchPolicy
 from cds_service.reading.prefetch import resolve_prefetch
 from cds_service.reading.record import PatientRecord
 
 from .conftest import RULES
 
+#: the test FHIR servers run on 127.0.0.1 over plain http
+LOCAL_FHIR = FetchPolicy(allow_http=True, allow_loopback=True, show_detail=True)
+
 
 def facts_of(request: dict[str, Any], now: datetime | None = None) -> Facts:
     ruleset = load_ruleset(RULES)
-    record = PatientRecord.from_prefetch(resolve_prefetch(request).resources, request["context"])
+    record = PatientRecord.from_prefetch(
+        resolve_prefetch(request, policy=LOCAL_FHIR).resources, request["context"]
+    )
     when = now or evaluation_time(request, True)
     return Facts(record, ruleset.terminology, ruleset.observation_kinds, when, request["hook"])
 

@@ -831,3 +831,48 @@ def test_example_config_loads_and_sandbox_block_is_valid() -> None:
     assert sandbox[0].algorithms == ("ES384",)
     (key,) = sandbox[0].inline_keys[SANDBOX_KID]
     assert isinstance(key.key, ec.EllipticCurvePublicKey) and key.key.curve.name == "secp384r1"
+
+
+# -- a slow JWKS endpoint (issue 10 item 5) ---------------------------------------------------------
+def test_slow_jwks_endpoint_does_not_stall_its_issuer(ec384: ec.EllipticCurvePrivateKey) -> None:
+    """The JWKS server starts dripping its answer. The request that triggered the refetch gets its
+    answer within the JWKS deadline; requests with a known kid never wait for it; a burst with
+    the unknown kid shares the one fetch instead of queueing and refetching each."""
+    from tests.support.fault_fhir import FaultFhirServer
+
+    with FaultFhirServer() as srv:
+        srv.route("/jwks.json", mode="drip", interval=0.2, body={"keys": [jwk(ec384, "k1")]})
+        srv.ok("/jwks.json", {"keys": [jwk(ec384, "k1")]}, times=1)  # newest first: this one once
+        issuer = TrustedIssuer(iss=ISS, jwks_url=srv.url("/jwks.json"))
+        auth = Authenticator([issuer], http_timeout=(0.5, 1.0), refresh_interval_seconds=0)
+        auth.verify(bearer(token(ec384)), AUD)  # the first fetch caches k1
+
+        results: dict[str, tuple[float, str]] = {}
+
+        def verify(name: str, kid: str) -> None:
+            started = time.monotonic()
+            try:
+                auth.verify(bearer(token(ec384, kid=kid)), AUD)
+                outcome = "ok"
+            except AuthError as exc:
+                outcome = exc.reason
+            results[name] = (time.monotonic() - started, outcome)
+
+        unknown = [threading.Thread(target=verify, args=(f"unknown-{i}", "k2")) for i in range(5)]
+        for t in unknown:
+            t.start()
+        time.sleep(0.3)  # the refetch is under way, dripping
+        known = [threading.Thread(target=verify, args=(f"known-{i}", "k1")) for i in range(6)]
+        for t in known:
+            t.start()
+        for t in known + unknown:
+            t.join(timeout=10)
+        fetches = len(srv.requests_to("/jwks.json"))
+    for i in range(6):
+        elapsed, outcome = results[f"known-{i}"]
+        assert outcome == "ok" and elapsed < 0.5, f"a known kid waited {elapsed:.2f} s behind the fetch"
+    for i in range(5):
+        elapsed, outcome = results[f"unknown-{i}"]
+        assert outcome == "unknown key id"
+        assert elapsed < 1.5 + 0.5 + 0.3, f"the unknown kid got its answer after {elapsed:.2f} s"
+    assert fetches == 2, f"{fetches} JWKS fetches: one at start, one shared by the burst"

@@ -23,7 +23,11 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
 def run(request: dict[str, Any]):
-    return pipeline.run(request, load_ruleset(RULES), Settings(rules_dir=RULES, allow_time_override=True))
+    return pipeline.run(
+        request,
+        load_ruleset(RULES),
+        Settings(rules_dir=RULES, allow_time_override=True, fhir_allow_http=True, fhir_allow_loopback=True),
+    )
 
 
 def signature(request: dict[str, Any]) -> list[tuple[str, str]]:
