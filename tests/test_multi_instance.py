@@ -98,7 +98,7 @@ def test_a_token_replayed_on_the_other_instance_is_refused(cluster: Cluster) -> 
     tok = cluster.token(ORDER_SIGN)
     assert post(cluster.a, ORDER_SIGN, body, tok).status_code == 200
     replay = post(cluster.b, ORDER_SIGN, body, tok)
-    assert replay.status_code == 401 and replay.content == b""
+    assert replay.status_code == 401 and replay.json() == {"status": 401, "error": "authentication required"}
     assert post(cluster.a, ORDER_SIGN, body, tok).status_code == 401
     assert post(cluster.b, ORDER_SIGN, body, cluster.token(ORDER_SIGN)).status_code == 200
 
