@@ -25,6 +25,7 @@ from cds_service.reading.record import PatientRecord
 from cds_service.services import PREFETCH, prefetch_for
 
 from .conftest import RULES
+from .record_support import LOCAL_FHIR
 
 LOCAL = "urn:oid:1.2.840.114350.1.13.0.1.7.2.727688"  # an EHR's local flowsheet code system
 CASE = {
@@ -51,7 +52,7 @@ def phq9(pid: str, oid: str, value: int, when: str, **extra) -> dict:
 
 
 def facts_for(request: dict, ruleset) -> Facts:
-    result = resolve_prefetch(request, templates=prefetch_for(ruleset.observation_kinds))
+    result = resolve_prefetch(request, templates=prefetch_for(ruleset.observation_kinds), policy=LOCAL_FHIR)
     record = PatientRecord.from_prefetch(result.resources, request["context"])
     from cds_service.pipeline import evaluation_time
 
