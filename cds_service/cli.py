@@ -123,10 +123,16 @@ def serve(
 ) -> None:
     """Serve the CDS Hooks endpoints with gunicorn."""
     if worker_class == "gevent":
-        # Before anything else is imported, so every lock and socket the app makes is cooperative.
+        # Before the app is built, so every lock and socket it makes is cooperative (a real lock
+        # held across a yield would deadlock the worker). ssl is already imported (requests, by the
+        # integrator commands) but no SSL context exists yet, which is what gevent warns about.
+        import warnings
+
         from gevent import monkey
 
-        monkey.patch_all()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=monkey.MonkeyPatchWarning)
+            monkey.patch_all()
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
