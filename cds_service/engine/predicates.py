@@ -1170,7 +1170,7 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
     covered_until: date | None = None
     # each stretch off antidepressants ends at the next trial, or (after the last) at the first
     # score showing depression again, or today
-    ends = [t.start for t in trials[1:]] + [facts.today]
+    ends = [t.start for t in trials[1:]] + [facts.today] if trials else []  # no trials: no stretch
     for t, next_start in zip(trials, ends, strict=True):
         covered_until = max(covered_until or t.end, t.end)
         if any(u.start <= covered_until < u.end for u in trials if u is not t):
