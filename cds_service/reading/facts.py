@@ -24,7 +24,7 @@ from .conditions import ConditionFact, ConditionFacts
 from .dates import age_on, parse_date, parse_datetime
 from .elements import Reads
 from .medication_use import MedicationFacts, MedUse, Trial
-from .observations import ObservationFact, ObservationFacts
+from .observations import ObservationFact, ObservationFacts, code_key
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology, norm_code
 
@@ -68,6 +68,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
         self.unresolved_meds: list[dict[str, Any]] = []  # records whose Medication could not be read
         self._obs_codes: dict[tuple[str, str], str] = {}
+        self._uses_in: dict[str, list[MedUse]] = {}
         self._obs_units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         for kind, spec in observation_kinds.items():
@@ -76,6 +77,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
             self.positive_answers[kind] = {
                 norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
             }
+        self._obs_code_keys = frozenset(code_key(code) for _, code in self._obs_codes)
 
     # patient ------------------------------------------------------------------------------------
     @property

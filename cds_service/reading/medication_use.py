@@ -12,6 +12,7 @@ it); an unreadable dosage leaves the record known with its dose, route and durat
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property, lru_cache
@@ -151,8 +152,20 @@ def per_day(repeat: dict[str, Any]) -> float | None:
 
 # -- fact records -----------------------------------------------------------------------------------
 @dataclass
+class _Dosing:
+    dose: float | None = None
+    dose_unit: str | None = None
+    per_day: float | None = None
+    route: str | None = None
+    infusion: float | None = None
+
+
+@dataclass
 class MedUse:
-    """One medication record (request, statement, dispense, administration or draft order)."""
+    """One medication record (request, statement, dispense, administration or draft order).
+
+    Its dosage (dose, rate, timing, route) is read and validated the first time a rule asks for it:
+    most records of a long medication list are only ever asked whether they are in effect."""
 
     ref: str
     kind: str
@@ -160,13 +173,36 @@ class MedUse:
     status: str
     start: date | None
     end: date | None
-    dose: float | None = None
-    dose_unit: str | None = None
-    doses_per_day: float | None = None
-    route: str | None = None
-    infusion_minutes: float | None = None
     stop_reason: str = ""
     resource: dict[str, Any] = field(default_factory=dict, repr=False)
+    read_dosing: Callable[[], _Dosing] | None = field(default=None, repr=False, compare=False)
+    _dosing: _Dosing | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def dosing(self) -> _Dosing:
+        if self._dosing is None:
+            self._dosing = self.read_dosing() if self.read_dosing is not None else _Dosing()
+        return self._dosing
+
+    @property
+    def dose(self) -> float | None:
+        return self.dosing.dose
+
+    @property
+    def dose_unit(self) -> str | None:
+        return self.dosing.dose_unit
+
+    @property
+    def doses_per_day(self) -> float | None:
+        return self.dosing.per_day
+
+    @property
+    def route(self) -> str | None:
+        return self.dosing.route
+
+    @property
+    def infusion_minutes(self) -> float | None:
+        return self.dosing.infusion
 
     @property
     def daily_dose(self) -> float | None:
@@ -201,15 +237,6 @@ class Trial:
         return self.days // 7
 
 
-@dataclass
-class _Dosing:
-    dose: float | None = None
-    dose_unit: str | None = None
-    per_day: float | None = None
-    route: str | None = None
-    infusion: float | None = None
-
-
 # -- the medication half of Facts -------------------------------------------------------------------
 class MedicationFacts:
     """Medication records, trials and sessions (a mixin of :class:`~.facts.Facts`)."""
@@ -223,6 +250,7 @@ class MedicationFacts:
     unidentified_orders: list[dict[str, Any]]
     unresolved_meds: list[dict[str, Any]]
     _trials: dict[tuple[str, int], list[Trial]]
+    _uses_in: dict[str, list[MedUse]]
 
     @cached_property
     def medication_uses(self) -> list[MedUse]:
@@ -306,28 +334,20 @@ class MedicationFacts:
             (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
             return None
         start, end = self._dates(res, rtype)
-        d = self._dosing(res, rtype) if self.record.readable(res, dosing_reads) else _Dosing()
-        route = d.route or FORM_ROUTE.get(drug.form or "")
-        if route is None and drug.form == "injection":
-            route = "injection"
+
+        def read_dosing() -> _Dosing:
+            d = self._dosing(res, rtype) if self.record.readable(res, dosing_reads) else _Dosing()
+            d.route = d.route or FORM_ROUTE.get(drug.form or "")
+            if d.route is None and drug.form == "injection":
+                d.route = "injection"
+            return d
+
         status_reason = res.get("statusReason")
         reasons = status_reason if isinstance(status_reason, list) else [status_reason]
         reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
         notes = " ".join(str(n.get("text", "")) for n in as_list(res.get("note")) if isinstance(n, dict))
         return MedUse(
-            ref(res),
-            kind,
-            drug,
-            status,
-            start,
-            end,
-            d.dose,
-            d.dose_unit,
-            d.per_day,
-            route,
-            d.infusion,
-            (reason + " " + notes).strip(),
-            res,
+            ref(res), kind, drug, status, start, end, (reason + " " + notes).strip(), res, read_dosing
         )
 
     @staticmethod
@@ -388,9 +408,34 @@ class MedicationFacts:
         together are concurrent medications."""
         return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
 
+    @cached_property
+    def _drug_keys(self) -> list[tuple[MedUse, tuple[frozenset[str], frozenset[str]]]]:
+        """Each record with what value-set membership depends on (its ingredients and products)."""
+        return [(u, (u.drug.ingredients, u.drug.products)) for u in self.medication_uses]
+
+    def uses_in(self, valueset: str) -> list[MedUse]:
+        """Medication records of a drug in the value set, in record order (memoised per request:
+        a long list holds a few drugs, asked about by many rules)."""
+        hit = self._uses_in.get(valueset)
+        if hit is None:
+            verdict: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
+            hit = []
+            for u, key in self._drug_keys:
+                member = verdict.get(key)
+                if member is None:
+                    member = verdict[key] = bool(self.t.drug_in(u.drug, valueset))
+                if member:
+                    hit.append(u)
+            self._uses_in[valueset] = hit
+        return hit
+
     def active_uses(self, valueset: str, *, grace_days: int = 0) -> list[MedUse]:
         """Medication records of a value set in effect today (not the draft orders)."""
-        uses = [u for u in self.medication_uses if self.t.drug_in(u.drug, valueset)]
+        uses = self.uses_in(valueset)
+        by_ingredient: dict[str, list[MedUse]] = {}
+        for v in uses:
+            for ing in v.drug.ingredients:
+                by_ingredient.setdefault(ing, []).append(v)
         out = []
         for u in uses:
             if u.kind == "MedicationAdministration":
@@ -401,7 +446,8 @@ class MedicationFacts:
                 ):
                     out.append(u)
                 continue
-            same = [v for v in uses if v.drug.ingredients & u.drug.ingredients]
+            # records of the same drug, read only when a stopped record needs its last supply
+            same = (v for ing in u.drug.ingredients for v in by_ingredient.get(ing, ()))
             if in_effect(u, same, self.today, grace_days):
                 out.append(u)
         return out

@@ -50,6 +50,7 @@ class ObservationFacts:
     now: datetime
     _obs_codes: dict[tuple[str, str], str]
     _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
+    _obs_code_keys: frozenset[str]  # every kind's code as code_key gives it
 
     @cached_property
     def _observation_candidates(self) -> dict[str, list[Candidate]]:
@@ -59,11 +60,11 @@ class ObservationFacts:
         for o in self.record.resources("Observation"):
             if o.get("status") in ("entered-in-error", "cancelled", "registered"):
                 continue
-            kinds = [self._obs_codes[c] for c in codings(o.get("code")) if c in self._obs_codes]
+            kinds = self._kinds_of(o.get("code"))
             components = []
             for comp in as_list(o.get("component")):
                 if isinstance(comp, dict):
-                    ck = [self._obs_codes[c] for c in codings(comp.get("code")) if c in self._obs_codes]
+                    ck = self._kinds_of(comp.get("code"))
                     if ck:
                         components.append((ck[0], comp))
             if not kinds and not components:
@@ -86,6 +87,18 @@ class ObservationFacts:
         for items in out.values():
             items.sort(key=lambda item: item[0], reverse=True)
         return out
+
+    def _kinds_of(self, concept: Any) -> list[str]:
+        """The observation kinds a code concept names. Most observations of a record are of no
+        kind: a coding whose code, however normalised, is no kind's code is skipped before its
+        (system, code) pair is normalised."""
+        keys = self._obs_code_keys
+        if not isinstance(concept, dict) or not any(
+            isinstance(c, dict) and isinstance(code := c.get("code"), str) and code_key(code) in keys
+            for c in as_list(concept.get("coding"))
+        ):
+            return []
+        return [self._obs_codes[c] for c in codings(concept) if c in self._obs_codes]
 
     def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
         when, resource, element = item
@@ -130,6 +143,12 @@ class ObservationFacts:
             if (f := self._checked(kind, item)) and not f.preliminary
         ]
         return facts[::-1]
+
+
+def code_key(code: str) -> str:
+    """A code as both normalisations of terminology.norm_code would leave it comparable (stripped;
+    ICD-10-CM also without dots and case), for a set lookup that can only miss when they would."""
+    return code.strip().replace(".", "").upper()
 
 
 def _obs_fact(
