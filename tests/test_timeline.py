@@ -221,3 +221,11 @@ def test_procedure_with_only_a_period_end_is_dated():
     facts = facts_of(request)
     dated = [(r, d) for vs in ("ect",) for r, d in facts.procedures_in(vs)]
     assert dated and dated[0][1] is not None
+
+
+def test_stopped_early_the_update_day_is_the_stop_day():
+    validity = {"dispenseRequest": {"validityPeriod": {"start": "2025-11-03", "end": "2026-11-03"}}}
+    recent = maoi_request("stopped", meta={"lastUpdated": "2026-04-29T16:02:11Z"}, **validity)
+    assert "ddi-maoi" in fired(add(ketamine_request(), "medicationRequests", recent))  # 5 days, washout 14
+    old = maoi_request("stopped", meta={"lastUpdated": "2026-02-10T16:02:11Z"}, **validity)
+    assert "ddi-maoi" not in fired(add(ketamine_request(), "medicationRequests", old))

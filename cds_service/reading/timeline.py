@@ -4,7 +4,8 @@ A stopped or completed prescription or statement still matters for interactions 
 (an MAOI stopped ten days ago): it counts until its end plus the rule's grace window. Its end is the
 record's own end date when that is past; otherwise the end of the last supply dispensed or the last
 administration of the same drug; otherwise, when its recorded end is still ahead (stopped early on
-an unknown day), today — the safe reading; otherwise its start.
+an unknown day), the day the record was last updated (``meta.lastUpdated``: stopping an order updates
+it), else today — the safe reading; otherwise its start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 from typing import Protocol
+
+from .dates import parse_date
 
 # Taken, then ended: counts until its end plus the washout/grace window.
 ENDED_MED_STATUS = frozenset({"completed", "stopped"})
@@ -42,9 +45,18 @@ def ended_on(use: Use, same_drug: Iterable[Use], today: date) -> date | None:
     ]
     if supply:
         return max(supply)
-    if use.end is not None:  # recorded end still ahead, yet stopped: the day is not known
+    if use.end is not None:  # recorded end still ahead, yet stopped: the day is not recorded
+        updated = _last_updated(use)
+        if updated is not None and (use.start is None or updated >= use.start):
+            return min(updated, today)
         return today
     return use.start
+
+
+def _last_updated(use: Use) -> date | None:
+    """``meta.lastUpdated`` of the record, if readable (a wrong value only falls back to today)."""
+    meta = getattr(use, "resource", {}).get("meta")
+    return parse_date(meta.get("lastUpdated")) if isinstance(meta, dict) else None
 
 
 def in_effect(use: Use, same_drug: Iterable[Use], today: date, grace_days: int) -> bool:
