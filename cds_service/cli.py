@@ -152,13 +152,20 @@ def serve(
         log_level=log_level,
     )
     operator_settings = serving.gunicorn_settings(gunicorn_options)
-    if not settings.insecure_no_auth and not settings.public_base_url:
+    derived = not settings.insecure_no_auth and not settings.public_base_url
+    if derived:
         # Only the bind address can say which URL clients call; never the request's headers.
         settings = dataclasses.replace(settings, public_base_url=serving.derived_public_base_url(host, port))
     try:
         app = create_app(settings)  # fail fast in the parent: invalid rules never reach the workers
     except Exception as exc:  # noqa: BLE001 - shown to the operator as is
         raise click.ClickException(str(exc)) from exc
+    if derived:
+        logging.getLogger("cds_service.serve").info(
+            "token audience %s/cds-services/... (from the bind address; set --public-base-url "
+            "if clients call another URL)",
+            settings.public_base_url,
+        )
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -165,12 +165,7 @@ def derived_public_base_url(host: str, port: int) -> str:
             "request's Host or X-Forwarded-* headers."
         )
     shown = f"[{host.strip('[]')}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
-    click.echo(
-        f"token audience: {url}/cds-services/... (set --public-base-url if clients call another URL)",
-        err=True,
-    )
-    return url
+    return f"http://{shown}:{port}"
 
 
 def exit_with_master(server: Any, worker: Any) -> None:
