@@ -90,15 +90,17 @@ class ObservationFacts:
 
     def _kinds_of(self, concept: Any) -> list[str]:
         """The observation kinds a code concept names. Most observations of a record are of no
-        kind: a coding whose code, however normalised, is no kind's code is skipped before its
-        (system, code) pair is normalised."""
-        keys = self._obs_code_keys
-        if not isinstance(concept, dict) or not any(
-            isinstance(c, dict) and isinstance(code := c.get("code"), str) and code_key(code) in keys
-            for c in as_list(concept.get("coding"))
-        ):
+        kind: a concept none of whose codes, however normalised (:func:`code_key`), is a kind's
+        code is skipped before its (system, code) pairs are normalised."""
+        coding = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(coding, list):
             return []
-        return [self._obs_codes[c] for c in codings(concept) if c in self._obs_codes]
+        keys = self._obs_code_keys
+        for c in coding:
+            code = c.get("code") if isinstance(c, dict) else None
+            if isinstance(code, str) and code.strip().replace(".", "").upper() in keys:
+                return [self._obs_codes[c] for c in codings(concept) if c in self._obs_codes]
+        return []
 
     def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
         when, resource, element = item
