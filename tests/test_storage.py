@@ -285,3 +285,38 @@ def test_a_dropped_connection_costs_no_request(postgres_url: str) -> None:
     assert storage.jti_cache.add("iss", "after", time.time() + 60)
     assert storage.feedback.add_feedback("order-sign", [_entry("after")]) == 1
     storage.close()
+
+
+def test_connections_are_bounded_per_process(postgres_url: str) -> None:
+    """Many concurrent requests (threads here; greenlets under the gevent worker, where a
+    thread-local connection would mean one per request) share at most MAX_CONNECTIONS."""
+    storage = open_storage(postgres_url)
+    storage.database.release()
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(10):
+                storage.jti_cache.add("iss", f"bounded-{i}-{j}", time.time() + 60)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with psycopg.connect(postgres_url) as conn:
+        n = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'ketamine-cds' AND datname = current_database()"
+        ).fetchone()[0]
+    assert 1 <= n <= storage.database.MAX_CONNECTIONS
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'ketamine-cds' AND datname = current_database()"
+        ).fetchone()[0]
+    assert left == 0, "close() closes them"

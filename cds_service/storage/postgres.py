@@ -1,6 +1,6 @@
 """PostgreSQL backend: one database shared by every instance behind the load balancer (psycopg 3).
 
-Each thread opens its connection on first use, after gunicorn's fork, never before.
+Each process opens its connections on first use, after gunicorn's fork, never before.
 Feedback commits with ``synchronous_commit`` on (flushed to the server's WAL before we answer);
 shown cards and replay-cache claims with it off: visible to every instance at once, but a crash of
 the database server may lose the last fraction of a second of them.
@@ -9,9 +9,6 @@ The replay check is one ``INSERT … ON CONFLICT`` statement, atomic across ever
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,10 +16,12 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 
 from ..feedback import FEEDBACK_COLUMNS, FEEDBACK_PER_RULE_SQL, SHOWN_PER_RULE_SQL, feedback_rows, summarise
 from .errors import StorageUnavailable
 from .migrations import Migration, check_current, pending
+from .pool import ConnectionPool
 
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -39,17 +38,22 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _idle_and_healthy(conn: psycopg.Connection[Any]) -> bool:
+    return not (conn.closed or conn.broken) and conn.info.transaction_status == TransactionStatus.IDLE
+
+
 class PostgresDatabase:
     """A PostgreSQL database given by a libpq URL or conninfo (``postgresql://user@host:5432/db``).
 
     Settings absent from the URL come from libpq's environment (``PGPASSWORD``, ``PGPASSFILE``,
-    ``PGSSLMODE`` …). Each thread of each process has one connection, opened on first use (so
-    never before gunicorn forks) and replaced when the server drops it. Not psycopg_pool: after an
-    outage its reconnect backoff (doubling up to minutes) kept every request failing long after
-    the server was back; here the first request after the outage reconnects.
+    ``PGSSLMODE`` …). Connections come from a small per-process pool (pool.py), opened on first
+    use (so never before gunicorn forks) and replaced when the server drops them: the first
+    request after an outage reconnects.
     """
 
     backend = "postgresql"
+    #: Per process: under gevent, many greenlets share these; under gthread, at most one per thread.
+    MAX_CONNECTIONS = 8
     #: No statement may hold a request longer than this (locks, a struggling server).
     STATEMENT_TIMEOUT_MS = 5000
 
@@ -61,9 +65,15 @@ class PostgresDatabase:
         self._where = " ".join(
             f"{k}={params[k]}" for k in ("host", "port", "dbname", "user") if params.get(k) is not None
         )
-        self._local = threading.local()
-        self._all: list[tuple[int, psycopg.Connection[Any]]] = []
-        self._all_lock = threading.Lock()
+        self._pool = ConnectionPool(
+            self._open,
+            usable=lambda c: (
+                not (c.closed or c.broken) and c.info.transaction_status == TransactionStatus.IDLE
+            ),
+            close=lambda c: c.close(),
+            size=self.MAX_CONNECTIONS,
+            what=self.describe(),
+        )
         with self._direct() as conn:
             if migrate:
                 self._migrate(conn)
@@ -85,38 +95,35 @@ class PostgresDatabase:
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
 
-    def _connection(self) -> tuple[psycopg.Connection[Any], bool]:
-        """This thread's connection and whether it was just opened."""
-        cached = getattr(self._local, "conn", None)
-        if cached is not None and cached[0] == os.getpid() and not (cached[1].closed or cached[1].broken):
-            return cached[1], False
+    def _open(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._conninfo)
         conn.execute(f"SET statement_timeout = {self.STATEMENT_TIMEOUT_MS}")
         conn.commit()
-        self._local.conn = (os.getpid(), conn)
-        with self._all_lock:
-            self._all.append((os.getpid(), conn))
-        return conn, True
+        return conn
 
-    def run(self, work: Callable[[psycopg.Connection[Any]], T], *, synchronous_commit: bool = True) -> T:
-        """``work(conn)`` in one transaction, committed before this returns. A cached connection the
-        server dropped (restart, failover, idle timeout) is replaced and the work run once more,
-        so callers' statements must be safe to repeat (ours are: ON CONFLICT). Errors →
-        StorageUnavailable."""
+    def run(
+        self,
+        work: Callable[[psycopg.Connection[Any]], T],
+        *,
+        synchronous_commit: bool = True,
+        wait: float = 3.0,
+    ) -> T:
+        """``work(conn)`` in one transaction, committed before this returns; waits at most ``wait``
+        s for a connection. A pooled connection the server dropped (restart, failover, idle
+        timeout) is replaced and the work run once more, so its statements must be safe to repeat
+        (ours are: ON CONFLICT). Errors → StorageUnavailable."""
         for attempt in (1, 2):
             try:
-                conn, fresh = self._connection()
-            except psycopg.Error as exc:
-                raise self._unavailable(exc) from exc
-            try:
-                with conn.transaction():
-                    if not synchronous_commit:
-                        conn.execute("SET LOCAL synchronous_commit = off")
-                    return work(conn)
-            except psycopg.OperationalError as exc:
-                if attempt == 1 and not fresh and (conn.broken or conn.closed):
-                    continue
-                raise self._unavailable(exc) from exc
+                with self._pool.connection(wait) as (conn, fresh):
+                    try:
+                        with conn.transaction():
+                            if not synchronous_commit:
+                                conn.execute("SET LOCAL synchronous_commit = off")
+                            return work(conn)
+                    except psycopg.OperationalError:
+                        if attempt == 1 and not fresh and (conn.broken or conn.closed):
+                            continue  # the dead connection is dropped on leaving the block
+                        raise
             except psycopg.Error as exc:
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
@@ -150,14 +157,8 @@ class PostgresDatabase:
         return todo
 
     def release(self) -> None:
-        """Close the connections this process opened (the next use opens new ones)."""
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for pid, conn in conns:
-            if pid == os.getpid():  # one inherited across fork belongs to the parent
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-        self._local = threading.local()
+        """Close the idle connections (the next use opens new ones); before gunicorn forks."""
+        self._pool.release()
 
     close = release
 
@@ -183,7 +184,8 @@ class PostgresFeedbackStore:
                     rows,
                 )
 
-        self.db.run(insert, synchronous_commit=False)
+        # With the database down, the cards must not wait long for their statistics.
+        self.db.run(insert, synchronous_commit=False, wait=0.5)
 
     def add_feedback(self, service: str, entries: list[dict[str, Any]]) -> int:
         rows = feedback_rows(service, entries, time.time())

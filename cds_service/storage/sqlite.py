@@ -3,12 +3,11 @@
 WAL mode, so readers never block the writer and a killed worker loses no committed row. Feedback
 is committed with ``synchronous=FULL`` (on disk before it is acknowledged); shown cards and the
 replay cache with ``NORMAL`` (they survive a killed process, may lose the last commits on power loss).
-Connections are opened per process and thread, never carried across gunicorn's fork.
+Connections come from a small per-process pool (pool.py), never carried across gunicorn's fork.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 from ..feedback import FEEDBACK_COLUMNS, FEEDBACK_PER_RULE_SQL, SHOWN_PER_RULE_SQL, feedback_rows, summarise
 from .errors import StorageUnavailable
 from .migrations import Migration, check_current, pending
+from .pool import ConnectionPool
 
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -30,67 +30,70 @@ SCHEMA_VERSION_DDL = (
 
 
 class SQLiteDatabase:
-    """A SQLite file (or ``:memory:``, private to this object) with per-thread connections."""
+    """A SQLite file (or ``:memory:``, private to this object) with a small pool of connections."""
 
     backend = "sqlite"
+    MAX_CONNECTIONS = 8
 
     def __init__(self, path: Path | str, *, migrate: bool | None = True) -> None:
         self.path = str(path)
         self._uri = self.path == ":memory:"
-        if self._uri:  # one in-memory database for every thread of this object, none other
+        if self._uri:  # one in-memory database for every connection of this object, none other
             self._target = f"file:ketamine-cds-{uuid.uuid4().hex}?mode=memory&cache=shared"
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._target = self.path
-        self._local = threading.local()
-        self._all: list[tuple[int, sqlite3.Connection]] = []
-        self._all_lock = threading.Lock()
         self.write_lock = threading.Lock()  # one writer per process; other processes wait on busy_timeout
-        self._keeper = self.connection() if self._uri else None
+        self._pool = ConnectionPool(
+            self._open,
+            usable=lambda db: not db.in_transaction,
+            close=lambda db: db.close(),
+            size=self.MAX_CONNECTIONS,
+            what=self.describe(),
+        )
+        self._keeper = self._open() if self._uri else None  # keeps the in-memory database alive
         if migrate:
             self.migrate()
         elif migrate is not None:  # False: refuse a schema that is behind; None: just open
             check_current(self.applied_versions())
 
-    def connection(self) -> sqlite3.Connection:
-        cached = getattr(self._local, "db", None)
-        if cached is not None and cached[0] == os.getpid():
-            return cached[1]
+    def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
             self._target, timeout=10, isolation_level=None, check_same_thread=False, uri=self._uri
         )
         if not self._uri:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=10000")
-        self._local.db = (os.getpid(), db)
-        with self._all_lock:
-            self._all.append((os.getpid(), db))
         return db
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._pool.connection(wait=10) as (db, _fresh):
+                yield db
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"sqlite: {type(exc).__name__}") from exc
 
     @contextmanager
     def transaction(self, *, synchronous: str = "NORMAL") -> Iterator[sqlite3.Connection]:
         """One write transaction, committed before the block's result is used; errors → StorageUnavailable."""
-        db = self.connection()
-        with self.write_lock:
+        with self.connection() as db, self.write_lock:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(f"PRAGMA synchronous={synchronous}")
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageUnavailable(f"sqlite: {type(exc).__name__}") from exc
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def applied_versions(self) -> set[int]:
-        db = self.connection()
-        exists = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).fetchone()
-        return {v for (v,) in db.execute("SELECT version FROM schema_version")} if exists else set()
+        with self.connection() as db:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+            return {v for (v,) in db.execute("SELECT version FROM schema_version")} if exists else set()
 
     def migrate(self) -> list[Migration]:
         """Apply the pending migrations in one transaction; return them."""
@@ -110,22 +113,15 @@ class SQLiteDatabase:
         return f"sqlite:{self.path}"
 
     def release(self) -> None:
-        """Close this process's connections but the in-memory keeper; the next use reopens them.
+        """Close the idle connections (the in-memory keeper stays); the next use reopens them.
         Called once the service is set up, so gunicorn's fork carries no open connection."""
-        with self._all_lock:
-            keep = [(pid, db) for pid, db in self._all if db is self._keeper]
-            conns, self._all = [c for c in self._all if c not in keep], keep
-        for pid, db in conns:
-            if pid == os.getpid():  # one inherited across fork is the parent's
-                db.close()
-        self._local = threading.local()
+        self._pool.release()
 
     def close(self) -> None:
-        self.release()
+        self._pool.release()
         if self._keeper is not None:
             self._keeper.close()
             self._keeper = None
-            self._all = []
 
 
 def _database(target: SQLiteDatabase | Path | str) -> SQLiteDatabase:
@@ -156,11 +152,8 @@ class SQLiteFeedbackStore:
         return len(rows)
 
     def rule_stats(self) -> list[dict[str, Any]]:
-        db = self.db.connection()
-        try:
+        with self.db.connection() as db:
             return summarise(db.execute(SHOWN_PER_RULE_SQL).fetchall(), db.execute(FEEDBACK_PER_RULE_SQL))
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"sqlite: {type(exc).__name__}") from exc
 
     def close(self) -> None:
         self.db.close()
