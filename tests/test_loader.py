@@ -133,3 +133,10 @@ def test_hot_reload_picks_up_a_change_and_keeps_serving_on_an_invalid_one(rules_
         edit(ci, "indicator: catastrophic", "indicator: critical")
         assert pregnancy_summary(c).startswith("Pregnant (edited)")
         assert "rejected_rule_change" not in c.get("/healthz").get_json()
+
+
+def test_a_panel_lead_must_be_a_rule(rules_copy: Path):
+    edit(rules_copy / "common.yaml", "    lead: [trd-met]", "    lead: [trd-mett]")
+    with pytest.raises(RuleLoadError) as info:
+        load_ruleset(rules_copy)
+    assert any("common.yaml" in p and "lead 'trd-mett' is not a rule" in p for p in info.value.problems)

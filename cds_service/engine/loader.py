@@ -420,6 +420,14 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
             problems.add(
                 site_path, line_of(site_lines, ("rules", rid)), f"site.yaml overrides unknown rule {rid!r}"
             )
+    for pid, panel in panels.items():
+        for rid in panel.lead:
+            if rid not in seen:
+                problems.add(
+                    rules_dir / "common.yaml",
+                    line_of(common_lines, ("panels", pid, "lead")),
+                    f"panel {pid}: lead {rid!r} is not a rule",
+                )
     if not rules and not problems.items:
         problems.add(rules_dir / "*.yaml", 0, "no rules: an empty rule set would never warn anyone")
     if problems.items:
