@@ -420,7 +420,7 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
             problems.add(
                 site_path, line_of(site_lines, ("rules", rid)), f"site.yaml overrides unknown rule {rid!r}"
             )
-    for pid, panel in panels.items():
+    for pid, panel in panels.items() if rules else ():  # (no rules at all is said below)
         for rid in panel.lead:
             if rid not in seen:
                 problems.add(
