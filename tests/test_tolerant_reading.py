@@ -271,3 +271,14 @@ def test_ignored_elements_walk_into_what_facts_read():
     assert found[("dosageInstruction.additionalInstruction", "expected an array")] == 1
     # `note` is read by the medication facts: validated when read, not counted as ignored here
     assert not any(path == "note" for path, _ in found)
+
+
+def test_ignored_report_stays_small_and_never_repeats_free_text_keys():
+    request = _bp_request(**{"John Smith 555-1234": 1, **{f"junk{i}": i for i in range(80)}})
+    out = run(request)
+    assert _topic(out, "ci-blood-pressure-severe") == "critical"
+    report = out.response["extension"][IGNORED]
+    assert len(report) == 51 and report[-1]["element"] == "(more)"
+    assert "John" not in json.dumps(report) and "John" not in json.dumps(
+        out.evaluation.facts.record.ignored_counts()
+    )

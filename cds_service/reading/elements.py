@@ -15,6 +15,7 @@ patients and hook calls, so most elements are checked once per process.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections import Counter
@@ -291,6 +292,15 @@ def _actions(model: Any, tree: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+_ELEMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _name(key: str) -> str:
+    """An unknown key as reported: FHIR-name-shaped keys as they are, anything else (free text that
+    might carry data) replaced, so a report never repeats what a sender put in a key."""
+    return key if _ELEMENT_NAME.fullmatch(key) else "(a key that is not an element name)"
+
+
 def _shallow(
     obj: dict[str, Any],
     model: Any,
@@ -306,7 +316,7 @@ def _shallow(
             continue  # a leaf a fact reads: validated when read
         if act is None:
             if not (top and key == "resourceType"):
-                out[(f"{prefix}{key}", "not an element of R4B " + model.__name__)] += 1
+                out[(f"{prefix}{_name(key)}", "not an element of R4B " + model.__name__)] += 1
             continue
         many, inner, sub = act
         if value is None:

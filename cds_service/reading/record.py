@@ -18,6 +18,8 @@ from typing import Any
 from ..services import PREFETCH_TYPES
 from .elements import Reads, first_error, ignored_elements
 
+IGNORED_LIMIT = 50  # distinct ignored element paths reported per request (hostile input stays small)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -112,19 +114,30 @@ class PatientRecord:
         return verdict
 
     def ignored_counts(self) -> dict[str, int]:
-        """``{"MedicationRequest.category": 1}``: the ignored elements by path, for the call log."""
+        """``{"MedicationRequest.category": 1}``: the ignored elements by path, for the call log
+        (at most :data:`IGNORED_LIMIT` paths; the rest are counted under ``"(more)"``)."""
         out: Counter[str] = Counter()
         for (rtype, path, _reason), n in self.ignored.items():
             out[f"{rtype}.{path}"] += n
-        return dict(sorted(out.items()))
+        items = sorted(out.items())
+        shown = dict(items[:IGNORED_LIMIT])
+        if len(items) > IGNORED_LIMIT:
+            shown["(more)"] = sum(n for _, n in items[IGNORED_LIMIT:])
+        return shown
 
     def ignored_report(self) -> list[dict[str, Any]]:
         """Invalid elements of resources that were read, which no fact reads and which were
-        therefore ignored: ``[{"resourceType", "element", "reason", "count"}]`` (no values, no ids)."""
-        return [
+        therefore ignored: ``[{"resourceType", "element", "reason", "count"}]`` (no values, no ids;
+        at most :data:`IGNORED_LIMIT` entries, then one ``"element": "(more)"`` entry counting the rest)."""
+        items = sorted(self.ignored.items())
+        out = [
             {"resourceType": rtype, "element": path, "reason": reason, "count": n}
-            for (rtype, path, reason), n in sorted(self.ignored.items())
+            for (rtype, path, reason), n in items[:IGNORED_LIMIT]
         ]
+        if len(items) > IGNORED_LIMIT:
+            rest = sum(n for _, n in items[IGNORED_LIMIT:])
+            out.append({"resourceType": "(any)", "element": "(more)", "reason": "not listed", "count": rest})
+        return out
 
     def resources(self, rtype: str) -> list[dict[str, Any]]:
         """Every resource of a type, unvalidated (callers filter, then call :meth:`readable`)."""
