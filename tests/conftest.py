@@ -88,3 +88,14 @@ def load_example(name: str) -> dict[str, Any]:
 
 def example_names() -> list[str]:
     return sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+
+def fhir_authorization(token: str) -> dict[str, Any]:
+    """``fhirAuthorization`` as an EHR sends it, for a bearer ``token``."""
+    return {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "ketamine-cds",
+    }

@@ -17,7 +17,7 @@ from cds_service.app import create_app
 from cds_service.reading.fhir_client import CallBudget, FetchPolicy, FhirClient, FhirFetchError
 from tests.support.fault_fhir import FaultFhirServer, refused_url
 
-from .conftest import load_example, make_settings
+from .conftest import fhir_authorization, load_example, make_settings
 
 ALL_KEYS = [
     "patient",
@@ -226,13 +226,7 @@ def test_cross_origin_redirect_is_not_followed(app_factory) -> None:
         other.ok("/Condition", {"resourceType": "Bundle", "type": "searchset"})
         srv.route("/Condition", mode="redirect", location=other.url("/Condition?patient=x"))
         body["fhirServer"] = srv.base_url
-        body["fhirAuthorization"] = {
-            "access_token": "t",
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "ketamine-cds",
-        }
+        body["fhirAuthorization"] = fhir_authorization("t")
         resp = post(c, body)
         assert other.requests == [], "a redirect to another origin is not followed"
     assert resp.status_code == 412

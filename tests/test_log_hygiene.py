@@ -18,7 +18,7 @@ from cds_service.app import create_app
 from cds_service.logs import JsonFormatter, hash_id, init_salt
 from tests.support.fault_fhir import FaultFhirServer
 
-from .conftest import load_example, make_settings
+from .conftest import fhir_authorization, load_example, make_settings
 
 PID = "zq9-hygiene-5513"
 SECRET = "fhir-secret-7f3a9c"
@@ -120,13 +120,7 @@ def test_configured_salt_is_used(tmp_path: Path) -> None:
 def test_4xx_bodies_name_the_field_never_its_value(tmp_path, mutate, field) -> None:
     body = request_for_patient()
     body["fhirServer"] = "https://fhir.example/r4"
-    body["fhirAuthorization"] = {
-        "access_token": "t",
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "ketamine-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization("t")
     mutate(body)
     app = create_app(make_settings(tmp_path))
     with app.test_client() as c:

@@ -27,7 +27,7 @@ from cds_service.app import create_app
 from cds_service.engine.loader import load_ruleset
 from cds_service.logs import CALL_LOGGER, JsonFormatter, hash_id, log_call
 
-from .conftest import RULES, CheckedClient, load_example, make_settings
+from .conftest import RULES, CheckedClient, fhir_authorization, load_example, make_settings
 from .support.fault_fhir import FaultFhirServer, refused_url
 
 PID = "zq9-patient-4471"  # distinctive, so finding it anywhere in the logs is meaningful
@@ -283,16 +283,6 @@ def test_invalid_request_logs_nothing_of_its_content(
         caplog.set_level(logging.DEBUG)
         assert post(client, body).status_code == 400
     assert PID not in json_stderr.readouterr().err + caplog.text
-
-
-def fhir_authorization(token: str) -> dict[str, Any]:
-    return {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "ketamine-cds",
-    }
 
 
 @pytest.mark.parametrize("answer", ["ok", "401", "drop", "refused"])

@@ -11,16 +11,10 @@ import pytest
 from cds_service.services import PREFETCH
 from tests.support.fault_fhir import FaultFhirServer, operation_outcome, refused_url
 
-from .conftest import load_example, make_settings
+from .conftest import fhir_authorization, load_example, make_settings
 
 TOKEN = "s3cret-token"
-AUTH = {
-    "access_token": TOKEN,
-    "token_type": "Bearer",
-    "expires_in": 300,
-    "scope": "patient/*.read",
-    "subject": "ketamine-cds",
-}
+AUTH = fhir_authorization(TOKEN)
 
 
 def post(client, body, service="order-sign"):
