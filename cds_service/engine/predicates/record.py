@@ -1,27 +1,13 @@
-"""Predicates over the record's allergies, vital status and the orders signed together.
-
-Registered in the same vocabulary as :mod:`.predicates` (importing this module registers them);
-kept apart so that file does not keep growing.
-"""
+"""Predicates over the record's allergies, vital status, the orders signed together and its data quality."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..reading.raw import as_dict
-from ..reading.record import ref
-from .predicates import (
-    CompileContext,
-    Env,
-    Leaf,
-    Missing,
-    Node,
-    Result,
-    _args,
-    _med_view,
-    _unreadable_missing,
-    predicate,
-)
+from ...reading.raw import as_dict
+from ...reading.record import ref
+from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
+from .views import med_view, unreadable_missing
 
 
 @predicate(
@@ -33,7 +19,9 @@ from .predicates import (
     "`allergies` (substance, criticality, verification, clinical_status, reactions, ref).",
 )
 def _allergy(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"valueset", "include_inactive", "confirmed_only", "criticality", "bind"}, {"valueset"})
+    a = check_args(
+        args, {"valueset", "include_inactive", "confirmed_only", "criticality", "bind"}, {"valueset"}
+    )
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
     include_inactive = bool(ctx.value(a.get("include_inactive", False)))
     confirmed_only = bool(ctx.value(a.get("confirmed_only", False)))
@@ -76,7 +64,7 @@ def _allergy(args: Any, ctx: CompileContext) -> Node:
 )
 def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
     allowed = {"order_valueset", "valueset", "grace_days", "within_days", "other_ingredient"}
-    a = _args(args, allowed, {"order_valueset", "valueset"})
+    a = check_args(args, allowed, {"order_valueset", "valueset"})
     order_vs = ctx.valueset(a["order_valueset"], "medication", ("order_valueset",))
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
     grace = int(ctx.number(a, "grace_days", 0))
@@ -103,16 +91,16 @@ def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
             if found:
                 views = []
                 for use, source in found.values():
-                    views.append({**_med_view(env, use), "source": source})
+                    views.append({**med_view(env, use), "source": source})
                 return Result(
                     True,
-                    bind={"order": _med_view(env, order), "concurrent": views},
+                    bind={"order": med_view(env, order), "concurrent": views},
                     evidence=[order.ref, *found],
                     reason=f"{len(views)} concurrent record(s)",
                 )
         unreadable = f.unreadable_medications_in(vs)
         if unreadable:
-            return Result(None, missing=[_unreadable_missing(env, vs, unreadable)])
+            return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
         return Result(False)
 
     key = {"order_vs": order_vs, "vs": vs, "grace": grace, "within": within, "other": other}
@@ -126,7 +114,7 @@ def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
     "Binds `deceased_on` (date or none).",
 )
 def _deceased(args: Any, ctx: CompileContext) -> Node:
-    _args(args, set())
+    check_args(args, set())
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         dead, on = env.facts.deceased
@@ -146,7 +134,7 @@ def _deceased(args: Any, ctx: CompileContext) -> Node:
     '"S-Ketamin"): its checks cannot run. Binds `unidentified` (text, ref, reference, suggests).',
 )
 def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
-    a = _args(args, {"valueset"}, {"valueset"})
+    a = check_args(args, {"valueset"}, {"valueset"})
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
@@ -178,3 +166,24 @@ def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
         )
 
     return Leaf("unidentified_order", run, {"vs": vs}, {f"valueset:{vs}"})
+
+
+# -- data quality -------------------------------------------------------------------------------
+@predicate("unreadable_resources", "Resources in the request that were malformed and skipped.")
+def _unreadable(args: Any, ctx: CompileContext) -> Node:
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        # The problems found in what the rules read (this rule runs last); resources no rule
+        # needed are never validated, so they cannot mislead anyone.
+        f = env.facts
+        _ = (f.patient, f.medication_uses, f.orders)
+        problems = f.record.problems
+        return Result(
+            bool(problems),
+            bind={
+                "problems": [
+                    {"resource": p.resource, "where": p.where, "message": p.message} for p in problems
+                ]
+            },
+        )
+
+    return Leaf("unreadable_resources", run, {}, set())

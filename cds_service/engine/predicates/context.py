@@ -1,0 +1,61 @@
+"""Predicates over the call's context (hook, jurisdiction) and the patient's demographics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import (
+    COMPARATORS,
+    CompileContext,
+    Env,
+    Leaf,
+    Missing,
+    Node,
+    Result,
+    check_args,
+    compare,
+    predicate,
+)
+
+
+@predicate("hook", "True when the hook being served is one of the list.")
+def _hook(args: Any, ctx: CompileContext) -> Node:
+    hooks = args if isinstance(args, list) else [args]
+    return Leaf("hook", lambda env, a: Result(env.facts.hook in a["hooks"]), {"hooks": tuple(hooks)}, set())
+
+
+@predicate("jurisdiction", "True when the site's jurisdiction is one of the list (US, CA, UK, NO …).")
+def _jurisdiction(args: Any, ctx: CompileContext) -> Node:
+    codes = args if isinstance(args, list) else [args]
+    return Leaf(
+        "jurisdiction", lambda env, a: Result(env.jurisdiction in a["codes"]), {"codes": tuple(codes)}, set()
+    )
+
+
+# -- demographics -------------------------------------------------------------------------------
+@predicate(
+    "age",
+    "Age in whole years at the hook's time compared with gt/gte/lt/lte/eq; unknown without a birth date.",
+)
+def _age(args: Any, ctx: CompileContext) -> Node:
+    a = check_args(args, COMPARATORS)
+    a = {k: ctx.number(a, k) for k in a}
+
+    def run(env: Env, a: dict[str, Any]) -> Result:
+        age = env.facts.age
+        if age is None:
+            return Result(None, missing=[Missing("birth-date", "date of birth")])
+        return Result(compare(age, a), bind={"age": age}, reason=f"age {age}")
+
+    return Leaf("age", run, a, set())
+
+
+@predicate("sex", "Administrative gender equals the value (female, male); unknown when not recorded.")
+def _sex(args: Any, ctx: CompileContext) -> Node:
+    def run(env: Env, a: dict[str, Any]) -> Result:
+        sex = env.facts.sex
+        if sex is None:
+            return Result(None, missing=[Missing("sex", "administrative sex")])
+        return Result(sex == a["sex"], bind={"sex": sex})
+
+    return Leaf("sex", run, {"sex": args}, set())

@@ -1,0 +1,101 @@
+"""Predicates over observations by kind: the latest value in a window, coded positive answers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ...reading.facts import ObservationFact
+from .core import (
+    COMPARATORS,
+    CompileContext,
+    Env,
+    Leaf,
+    Missing,
+    Node,
+    Result,
+    check_args,
+    compare,
+    predicate,
+)
+from .views import obs_view
+
+
+@predicate(
+    "observation",
+    "The latest observation of a kind within `within_days`/`within_hours`, compared with "
+    "gt/gte/lt/lte/eq, or `positive: true` for a coded positive answer. Unknown when there is none.",
+)
+def _observation(args: Any, ctx: CompileContext) -> Node:
+    a = check_args(
+        args, {"kind", "within_days", "within_hours", "positive", "label", "ask", *COMPARATORS}, {"kind"}
+    )
+    kind = ctx.kind(a["kind"], ("kind",))
+    spec = {k: ctx.number(a, k) for k in COMPARATORS | {"within_days", "within_hours"} if k in a}
+    positive = a.get("positive")
+    ask = bool(a.get("ask", True))
+    window = spec.get("within_days")
+    if spec.get("within_hours") is not None:
+        window = spec["within_hours"] / 24
+    label = a.get("label") or _window_label(kind, window)
+
+    def holds(env: Env, obs: ObservationFact) -> bool | None:
+        if positive is not None:
+            hit = obs.code in env.facts.positive_answers.get(kind, set()) or positive_text(obs.text)
+            return hit == bool(positive)
+        return None if obs.value is None else compare(obs.value, spec)
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        # A preliminary reading newer than the latest final one is a signal: it can make the
+        # condition true (and says it is preliminary), never false.
+        for p in env.facts.preliminary(kind, within_days=window):
+            if holds(env, p):
+                return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
+        obs = env.facts.latest(kind, within_days=window)
+        if obs is None:
+            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
+        verdict = holds(env, obs)
+        if verdict is None:
+            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
+        return Result(verdict, bind={kind: obs_view(obs)}, evidence=[obs.ref])
+
+    return Leaf(
+        "observation", run, {"kind": kind, **spec, "positive": positive, "ask": ask}, {f"observation:{kind}"}
+    )
+
+
+_POSITIVE = re.compile(r"\b(positive|detected|reactive)\b", re.I)
+_NEGATED = re.compile(r"\b(not|non|negative|no)\b|non-reactive|undetected", re.I)
+
+
+def positive_text(text: str) -> bool:
+    """A coded answer whose words say positive ("Positive", "hCG detected"), not negated."""
+    return bool(text and _POSITIVE.search(text) and not _NEGATED.search(text))
+
+
+@predicate(
+    "has_observation",
+    "True when an observation of the kind exists in the window; else unknown (asks for it).",
+)
+def _has_observation(args: Any, ctx: CompileContext) -> Node:
+    a = check_args(args, {"kind", "within_days", "label"}, {"kind"})
+    kind = ctx.kind(a["kind"], ("kind",))
+    within = ctx.number(a, "within_days")
+    label = a.get("label") or _window_label(kind, within)
+
+    def run(env: Env, _a: dict[str, Any]) -> Result:
+        obs = env.facts.latest(kind, within_days=within)
+        if obs is None:
+            return Result(None, missing=[Missing(kind, label)])
+        return Result(True, bind={kind: obs_view(obs)}, evidence=[obs.ref])
+
+    return Leaf("has_observation", run, {"kind": kind, "within": within}, {f"observation:{kind}"})
+
+
+def _window_label(kind: str, days: float | None) -> str:
+    name = kind.replace("_", " ")
+    if days is None:
+        return name
+    if days < 1:
+        return f"{name} within the last {round(days * 24)} hours"
+    return f"{name} within the last {days:g} days"

@@ -1,0 +1,291 @@
+"""Treatment-resistant depression from the medication record: counted and not-counted trials, episodes."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from ...reading.facts import Facts, ObservationFact, Trial
+from .core import CompileContext, Env, Leaf, Node, Result, check_args, predicate
+from .views import num
+
+NON_RESPONSE_WORDS = (
+    "inadequate response",
+    "non-response",
+    "nonresponse",
+    "no response",
+    "not respond",
+    "lack of efficacy",
+    "ineffective",
+)
+INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
+
+
+@predicate(
+    "trd",
+    "Treatment-resistant depression from the medication record: at least `min_trials` distinct "
+    "antidepressants (value set) tried in the current episode for at least `min_duration_days`, "
+    "at an adequate dose where `adequate_doses` (mg/day by ingredient) says, and without a response "
+    "(score improvement of at least `response_improvement_pct` on `score_kinds`). Ongoing trials and "
+    "trials stopped for intolerance are listed but not counted.",
+)
+def _trd(args: Any, ctx: CompileContext) -> Node:
+    allowed = {
+        "valueset",
+        "episode_valueset",
+        "min_trials",
+        "min_duration_days",
+        "response_improvement_pct",
+        "lookback_months",
+        "adequate_doses",
+        "adequate_doses_source",
+        "score_kinds",
+        "remission_below",
+        "remission_days",
+        "untreated_gap_days",
+    }
+    a = check_args(args, allowed, {"valueset", "episode_valueset"})
+    spec = {
+        "vs": ctx.valueset(a["valueset"], "medication", ("valueset",)),
+        "episode_vs": ctx.valueset(a["episode_valueset"], "condition", ("episode_valueset",)),
+        "min_trials": ctx.number(a, "min_trials", 2),
+        "min_days": ctx.number(a, "min_duration_days", 28),
+        "response_pct": ctx.number(a, "response_improvement_pct", 25),
+        "lookback_months": ctx.number(a, "lookback_months", 24),
+        "doses": ctx.value(a.get("adequate_doses") or {}, ("adequate_doses",)),
+        "score_kinds": tuple(ctx.value(a.get("score_kinds") or ["phq9", "madrs"])),
+        "doses_source": ctx.value(
+            a.get("adequate_doses_source") or "site dose table", ("adequate_doses_source",)
+        ),
+        "remission_below": ctx.value(a.get("remission_below") or {}, ("remission_below",)),
+        "remission_days": ctx.number(a, "remission_days", 60),
+        "untreated_gap_days": ctx.number(a, "untreated_gap_days", 365),
+    }
+    for k in spec["score_kinds"]:
+        ctx.kind(k, ("score_kinds",))
+    for k in spec["remission_below"]:
+        ctx.kind(k, ("remission_below",))
+
+    def run(env: Env, s: dict[str, Any]) -> Result:
+        summary = assess_trd(env.facts, s)
+        return Result(
+            summary["met"],
+            bind={"trd": summary},
+            evidence=[r for t in summary["counted"] for r in t["refs"]],
+            reason=f"{len(summary['counted'])} adequate failed trial(s)",
+        )
+
+    return Leaf("trd", run, spec, {f"valueset:{spec['vs']}", f"valueset:{spec['episode_vs']}"})
+
+
+def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
+    """Sort each antidepressant trial into counted / not counted, with the reason for each."""
+    episodes = [c for c in facts.conditions_in(s["episode_vs"]) if c.active]
+    onsets = [c.onset for c in episodes if c.onset]
+    if onsets:
+        episode_start, episode_basis = max(onsets), "onset of the recorded depressive episode"
+    else:
+        episode_start = facts.today - timedelta(days=int(s["lookback_months"] * 30.4))
+        episode_basis = f"no episode onset recorded: looked back {s['lookback_months']:g} months"
+    # DSM-5: episodes are separate when >= 2 months pass without meeting criteria. A recurrent-MDD
+    # onset is often the first-ever diagnosis, so a later remission starts a new episode.
+    remission = _last_remission(facts, s)
+    earlier_episode = None
+    if remission is not None and remission["end"] > episode_start:
+        episode_start = remission["end"]
+        episode_basis = f"after {remission['why']} (DSM-5: ≥ 2 months without an episode separates episodes)"
+        earlier_episode = remission
+    counted: list[dict[str, Any]] = []
+    not_counted: list[dict[str, Any]] = []
+    by_ingredient: dict[str, list[Trial]] = {}
+    for trial in facts.trials(s["vs"]):
+        by_ingredient.setdefault(trial.ingredient, []).append(trial)
+    for ingredient, trials in by_ingredient.items():
+        best: dict[str, Any] | None = None
+        reasons: list[str] = []
+        for t in trials:
+            view = _trial_view(facts, t)
+            if t.end < episode_start:
+                if earlier_episode is not None:
+                    reasons.append(
+                        f"earlier episode: ended {t.end.isoformat()}, before {earlier_episode['why']}"
+                    )
+                else:
+                    reasons.append(f"ended before the current episode ({episode_start.isoformat()})")
+                continue
+            attested = any(w in r.lower() for r in t.stop_reasons for w in NON_RESPONSE_WORDS)
+            if t.ongoing and not attested:
+                reasons.append(
+                    f"ongoing ({t.weeks} wk): outcome not yet known (a clinician can attest non-response)"
+                )
+                continue
+            if any(w in r.lower() for r in t.stop_reasons for w in INTOLERANCE_WORDS):
+                reasons.append(f"stopped for intolerance after {t.days} d (intolerance is not resistance)")
+                continue
+            if t.days < s["min_days"]:
+                reasons.append(f"{t.days} d is shorter than the adequate {s['min_days']:g} d")
+                continue
+            minimum = (s["doses"] or {}).get(ingredient)
+            if minimum is not None and t.max_daily_dose is not None and t.max_daily_dose < minimum:
+                reasons.append(
+                    f"{num(t.max_daily_dose)} mg/day is below the minimal adequate dose of "
+                    f"{num(minimum)} mg/day ({s['doses_source']})"
+                )
+                continue
+            change = _score_change(facts, t, s["score_kinds"])
+            if change is not None and change["improvement_pct"] >= s["response_pct"]:
+                reasons.append(
+                    f"{change['kind']} improved {change['improvement_pct']:.0f}% (response, not failure)"
+                )
+                continue
+            view["dose_assessed"] = minimum is not None and t.max_daily_dose is not None
+            view["dose_note"] = (
+                f"dose ≥ {num(minimum)} mg/day ({s['doses_source']})"
+                if view["dose_assessed"]
+                else "dose not recorded: adequacy not assessed"
+                if minimum is not None
+                else f"not in the {s['doses_source']}: dose adequacy not rated"
+            )
+            view["outcome"] = (
+                "clinician-attested non-response"
+                if attested and change is None
+                else f"{change['kind']} {change['start']}→{change['end']}"
+                if change
+                else "no scores recorded: failure presumed from the switch"
+            )
+            best = view
+            break
+        if best is not None:
+            counted.append(best)
+        else:
+            last = _trial_view(facts, trials[-1])
+            last["why"] = reasons[-1] if reasons else "not assessable"
+            not_counted.append(last)
+    counted.sort(key=lambda v: v["start"])
+    not_counted.sort(key=lambda v: v["start"])
+    return {
+        "met": len(counted) >= s["min_trials"],
+        "count": len(counted),
+        "min_trials": s["min_trials"],
+        "min_days": s["min_days"],
+        "counted": counted,
+        "not_counted": not_counted,
+        "episode_start": episode_start.isoformat(),
+        "episode_basis": episode_basis,
+        "earlier_left_out": [v for v in not_counted if v["why"].startswith("earlier episode")],
+        "text_matched": any(v["text_matched"] for v in counted + not_counted),
+    }
+
+
+def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest stretch of >= ``remission_days`` without a depressive episode, if the record shows one.
+
+    Evidence: consecutive scores below the remission threshold spanning that long, or a stretch with
+    no antidepressant that has only remission scores in it (or, when ``untreated_gap_days`` long,
+    no scores at all). Returns its end (the current episode's earliest start) and a sentence.
+    """
+    thresholds = s["remission_below"] or {}
+    scores = sorted(
+        (o.when.date(), kind, o.value)
+        for kind in thresholds
+        for o in facts.series(kind)
+        if o.value is not None and o.when.date() <= facts.today
+    )
+    found: list[tuple[date, date, str]] = []
+    run: list[tuple[date, str, float]] = []
+    for day, kind, value in [*scores, (facts.today, "", float("inf"))]:
+        if kind and value < thresholds[kind]:
+            run.append((day, kind, value))
+            continue
+        if run and (run[-1][0] - run[0][0]).days >= s["remission_days"]:
+            label = run[0][1].upper().replace("PHQ9", "PHQ-9")
+            found.append(
+                (
+                    run[0][0],
+                    run[-1][0],
+                    f"remission from {run[0][0].isoformat()} to {run[-1][0].isoformat()} "
+                    f"({label} below {num(thresholds[run[0][1]])} throughout)",
+                )
+            )
+        run = []
+    # stretches without any antidepressant
+    trials = sorted(facts.trials(s["vs"]), key=lambda t: t.start)
+    covered_until: date | None = None
+    # each stretch off antidepressants ends at the next trial, or (after the last) at the first
+    # score showing depression again, or today
+    ends = [t.start for t in trials[1:]] + [facts.today] if trials else []  # no trials: no stretch
+    for t, next_start in zip(trials, ends, strict=True):
+        covered_until = max(covered_until or t.end, t.end)
+        if any(u.start <= covered_until < u.end for u in trials if u is not t):
+            continue
+        depressed = [d for d, k, v in scores if covered_until < d <= next_start and v >= thresholds[k]]
+        gap_start, gap_end = covered_until, min([next_start, *depressed])
+        if (gap_end - gap_start).days >= s["remission_days"]:
+            inside = [(d, k, v) for d, k, v in scores if gap_start < d < gap_end]
+            days = (gap_end - gap_start).days
+            if inside and all(v < thresholds[k] for _, k, v in inside):
+                found.append(
+                    (
+                        gap_start,
+                        gap_end,
+                        f"{days // 30} months off antidepressants in remission "
+                        f"({gap_start.isoformat()} to {gap_end.isoformat()})",
+                    )
+                )
+            elif not inside and days >= s["untreated_gap_days"]:
+                found.append(
+                    (
+                        gap_start,
+                        gap_end,
+                        f"{days // 30} months without antidepressants or depression "
+                        f"scores ({gap_start.isoformat()} to {gap_end.isoformat()})",
+                    )
+                )
+    if not found:
+        return None
+    start, end, why = max(found, key=lambda f: f[1])
+    return {"start": start, "end": end, "why": why}
+
+
+def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
+    return {
+        "ingredient": t.ingredient,
+        "name": facts.t.display(t.ingredient),
+        "start": t.start.isoformat(),
+        "end": None if t.ongoing else t.end.isoformat(),
+        "weeks": t.weeks,
+        "days": t.days,
+        "ongoing": t.ongoing,
+        "max_daily_dose": num(t.max_daily_dose),
+        "refs": list(t.refs),
+        "text_matched": t.text_matched,
+    }
+
+
+def _score_change(facts: Facts, t: Trial, kinds: tuple[str, ...]) -> dict[str, Any] | None:
+    for kind in kinds:
+        series = facts.series(kind)
+        base = _nearest(series, t.start, before=21, after=7)
+        end = _nearest(series, t.end, before=21, after=14)
+        if base and end and base is not end and base.value and end.value is not None:
+            pct = (base.value - end.value) / base.value * 100
+            return {
+                "kind": kind.upper().replace("PHQ9", "PHQ-9"),
+                "start": f"{base.value:g}",
+                "end": f"{end.value:g}",
+                "improvement_pct": pct,
+            }
+    return None
+
+
+def _nearest(series: list[ObservationFact], day: date, *, before: int, after: int) -> ObservationFact | None:
+    best = None
+    for o in series:
+        delta = (o.when.date() - day).days
+        if (
+            -before <= delta <= after
+            and o.value is not None
+            and (best is None or abs(delta) < abs((best.when.date() - day).days))
+        ):
+            best = o
+    return best

@@ -1,0 +1,107 @@
+"""What predicates bind for card templates: drugs, observations and conditions as clinicians write them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...reading.facts import MedUse, ObservationFact
+from .core import Env, Missing
+
+UNRESOLVED_MEDICATION = Missing(
+    "unresolved-medication", "the drug of current medication records whose Medication could not be read"
+)
+
+
+def unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
+    """A relevant record that could not be read: the check cannot say 'absent'."""
+    title = env.facts.t.valuesets[vs].title
+    return Missing("unreadable-record", f"a readable record of {title} ({', '.join(refs[:3])} malformed)")
+
+
+def concept_name(concept: Any, fallback: str = "") -> str:
+    """A CodeableConcept's name, once: its text, else its first display (never both joined)."""
+    if isinstance(concept, dict):
+        if isinstance(concept.get("text"), str) and concept["text"].strip():
+            return concept["text"].strip()
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
+                return c["display"].strip()
+    return fallback
+
+
+def condition_view(c: Any) -> dict[str, Any]:
+    return {
+        "text": concept_name(c.concept, once(c.text)) or "condition (no name recorded)",
+        "active": c.active,
+        "onset": c.onset.isoformat() if c.onset else None,
+        "ref": c.ref,
+    }
+
+
+# How clinicians write a measured value, by unit: blood pressure, rates and saturation in whole
+# numbers, weight to 0.1 kg; anything else to at most 2 decimals (3 significant digits above 10).
+WHOLE_UNITS = {"mm[hg]", "mmhg", "/min", "%", "{beats}/min", "{breaths}/min", "beats/min", "breaths/min"}
+TENTH_UNITS = {"kg", "cm", "[degf]", "cel"}
+
+
+def clinical_number(value: float | None, unit: str | None = None) -> int | float | None:
+    """98.32605215136181 kg → 98.3; 151.86292759932016 mmHg → 152."""
+    if value is None:
+        return None
+    u = (unit or "").strip().lower()
+    if u in WHOLE_UNITS:
+        return int(round(value))
+    if u in TENTH_UNITS:
+        return num(round(value, 1))
+    return num(round(value, 1) if abs(value) >= 10 else round(value, 2))
+
+
+def once(text: str) -> str:
+    """ "Pregnant Pregnant" → "Pregnant": a concept's text and display joined when they are equal."""
+    words = (text or "").split()
+    half = len(words) // 2
+    if words and len(words) % 2 == 0 and words[:half] == words[half:]:
+        return " ".join(words[:half])
+    return text
+
+
+def obs_view(o: ObservationFact) -> dict[str, Any]:
+    return {
+        "value": clinical_number(o.value, o.unit),
+        "unit": o.unit,
+        "date": o.when.date().isoformat(),
+        "text": once(o.text),
+        "ref": o.ref,
+        "preliminary": o.preliminary,
+    }
+
+
+def num(value: float | None) -> int | float | None:
+    """56.0 → 56, so card text reads like a person wrote it."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else round(value, 2)
+
+
+def drug_name(u: MedUse) -> str:
+    """What the record calls the drug, once: the concept's text, else its first display.
+
+    (The matcher's text joins text and displays, which repeats the name when they are equal.)"""
+    concept = u.resource.get("medicationCodeableConcept") if isinstance(u.resource, dict) else None
+    return concept_name(concept)[:80] or u.describe()
+
+
+def med_view(env: Env, u: MedUse) -> dict[str, Any]:
+    t = env.facts.t
+    return {
+        "name": drug_name(u),
+        "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
+        "dose": clinical_number(u.dose, u.dose_unit),
+        "dose_unit": u.dose_unit,
+        "route": u.route,
+        "infusion_minutes": u.infusion_minutes,
+        "matched_by": u.drug.matched_by,
+        "ref": u.ref,
+        "start": u.start.isoformat() if u.start else None,
+        "ordered_together": u.kind == "draft",
+    }
