@@ -402,7 +402,8 @@ def free_port() -> int:
 
 class Server:
     """``ketamine-cds serve --dev`` as a subprocess (the process is gunicorn's master); ``launcher``
-    replaces ``ketamine-cds`` (e.g. ``[python, bench/echo_serve.py]`` for the echo floor)."""
+    replaces ``ketamine-cds`` (e.g. ``[python, bench/echo_serve.py]`` for the echo floor); ``env``
+    is added to this process's environment; ``cwd`` is where it runs (``python -m`` imports from there)."""
 
     def __init__(
         self,
@@ -412,6 +413,8 @@ class Server:
         port: int | None = None,
         database: Path | None = None,
         launcher: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.port = port or free_port()
         self.database = database or tmp / f"serve-{self.port}.sqlite3"
@@ -436,7 +439,12 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         self.ready_s: float | None = None
 
@@ -1029,6 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-requests", type=int, default=10, help="sequential large requests per mode (10)")
     p.add_argument("--quick", action="store_true", help="HTTP: skip the session-mix run")
     p.add_argument("--floor-rounds", type=int, default=2, help="floor: echo/service load pairs (default 2)")
+    p.add_argument(
+        "--floor-code",
+        type=Path,
+        help="floor: also load the service of another checkout (before/after) in the same rounds",
+    )
     p.add_argument("--profile-iterations", type=int, default=100, help="profiled typical calls (large: 1/10)")
     p.add_argument("--profile-mode", choices=MODES, default="new")
     p.add_argument("--profile-top", type=int, default=25)

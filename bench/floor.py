@@ -34,7 +34,19 @@ def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str,
     )
     service = b.Server(tmp, workers=args.workers, threads=args.threads)
     servers = {"echo": echo, "service": service}
-    out: dict[str, Any] = {"rounds": args.floor_rounds, "runs": {"echo": [], "service": []}}
+    if getattr(args, "floor_code", None):
+        # the other checkout's package first on the path; its bundled rules, this Python's packages
+        code = Path(args.floor_code).resolve()
+        servers["other"] = b.Server(
+            tmp,
+            workers=args.workers,
+            threads=args.threads,
+            launcher=[sys.executable, "-m", "cds_service.cli", "serve"],
+            env={"PYTHONPATH": str(code)},
+            cwd=code,
+        )
+        b.say(f"  other = the service of {code}")
+    out: dict[str, Any] = {"rounds": args.floor_rounds, "runs": {name: [] for name in servers}}
     try:
         for s in servers.values():
             s.wait_ready()
@@ -71,10 +83,19 @@ def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str,
     out["service_cpu_ms"] = round(mean("service", "server_cpu_ms_per_request"), 2)
     out["ratio"] = round(out["service_rps"] / max(out["echo_rps"], 1e-9), 3)
     out["cpu_ratio"] = round(out["echo_cpu_ms"] / max(out["service_cpu_ms"], 1e-9), 3)
+    if "other" in servers:
+        out["other_rps"] = round(mean("other", "throughput_rps"), 1)
+        out["other_cpu_ms"] = round(mean("other", "server_cpu_ms_per_request"), 2)
+        out["other_ratio"] = round(out["other_rps"] / max(out["echo_rps"], 1e-9), 3)
     out["loadavg"] = os.getloadavg()[0]
     b.say(
         f"  mean: echo {out['echo_rps']:.1f} req/s ({out['echo_cpu_ms']:.2f} ms CPU/req), service "
         f"{out['service_rps']:.1f} req/s ({out['service_cpu_ms']:.2f} ms CPU/req) → ratio "
         f"{out['ratio']:.2f}× (by server CPU per request: {out['cpu_ratio']:.2f}×)"
     )
+    if "other" in servers:
+        b.say(
+            f"  other: {out['other_rps']:.1f} req/s ({out['other_cpu_ms']:.2f} ms CPU/req) → ratio "
+            f"{out['other_ratio']:.2f}×"
+        )
     return out

@@ -334,9 +334,10 @@ class MedicationFacts:
             (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
             return None
         start, end = self._dates(res, rtype)
+        record = self.record  # not self: the MedUse is kept by Facts, a closure over it is a cycle
 
         def read_dosing() -> _Dosing:
-            d = self._dosing(res, rtype) if self.record.readable(res, dosing_reads) else _Dosing()
+            d = MedicationFacts._dosing(res, rtype) if record.readable(res, dosing_reads) else _Dosing()
             d.route = d.route or FORM_ROUTE.get(drug.form or "")
             if d.route is None and drug.form == "injection":
                 d.route = "injection"
