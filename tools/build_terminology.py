@@ -7,17 +7,21 @@
 
 SHARED is the shared folder (default: ``../shared`` next to the repository). The inputs are
 ``clinical/codes.csv``, ``clinical/knowledge.md`` (Tables 1-3), the pre-expanded value sets under
-``clinical/valuesets/`` and, for a few brand names, ``seeds/``.
+``clinical/valuesets/`` and, for a few brand names, ``seeds/``; beside them the repository's
+``tools/external_codes.yaml``: codes verified outside the shared set, each with the public source
+that states it (RxNorm IN/MIN codes, products and packs, NDC products, condition and LOINC codes).
 
-Nothing here invents a code. Ingredient codes come from codes.csv; product codes from the
-expansions (whose displays name the ingredients) and knowledge.md Table 1; condition and procedure
+Nothing here invents a code. Ingredient codes come from codes.csv (or tools/external_codes.yaml);
+product codes from the expansions (whose displays name the ingredients), knowledge.md Table 1 and
+tools/external_codes.yaml; condition and procedure
 codes from the expansions, selected by the recipes in ``VALUESETS``, or from knowledge.md Tables 2-3
 (``Known`` entries, each citing the table). Codes marked UNVERIFIED are never loaded: they appear as
 notes. Output is sorted and deterministic, so re-running on unchanged input changes nothing.
 
 ``--check`` validates every file against its JSON Schema, looks every code in ``rules/`` up in the
-shared sources, checks that value sets only name known ingredients and products, and reports files
-that differ from what this script would write (edit the recipe here, not the YAML).
+shared sources or tools/external_codes.yaml (whose `unverified` rows must appear nowhere), checks
+that value sets only name known ingredients and products, and reports files that differ from what
+this script would write (edit the recipe here, or tools/external_codes.yaml, not the YAML).
 """
 
 from __future__ import annotations
@@ -170,50 +174,54 @@ EXTERNAL_NAMES = {
     "dextroamphetamine": (["dexedrine"], "adhd.nyc stimulant names; myhealthyfeeling.com"),
 }
 
-# Codes verified outside /work/shared, each with its public source (issue 9). --check accepts
-# these; every other code must be in the shared sources.
-EXTERNAL_CODES = {
-    ("http://snomed.info/sct", "128609009"): (
-        "Intracranial aneurysm (disorder)",
-        "V1",
-        "RESQ Stroke Registry FHIR IG, ValueSet bleeding-reason-vs (tecnomod-um.org, 2026)",
-    ),
+# Codes verified outside /work/shared, each with the public source that states it (issues 8 and 9):
+# tools/external_codes.yaml. Ingredient (IN) and multiple-ingredient (MIN) codes, products and packs,
+# NDC products, condition and observation codes; --check accepts these and every code of the shared
+# sources, nothing else. Its `unverified` rows are candidates seen only on secondary sites: never loaded.
+EXTERNAL_FILE = REPO / "tools" / "external_codes.yaml"
+EXTERNAL_KINDS = ("ingredient_codes", "multiple_ingredients", "products", "ndc", "codes", "unverified")
+
+
+def load_external(path: Path = EXTERNAL_FILE) -> dict[str, Any]:
+    """The external code table, with every row's `sources` checked against its `sources` map."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    sources = data.get("sources") or {}
+    for kind in EXTERNAL_KINDS:
+        for row in data.get(kind) or []:
+            for key in row.get("sources") or []:
+                if key not in sources:
+                    raise SystemExit(f"{path.name}: {kind} {row.get('code')}: unknown source {key!r}")
+            if kind != "unverified" and not row.get("sources"):
+                raise SystemExit(f"{path.name}: {kind} {row.get('code')}: no source")
+    return data
+
+
+EXTERNAL = load_external()
+
+
+def cited(keys: list[str]) -> str:
+    """How a row's sources are cited: the knowledge.md key when the source is one of its S-keys
+    (the path is there), else the label and the full citation."""
+    out = []
+    for key in keys:
+        src = EXTERNAL["sources"][key]
+        out.append(src["label"] if "knowledge.md" in src["label"] else f"{src['label']}: {src['cite']}")
+    return "; ".join(out)
+
+
+EXTERNAL_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
+    (row["system"], row["code"]): (row["display"], row["status"], cited(row["sources"]))
+    for row in EXTERNAL.get("codes") or []
 }
-for _code, _name in {
-    "I72.0": "Aneurysm of carotid artery",
-    "I72.1": "Aneurysm of artery of upper extremity",
-    "I72.2": "Aneurysm of renal artery",
-    "I72.3": "Aneurysm of iliac artery",
-    "I72.4": "Aneurysm of artery of lower extremity",
-    "I72.5": "Aneurysm of other precerebral arteries",
-    "I72.6": "Aneurysm of vertebral artery",
-    "I72.8": "Aneurysm of other specified arteries",
-    "I72.9": "Aneurysm of unspecified site",
-}.items():
-    EXTERNAL_CODES[("http://hl7.org/fhir/sid/icd-10-cm", _code)] = (
-        _name,
-        "V1",
-        "ICD-10-CM 2026 category I72 (americanmedicalcoding.com aneurysm coding guide; diseasedb.com/icd10)",
-    )
-EXTERNAL_CODES[("http://loinc.org", "44260-8")] = (
-    "Thoughts that you would be better off dead, or of hurting yourself in some way",
-    "V1",
-    "MII PRO module PHQ-9 questionnaire (medizininformatik-initiative/kerndatensatzmodul-proms, "
-    "knowledge.md S12 repository)",
-)
-HCG_SOURCE = (
-    "VSAC 2.16.840.1.113883.3.464.1003.111.12.1011 Pregnancy Test "
-    "(eCQM update 2025-05-08, canvas-medical SDK)"
-)
-for _code, _name in {
-    "2106-3": "Choriogonadotropin (pregnancy test) [Presence] in Urine",
-    "2110-5": "Choriogonadotropin.beta subunit (pregnancy test) [Presence] in Serum or Plasma",
-    "2112-1": "Choriogonadotropin.beta subunit (pregnancy test) [Presence] in Urine",
-    "2118-8": "Choriogonadotropin (pregnancy test) [Presence] in Serum or Plasma",
-    "80384-1": "Choriogonadotropin (pregnancy test) [Presence] in Urine by Rapid immunoassay",
-    "80385-8": "Choriogonadotropin (pregnancy test) [Presence] in Serum by Rapid immunoassay",
-}.items():
-    EXTERNAL_CODES[("http://loinc.org", _code)] = (_name, "V1", HCG_SOURCE)
+EXTERNAL_INGREDIENT_CODES: dict[str, list[dict[str, Any]]] = defaultdict(list)
+for _row in EXTERNAL.get("ingredient_codes") or []:
+    EXTERNAL_INGREDIENT_CODES[_row["ingredient"]].append(_row)
+EXTERNAL_PRODUCTS: dict[str, dict[str, Any]] = {
+    row["code"]: row for kind in ("multiple_ingredients", "products") for row in EXTERNAL.get(kind) or []
+}
+UNVERIFIED_CODES = {(row["system"], row["code"]) for row in EXTERNAL.get("unverified") or []}
 
 INGREDIENT_NOTES = {
     "agomelatine": "No RxNorm concept exists (codes.csv: only the OMOP RxNorm Extension code OMOP997499, "
@@ -224,11 +232,19 @@ INGREDIENT_NOTES = {
     "doxepin": "Products include low-dose tablets (insomnia) and a topical cream: an order of either "
     "maps to doxepin, so antidepressant-trial counting cannot tell them apart by ingredient.",
     "esketamine": "ATC N06AX27 (antidepressant) and N01AX14 (anaesthetic). RxNorm IN is V1 (single "
-    "source); the 28 mg device SCD/SBD is not verified, only the SCDF/SBDF product codes.",
+    "source); the 28 mg device SCD/SBD, the Spravato 56/84 mg dose-kit packs and the PIN esketamine "
+    "hydrochloride are not verified (tools/external_codes.yaml), only the SCDF/SBDF product codes and the "
+    "Spravato NDC product 50458-028 (DailyMed).",
     "ethanol": "codes.csv gives the ATC as 'V03AB16 etc.': only V03AB16 is loaded. 'alcohol' is not a "
     "text-match name (it occurs in many unrelated product names).",
     "hydrocodone": "ATC code unverified (knowledge.md Table 1): none loaded.",
-    "ketamine": "Product codes are the RxCUIs openFDA attaches to ketamine injection NDCs (TTY not shown).",
+    "ketamine": "Product codes are the RxCUIs openFDA attaches to ketamine injection NDCs (TTY not shown). "
+    "The PIN ketamine hydrochloride is not verified (tools/external_codes.yaml): an order coded only with "
+    "it is matched by its display text.",
+    "phenelzine": "The PIN phenelzine sulfate is not verified (tools/external_codes.yaml `unverified`): an "
+    "order coded only with it is matched by its display text.",
+    "tranylcypromine": "The PIN tranylcypromine sulfate is not verified (tools/external_codes.yaml): an "
+    "order coded only with it is matched by its display text.",
     "levomilnacipran": "RxNorm IN unverified (knowledge.md Table 1): none loaded; matched through its "
     "verified SCDs (VSAC 2.16.840.1.113883.3.464.1003.196.12.1213), ATC or name.",
     "cariprazine": "RxNorm IN unverified (knowledge.md Table 1): none loaded; matched through its "
@@ -370,6 +386,17 @@ def build_medications(src: Sources) -> MedBuild:
             "note": "RxNorm IN not in codes.csv (unverified, not loaded): matched through the product "
             "codes of the expansions named in `source`, or by name.",
         }
+    for ing_id, rows in sorted(EXTERNAL_INGREDIENT_CODES.items()):
+        # an IN code verified outside the shared set (tools/external_codes.yaml)
+        spec = ingredients[ing_id]
+        spec["rxnorm"] = [*spec["rxnorm"], *(r["code"] for r in rows)]
+        spec["status"] = "V" if {r["status"] for r in rows} == {"V"} else "V1"
+        keys = list(dict.fromkeys(k for r in rows for k in r["sources"]))
+        spec["source"] = f"{cited(keys)}; {spec['source'].replace('product displays in', 'products from')}"
+        spec["note"] = (
+            "RxNorm IN verified outside the shared set (tools/external_codes.yaml); products are "
+            "matched through the expansions named in `source`."
+        )
     for ing_id, spec in ingredients.items():
         if ing_id in INGREDIENT_NOTES:
             spec["note"] = INGREDIENT_NOTES[ing_id]
@@ -449,6 +476,34 @@ def build_medications(src: Sources) -> MedBuild:
                 "source": source,
                 "note": "Known only from knowledge.md Table 1: no RxNorm display in the shared sources.",
             }
+    # products verified outside the shared set (tools/external_codes.yaml): RxNorm MIN concepts and
+    # the OMTK drug table's SCD/SBD/GPCK/BPCK codes; ingredients read from the display as above
+    for code, row in sorted(EXTERNAL_PRODUCTS.items(), key=lambda kv: int(kv[0])):
+        if code in products:
+            raise SystemExit(f"{EXTERNAL_FILE.name}: product {code} is in a shared source: drop the row")
+        display = row["display"]
+        if "stated" in row:  # a drug or pack, named like the expansions' products
+            names = split_display(display)[0]
+            stated, form = set(row["stated"]), form_of(display)
+        else:  # a MIN: ingredient names joined by " / ", capitalised
+            names = [part.strip().lower() for part in display.split(" / ")]
+            stated, form = set(row["ingredients"]), None
+        known = sorted({i for name in names for i in known_in(name)})
+        unknown = sorted({name for name in names if not known_in(name)})
+        if not known or not stated <= set(known) or (form is None and stated != set(known)):
+            raise SystemExit(
+                f"{EXTERNAL_FILE.name}: {code} {display!r}: display names {known}, row says {sorted(stated)}"
+            )
+        prod = {"display": display, "ingredients": known}
+        if form:
+            prod["form"] = form
+        prod |= {"status": row["status"], "source": cited(row["sources"])}
+        notes = [] if form else ["ingredient-level concept (RxNorm MIN): no dose form"]
+        if unknown:
+            notes.append("also contains " + ", ".join(unknown))
+        if notes:
+            prod["note"] = "; ".join(notes)
+        products[code] = prod
     # names: generic + brands from displays + seeds/knowledge
     generic = set(ingredients)
     for brand, ings in sorted(brands.items()):
@@ -476,13 +531,28 @@ def build_medications(src: Sources) -> MedBuild:
         "systems": {"rxnorm": RXNORM, "atc": ATC},
         "ingredients": dict(sorted(ingredients.items())),
         "products": dict(sorted(products.items(), key=lambda kv: int(kv[0]))),
-        "ndc": {code: dict(spec) for code, spec in sorted(NDC_PRODUCTS.items())},
+        "ndc": {code: dict(spec) for code, spec in sorted({**NDC_PRODUCTS, **external_ndc()}.items())},
     }
     return MedBuild(data, dict(skipped), warnings)
 
 
+def external_ndc() -> dict[str, dict[str, Any]]:
+    """NDC products verified outside the shared set (tools/external_codes.yaml)."""
+    return {
+        row["code"]: {
+            "display": row["display"],
+            "ingredients": sorted(row["ingredients"]),
+            "form": row["form"],
+            "status": row["status"],
+            "source": cited(row["sources"]),
+        }
+        for row in EXTERNAL.get("ndc") or []
+    }
+
+
 # NDC products that codes.csv's `Product` rows name (labeler-product codes from openFDA, S15): an
-# order or dispense coded with an NDC of one of these is identified. No other NDC map is verified.
+# order or dispense coded with an NDC of one of these is identified. More NDC products, verified
+# outside the shared set, are in tools/external_codes.yaml (`ndc`).
 NDC_PRODUCTS: dict[str, dict[str, Any]] = {
     "42023-113": {
         "display": "Ketalar (ketamine hydrochloride injection)",
@@ -1146,10 +1216,11 @@ VALUESETS: list[Recipe] = [
             external(SCT, "128609009"),
             *(external(ICD, f"I72.{d}") for d in "01234568" + "9"),
         ],
-        notes="Intracranial aneurysm (SNOMED 128609009) and the I72 family (carotid, limb, renal, iliac, "
-        "precerebral, vertebral, other and unspecified arteries) are verified from public sources outside "
-        "the shared set (V1). UNVERIFIED, not loaded: a generic 'aneurysm' SNOMED concept. Aortic "
-        "dissection codes come with the aortic sets.",
+        notes="Intracranial aneurysm (SNOMED 128609009; two SNOMED-derived codelists) and the I72 family "
+        "(carotid, limb, renal, iliac, precerebral, vertebral, other and unspecified arteries; the CDC/NCHS "
+        "ICD-10-CM FY2026 tabular list) are verified outside the shared set (tools/external_codes.yaml). "
+        "UNVERIFIED, not loaded: a generic 'aneurysm' SNOMED concept. Aortic dissection codes come with the "
+        "aortic sets.",
     ),
     Recipe(
         "arteriovenous-malformation",
@@ -1565,11 +1636,15 @@ def check(src: Sources, rules_dir: Path) -> list[str]:
             if row["system"] == "RxNorm" and row["group"] != "Product":
                 csv_rx[slug(row["concept"].split(" (")[0])] |= set(RXCUI_RE.findall(row["code"]))
         for ing_id, spec in (meds.get("ingredients") or {}).items():
+            external_in = {r["code"] for r in EXTERNAL_INGREDIENT_CODES.get(ing_id, [])}
             for code in spec.get("rxnorm") or []:
-                if code not in csv_rx.get(ing_id, set()):
+                if code not in csv_rx.get(ing_id, set()) | external_in:
                     problems.append(
-                        f"{rel(meds_path)}: {ing_id}: RxNorm {code} is not codes.csv's code for it"
+                        f"{rel(meds_path)}: {ing_id}: RxNorm {code} is neither codes.csv's code for it "
+                        f"nor in {EXTERNAL_FILE.name}"
                     )
+                if (RXNORM, code) in UNVERIFIED_CODES:
+                    problems.append(f"{rel(meds_path)}: {ing_id}: RxNorm {code} is listed as unverified")
             for code in spec.get("atc") or []:
                 if code not in csv_tokens:
                     problems.append(f"{rel(meds_path)}: {ing_id}: ATC {code} not in codes.csv")
@@ -1582,9 +1657,16 @@ def check(src: Sources, rules_dir: Path) -> list[str]:
         for code, spec in (meds.get("products") or {}).items():
             code = str(code)
             hits = src.index.get((RXNORM, code))
+            if (RXNORM, code) in UNVERIFIED_CODES:
+                problems.append(f"{rel(meds_path)}: product {code} is listed as unverified")
             if hits:
                 if spec.get("display") not in {d for _, d in hits}:
                     problems.append(f"{rel(meds_path)}: product {code}: display differs from the expansion")
+            elif code in EXTERNAL_PRODUCTS:
+                if spec.get("display") != EXTERNAL_PRODUCTS[code]["display"]:
+                    problems.append(
+                        f"{rel(meds_path)}: product {code}: display differs from {EXTERNAL_FILE.name}"
+                    )
             elif code not in csv_tokens or code not in knowledge_tokens:
                 problems.append(f"{rel(meds_path)}: product {code} not found in the shared sources")
             for ing in spec.get("ingredients") or []:
@@ -1625,6 +1707,9 @@ def check(src: Sources, rules_dir: Path) -> list[str]:
         for where, coding in found:
             system, code = coding["system"], str(coding["code"])
             if coding.get("status") == "local" or ".local/" in system:
+                continue
+            if (system, code) in UNVERIFIED_CODES:
+                problems.append(f"{rel(path)}: {where}: {system}|{code} is listed as unverified")
                 continue
             external = EXTERNAL_CODES.get((system, code))
             if external is not None:
