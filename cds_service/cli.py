@@ -302,6 +302,18 @@ def explain_text(outcome: Any, *, show_all: bool = False) -> str:
         lines.append("")
         lines.append("Skipped resources:")
         lines += [f"  {p.resource} ({p.where}): {p.message}" for p in problems]
+    ignored = ev.facts.record.ignored_report()  # the ketamine-cds.ignored-elements report
+    if ignored:
+        lines.append("")
+        lines.append(
+            "Ignored elements (invalid or not understood, read by no rule; the resources were kept):"
+        )
+        lines += [
+            f"  {r['resourceType']}.{r['element']}: {r['reason']} (×{r['count']})"
+            if r["element"] != "(more)"
+            else f"  … {r['count']} more, not listed"
+            for r in ignored
+        ]
     lines.append("")
     lines.append(render_cards_text(outcome.response["cards"]))
     return "\n".join(lines)

@@ -117,9 +117,13 @@ class Reads:
     R4B does not define raises ``ValueError`` at import, so a typo cannot pass silently.
     """
 
-    def __init__(self, rtype: str, *paths: str) -> None:
+    def __init__(self, rtype: str, *paths: str, modifiers_ok: bool = False) -> None:
         self.rtype = rtype
         self.paths = paths
+        # True: a modifierExtension on the resource itself does not make these elements unreadable
+        # (a draft order's drug: the order being decided is checked as written; the extension is
+        # reported as ignored)
+        self.modifiers_ok = modifiers_ok
         self.checks = tuple(self._compile(p) for p in paths)
 
     def __repr__(self) -> str:
@@ -192,10 +196,18 @@ def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
     return error
 
 
+MODIFIED = "a modifierExtension changes its meaning and is not understood here"
+
+
 def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
     """Why an element ``reads`` names is not valid R4B (``"dosageInstruction[0].timing.repeat.frequency:
     Input should be a valid integer"``), or None. An absent element is not an error: the fact simply
-    has no value for it. Messages name elements, never their values."""
+    has no value for it. Messages name elements, never their values.
+
+    A ``modifierExtension`` on the resource, or on an element read or walked through, is an error too:
+    FHIR forbids reading such an element as if it meant what it normally means."""
+    if "modifierExtension" in resource and not reads.modifiers_ok:
+        return f"modifierExtension: {MODIFIED}"
     for check in reads.checks:
         if _check_fails(resource, check):
             return _locate(resource, check)
@@ -215,19 +227,26 @@ def _check_fails(resource: dict[str, Any], check: _Check) -> bool:
                 if not isinstance(value, list):
                     return True
                 for item in value:
-                    if not isinstance(item, dict):
+                    if not isinstance(item, dict) or "modifierExtension" in item:
                         return True
                 nxt += value
-            elif isinstance(value, dict):
+            elif isinstance(value, dict) and "modifierExtension" not in value:
                 nxt.append(value)
             else:
                 return True
         objects = nxt
     for obj in objects:
         for leaf in check.leaves:
-            if leaf.key in obj and _verdict(leaf, obj[leaf.key]) is not None:
+            if leaf.key in obj and (_verdict(leaf, obj[leaf.key]) is not None or _modified(obj[leaf.key])):
                 return True
     return False
+
+
+def _modified(value: Any) -> bool:
+    """A read element (or an item of it) that carries a modifierExtension."""
+    if isinstance(value, dict):
+        return "modifierExtension" in value
+    return isinstance(value, list) and any(isinstance(v, dict) and "modifierExtension" in v for v in value)
 
 
 def _locate(resource: dict[str, Any], check: _Check) -> str | None:
@@ -246,6 +265,8 @@ def _locate(resource: dict[str, Any], check: _Check) -> str | None:
                 at = f"{here}[{i}]" if step.many else here
                 if not isinstance(item, dict):
                     return f"{at}: expected an object"
+                if "modifierExtension" in item:
+                    return f"{at}.modifierExtension: {MODIFIED}"
                 nxt.append((f"{at}.", item))
         objects = nxt
     for where, obj in objects:
@@ -254,6 +275,8 @@ def _locate(resource: dict[str, Any], check: _Check) -> str | None:
                 error = _verdict(leaf, obj[leaf.key])
                 if error is not None:
                     return f"{where}{leaf.key}{error[0]}: {error[1]}"
+                if _modified(obj[leaf.key]):
+                    return f"{where}{leaf.key}: {MODIFIED}"
     return None
 
 
@@ -268,6 +291,8 @@ def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str,
     except (KeyError, ValueError, TypeError, AttributeError):
         return out
     _shallow(resource, model, _READ_TREE.get(rtype, {}), "", out, top=True)
+    if "modifierExtension" in resource:
+        out[("modifierExtension", "not understood")] += 1
     return out
 
 

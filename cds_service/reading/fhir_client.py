@@ -512,11 +512,25 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     for entry in as_list(bundle.get("entry")):
         if isinstance(entry, dict):
             search = entry.get("search")
-            if isinstance(search, dict) and search.get("mode") == "outcome":
-                continue
-            if isinstance(entry.get("resource"), dict):
+            resource = entry.get("resource")
+            if (
+                isinstance(search, dict)
+                and search.get("mode") == "outcome"
+                and not (isinstance(resource, dict) and is_error_outcome(resource))
+            ):
+                continue  # notes about the search; an error (results left out) is kept for the record to say
+            if isinstance(resource, dict):
                 out.append(entry["resource"])
     return out
+
+
+def is_error_outcome(resource: dict[str, Any]) -> bool:
+    """An OperationOutcome with an ``error`` or ``fatal`` issue: in a search Bundle, results may be
+    missing (warnings and information, such as "no results" notes, are not gaps)."""
+    return resource.get("resourceType") == "OperationOutcome" and any(
+        isinstance(i, dict) and i.get("severity") in ("error", "fatal")
+        for i in as_list(resource.get("issue"))
+    )
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:

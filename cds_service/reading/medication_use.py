@@ -87,6 +87,17 @@ READS: dict[str, tuple[Reads, Reads]] = {
     ),
 }
 
+# A draft order is read for its drug alone: it is the order being decided now, so no other element
+# (an unreadable ``authoredOn``, say) may cost its safety checks. Its dates, read apart, are only
+# unknown when unreadable.
+DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
+DRAFT_DATES = Reads(
+    "MedicationRequest",
+    "authoredOn",
+    "dispenseRequest.validityPeriod",
+    "dosageInstruction.timing.repeat.bounds[x]",
+)
+
 
 # -- small parsers ----------------------------------------------------------------------------------
 _ROUTE_PATTERNS = [
@@ -330,10 +341,15 @@ class MedicationFacts:
             return None
         rtype = "MedicationRequest" if kind == "draft" else kind
         core, dosing_reads = READS[rtype]
+        if kind == "draft":
+            core = DRAFT_IDENTITY
         if not self.record.readable(res, core):
             (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
             return None
-        start, end = self._dates(res, rtype)
+        if kind == "draft" and not self.record.readable(res, DRAFT_DATES):
+            start, end = None, None
+        else:
+            start, end = self._dates(res, rtype)
         record = self.record  # not self: the MedUse is kept by Facts, a closure over it is a cycle
 
         def read_dosing() -> _Dosing:

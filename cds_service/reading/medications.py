@@ -99,6 +99,9 @@ class MedicationResolver:
                 if as_dict(c).get("resourceType") == "Medication" and c.get("id") == reference[1:]:
                     return c, "contained"
             return None, "none"
+        by_url = self.record.full_urls.get(reference)
+        if by_url is not None and by_url.get("resourceType") == "Medication":
+            return by_url, "bundle"  # a draftOrders entry referenced by its fullUrl (urn:uuid:…)
         mid = medication_id(reference)
         if mid is None:
             return None, "none"

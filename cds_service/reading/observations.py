@@ -80,10 +80,11 @@ class ObservationFacts:
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
-            if kinds:
+            if kinds and not _absent(o):
                 out.setdefault(kinds[0], []).append((when, o, o))
             for kind, comp in components:
-                out.setdefault(kind, []).append((when, o, comp))
+                if not _absent(comp):
+                    out.setdefault(kind, []).append((when, o, comp))
         for items in out.values():
             items.sort(key=lambda item: item[0], reverse=True)
         return out
@@ -145,6 +146,12 @@ class ObservationFacts:
             if (f := self._checked(kind, item)) and not f.preliminary
         ]
         return facts[::-1]
+
+
+def _absent(element: dict[str, Any]) -> bool:
+    """A reading recorded as not obtained (``dataAbsentReason``, no value): not a reading of its kind,
+    so it never hides an earlier one (a diastolic "not obtained" at 08:35 leaves 104 at 08:30)."""
+    return "dataAbsentReason" in element and not any(k.startswith("value") for k in element)
 
 
 def code_key(code: str) -> str:

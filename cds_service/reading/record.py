@@ -17,6 +17,7 @@ from typing import Any
 
 from ..services import PREFETCH_TYPES
 from .elements import Reads, first_error, ignored_elements
+from .fhir_client import is_error_outcome
 
 IGNORED_LIMIT = 50  # distinct ignored element paths reported per request (hostile input stays small)
 
@@ -38,6 +39,7 @@ class PatientRecord:
     selections: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     ignored: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    full_urls: dict[str, dict[str, Any]] = field(default_factory=dict)  # draftOrders entries by fullUrl
     _checked: dict[tuple[int, int], bool] = field(default_factory=dict, repr=False)
     _shallow_checked: set[int] = field(default_factory=set, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)
@@ -56,7 +58,10 @@ class PatientRecord:
                 # Medications come along with any key (``_include=…:medication``) for the records
                 # that reference them.
                 if expected and rtype != expected and rtype != "Medication":
-                    if rtype != "OperationOutcome":
+                    if rtype == "OperationOutcome":
+                        if is_error_outcome(res):  # the search may have left records out: say so
+                            record.problems.append(Problem(key, "OperationOutcome", INCOMPLETE))
+                    else:
                         record.problems.append(
                             Problem(key, _ref(res), f"expected {expected}, got {rtype or 'no resourceType'}")
                         )
@@ -77,7 +82,13 @@ class PatientRecord:
         for entry in bundle.get("entry") or []:
             res = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(res, dict):
-                record.draft_orders.append(res)
+                full_url = entry.get("fullUrl")
+                if isinstance(full_url, str):  # Bundle-internal references (``urn:uuid:…``)
+                    record.full_urls[full_url] = res
+                if res.get("resourceType") == "Medication":  # what an order references, not an order
+                    record.by_type.setdefault("Medication", []).append(res)
+                else:
+                    record.draft_orders.append(res)
                 record._origin[id(res)] = "context.draftOrders"
         record.selections = [s for s in context.get("selections") or [] if isinstance(s, str)]
         return record
@@ -106,7 +117,9 @@ class PatientRecord:
             verdict = error is None
             self._checked[key] = verdict
             if error is not None:
-                self.problems.append(Problem(self._origin.get(id(resource), "?"), _ref(resource), error))
+                problem = Problem(self._origin.get(id(resource), "?"), _ref(resource), error)
+                if problem not in self.problems:  # one resource, one reason: said once
+                    self.problems.append(problem)
             if id(resource) not in self._shallow_checked:
                 self._shallow_checked.add(id(resource))
                 for (path, reason), n in ignored_elements(resource, reads.rtype).items():
@@ -146,6 +159,9 @@ class PatientRecord:
     @property
     def size(self) -> int:
         return sum(len(v) for v in self.by_type.values()) + (1 if self.patient else 0)
+
+
+INCOMPLETE = "the FHIR server reported an error with this search: its results may be incomplete"
 
 
 def _ref(resource: Any) -> str:

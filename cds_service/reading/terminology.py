@@ -31,6 +31,14 @@ SYSTEM_ALIASES = {
     "loinc": "http://loinc.org",
     "cpt": "http://www.ama-assn.org/go/cpt",
     "ndc": NDC,
+    # The OID forms some EHRs and converters still send (hl7.org/fhir/r4/namingsystem-terminologies.html)
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.1": "http://loinc.org",
+    "urn:oid:2.16.840.1.113883.6.96": "http://snomed.info/sct",
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.69": NDC,
+    "urn:oid:2.16.840.1.113883.6.73": ATC,
+    "urn:oid:2.16.840.1.113883.6.12": "http://www.ama-assn.org/go/cpt",
 }
 
 
