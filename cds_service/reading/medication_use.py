@@ -88,15 +88,9 @@ READS: dict[str, tuple[Reads, Reads]] = {
 }
 
 # A draft order is read for its drug alone: it is the order being decided now, so no other element
-# (an unreadable ``authoredOn``, say) may cost its safety checks. Its dates, read apart, are only
-# unknown when unreadable.
+# (an unreadable ``authoredOn`` or ``status``, say) may cost its safety checks. The rest of what a
+# request is read for is validated apart: unreadable, it is reported and its dates and status unknown.
 DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
-DRAFT_DATES = Reads(
-    "MedicationRequest",
-    "authoredOn",
-    "dispenseRequest.validityPeriod",
-    "dosageInstruction.timing.repeat.bounds[x]",
-)
 
 
 # -- small parsers ----------------------------------------------------------------------------------
@@ -346,10 +340,10 @@ class MedicationFacts:
         if not self.record.readable(res, core):
             (self.malformed_orders if kind == "draft" else self.malformed_meds).append((ref(res), drug))
             return None
-        if kind == "draft" and not self.record.readable(res, DRAFT_DATES):
-            start, end = None, None
-        else:
-            start, end = self._dates(res, rtype)
+        rest_readable = kind != "draft" or self.record.readable(res, READS[rtype][0])
+        start, end = self._dates(res, rtype) if rest_readable else (None, None)
+        if not rest_readable:
+            status = ""
         record = self.record  # not self: the MedUse is kept by Facts, a closure over it is a cycle
 
         def read_dosing() -> _Dosing:
@@ -359,10 +353,11 @@ class MedicationFacts:
                 d.route = "injection"
             return d
 
-        status_reason = res.get("statusReason")
+        status_reason = res.get("statusReason") if rest_readable else None
         reasons = status_reason if isinstance(status_reason, list) else [status_reason]
         reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
-        notes = " ".join(str(n.get("text", "")) for n in as_list(res.get("note")) if isinstance(n, dict))
+        note = as_list(res.get("note")) if rest_readable else []
+        notes = " ".join(str(n.get("text", "")) for n in note if isinstance(n, dict))
         return MedUse(
             ref(res), kind, drug, status, start, end, (reason + " " + notes).strip(), res, read_dosing
         )
