@@ -366,6 +366,12 @@ V10 = "v10-age-17"
 
 
 @case(V10, "ci-age-under-18")
+def age_birth_year_only(req):
+    """Born "2009": 16 or 17 on 2026-05-04, a minor either way (read as 1 January it was 17)."""
+    req["prefetch"]["patient"]["birthDate"] = "2009"
+
+
+@case(V10, "ci-age-under-18")
 def age_birth_month_only(req):
     req["prefetch"]["patient"]["birthDate"] = "2008-09"
 
@@ -656,3 +662,46 @@ def test_explain_lists_the_ignored_elements(tmp_path):
     clean = tmp_path / "clean.json"
     clean.write_text(json.dumps(load_example(V4)))
     assert "Ignored elements" not in CliRunner().invoke(main, ["explain", str(clean)]).output
+
+
+def test_a_birth_year_that_straddles_18_is_asked_for_not_read_as_1_january():
+    """Born "2008": 17 or 18 on 2026-05-04. On main it read as 2008-01-01, 18, and the under-18
+    card silently went away; now the age check is unknown and the full birth date is asked for."""
+    request = load_example(V10)
+    request["prefetch"]["patient"]["birthDate"] = "2008"
+    out = run_request(request)
+    assert "ci-age-under-18" not in topics(out)
+    age_rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-age-under-18")
+    assert age_rule.status == "unknown"
+    gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
+    assert "date of birth" in gaps["summary"]
+
+
+@pytest.mark.parametrize(
+    ("birth", "now", "expected"),
+    [
+        ("2008", "2026-05-04", (17, 18)),
+        ("2008-09", "2026-05-04", (17, 17)),
+        ("2008-05", "2026-05-04", (17, 18)),
+        ("2008-12", "2026-12-31", (18, 18)),
+        ("1980-05-04", "2026-05-04", (46, 46)),
+        (None, "2026-05-04", (None, None)),
+    ],
+)
+def test_age_range_of_partial_birth_dates(birth, now, expected):
+    from .record_support import facts_of
+
+    request = load_example(V10)
+    request["prefetch"]["patient"]["birthDate"] = birth
+    request["extension"]["ketamine-cds.evaluation-time"] = f"{now}T09:00:00Z"
+    facts = facts_of(request)
+    assert facts.age_range == expected
+    assert facts.age == (expected[0] if expected[0] == expected[1] else None)
+
+
+def test_an_adult_with_a_birth_year_only_is_not_asked_for_it():
+    request = load_example("v01-clear-trd-eligible")
+    request["prefetch"]["patient"]["birthDate"] = request["prefetch"]["patient"]["birthDate"][:4]
+    out = run_request(request)
+    assert all(o.status != "unknown" for o in out.evaluation.outcomes if o.rule.id == "ci-age-under-18")
+    assert "date of birth" not in json.dumps(out.response["cards"])

@@ -15,7 +15,7 @@ and procedures are here.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -94,7 +94,25 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
 
     @cached_property
     def age(self) -> int | None:
-        return age_on(self.birth_date, self.today) if self.birth_date else None
+        """Age in whole years; None when unknown, or when a partial birth date ("2008", "2008-09")
+        leaves it between two values (see :attr:`age_range`)."""
+        low, high = self.age_range
+        return low if low == high else None
+
+    @cached_property
+    def age_range(self) -> tuple[int | None, int | None]:
+        """(youngest, oldest) the patient can be: a birth date recorded as a year or a month could be
+        any day in it, so "2008" on 2026-05-04 is 17 or 18 — never assumed to be 1 January."""
+        born = self.birth_date
+        if born is None:
+            return None, None
+        raw = str(self.record.patient.get("birthDate")) if self.record.patient else ""
+        latest = born
+        if len(raw) == 4:
+            latest = date(born.year, 12, 31)
+        elif len(raw) == 7:
+            latest = (date(born.year + born.month // 12, born.month % 12 + 1, 1)) - timedelta(days=1)
+        return age_on(latest, self.today), age_on(born, self.today)
 
     @cached_property
     def sex(self) -> str | None:

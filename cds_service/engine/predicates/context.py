@@ -44,7 +44,15 @@ def _age(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, a: dict[str, Any]) -> Result:
         age = env.facts.age
         if age is None:
-            return Result(None, missing=[Missing("birth-date", "date of birth")])
+            low, high = env.facts.age_range
+            if low is None or high is None:
+                return Result(None, missing=[Missing("birth-date", "date of birth")])
+            # a partial birth date: a verdict only when both possible ages agree
+            verdict = compare(low, a)
+            if verdict != compare(high, a):
+                partial = Missing("birth-date", "full date of birth (only part recorded)")
+                return Result(None, missing=[partial])
+            return Result(verdict, bind={"age": f"{low}–{high}"}, reason=f"age {low}–{high}")
         return Result(compare(age, a), bind={"age": age}, reason=f"age {age}")
 
     return Leaf("age", run, a, set())
