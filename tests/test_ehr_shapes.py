@@ -130,6 +130,39 @@ def pregnancy_status_answered_in_snomed(req):
 
 
 @case(V4, "ci-pregnancy")
+def pregnancy_status_answered_in_text_only(req):
+    only_the_status_observation(req)
+    for o in status_observations(req):
+        o["valueCodeableConcept"] = {"text": "Pregnant"}
+
+
+@case(V4, "ci-pregnancy")
+def pregnancy_status_as_value_string(req):
+    only_the_status_observation(req)
+    for o in status_observations(req):
+        del o["valueCodeableConcept"]
+        o["valueString"] = "pregnant"
+
+
+@case(V4, "ci-pregnancy")
+def pregnancy_status_answered_with_a_local_code_displayed(req):
+    only_the_status_observation(req)
+    for o in status_observations(req):
+        o["valueCodeableConcept"] = {
+            "coding": [
+                {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.1", "code": "1", "display": "PREGNANT"}
+            ]
+        }
+
+
+@case(V4, "ci-pregnancy", present=False)
+def pregnancy_status_not_pregnant_in_text(req):
+    only_the_status_observation(req)
+    for o in status_observations(req):
+        o["valueCodeableConcept"] = {"text": "Not pregnant"}
+
+
+@case(V4, "ci-pregnancy")
 def pregnancy_status_in_loinc_oid_form(req):
     only_the_status_observation(req)
     for o in status_observations(req):
@@ -164,6 +197,21 @@ def pregnancy_status_entered_in_error_does_not_count(req):
     req["prefetch"]["patient"]["gender"] = "male"  # no request for a status either
     for o in status_observations(req):
         o["status"] = "entered-in-error"
+
+
+@case(V4, "ci-pregnancy", present=False)
+def pregnancy_condition_entered_in_error_does_not_count(req):
+    entries(req, "pregnancyStatus").clear()
+    req["prefetch"]["patient"]["gender"] = "male"
+    for c in resources(req, "conditions"):
+        c["verificationStatus"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "code": "entered-in-error",
+                }
+            ]
+        }
 
 
 @case(V4, "ci-pregnancy", present=False)

@@ -15,6 +15,7 @@ and procedures are here.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -71,12 +72,19 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self._uses_in: dict[str, list[MedUse]] = {}
         self._obs_units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
+        self.positive_words: dict[str, tuple[frozenset[str], ...]] = {}
         for kind, spec in observation_kinds.items():
             for c in spec.get("codes") or []:
                 self._obs_codes[norm_code(c["system"], str(c["code"]))] = kind
             self.positive_answers[kind] = {
                 norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
             }
+            # the words of each positive answer's display, for answers written out without its code
+            self.positive_words[kind] = tuple(
+                frozenset(re.findall(r"[a-z]+", str(c["display"]).lower()))
+                for c in spec.get("positive_answers") or []
+                if c.get("display")
+            )
         self._obs_code_keys = frozenset(code_key(code) for _, code in self._obs_codes)
 
     # patient ------------------------------------------------------------------------------------

@@ -41,7 +41,11 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
 
     def holds(env: Env, obs: ObservationFact) -> bool | None:
         if positive is not None:
-            hit = obs.code in env.facts.positive_answers.get(kind, set()) or positive_text(obs.text)
+            hit = (
+                obs.code in env.facts.positive_answers.get(kind, set())
+                or positive_text(obs.text)
+                or says_only(obs.text, env.facts.positive_words.get(kind, ()))
+            )
             return hit == bool(positive)
         return None if obs.value is None else compare(obs.value, spec)
 
@@ -66,6 +70,16 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
 
 _POSITIVE = re.compile(r"\b(positive|detected|reactive)\b", re.I)
 _NEGATED = re.compile(r"\b(not|non|negative|no)\b|non-reactive|undetected", re.I)
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def says_only(text: str, answers: tuple[frozenset[str], ...]) -> bool:
+    """An answer written out ("Pregnant", valueString "pregnant", a local code displayed "PREGNANT")
+    whose words are all words of one positive answer's display; "Not pregnant" is not."""
+    words = set(_WORD.findall(text.lower())) if text else set()
+    return bool(words) and any(words <= answer for answer in answers)
 
 
 def positive_text(text: str) -> bool:
