@@ -753,3 +753,11 @@ def test_an_adult_with_a_birth_year_only_is_not_asked_for_it():
     out = run_request(request)
     assert all(o.status != "unknown" for o in out.evaluation.outcomes if o.rule.id == "ci-age-under-18")
     assert "date of birth" not in json.dumps(out.response["cards"])
+
+
+def test_ucum_in_its_oid_form_is_ucum():
+    from cds_service.reading.units import quantity_in
+
+    q = {"value": 154, "unit": "pound (US)", "system": "urn:oid:2.16.840.1.113883.6.8", "code": "[lb_av]"}
+    assert round(quantity_in(q, "kg"), 1) == 69.9
+    assert quantity_in({**q, "system": "http://example.org/units"}, "kg") is None  # a local code: unknown

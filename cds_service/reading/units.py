@@ -21,6 +21,7 @@ from typing import Any
 from .raw import as_dict, as_float
 
 UCUM = "http://unitsofmeasure.org"
+UCUM_SYSTEMS = (None, UCUM, "urn:oid:2.16.840.1.113883.6.8")  # and its OID form (FHIR R4 naming systems)
 
 # atom -> (factor to the base unit, dimension); bases: g (mass), s (time), m (length), Pa (pressure)
 _ATOMS: dict[str, tuple[float, str]] = {
@@ -129,7 +130,7 @@ def unit_code(quantity: Any) -> str | None:
     its ``unit`` text when that is a UCUM code or a known spelling of one; None when unknown."""
     q = as_dict(quantity)
     code, system, unit = q.get("code"), q.get("system"), q.get("unit")
-    for text in (code if system in (None, UCUM) else None, unit):
+    for text in (code if system in UCUM_SYSTEMS else None, unit):
         if isinstance(text, str) and text.strip():
             return _SPELLINGS.get(text.strip().lower(), text.strip())
     return None
