@@ -13,6 +13,7 @@ from flask_cors import CORS
 from .api import State, bp
 from .config import Settings
 from .feedback import FeedbackStore
+from .json_provider import OrjsonProvider
 from .logs import configure, init_salt, salt_file
 from .ruleset_provider import RuleSetProvider
 from .storage import SchemaError, Storage, StorageUnavailable, open_storage
@@ -82,8 +83,7 @@ def create_app(
         log.warning("AUTHENTICATION DISABLED (--insecure-no-auth): any caller can use this service")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)  # compact, insertion order (cds_service/json_provider.py)
     CORS(
         app,
         origins=settings.cors_origins,

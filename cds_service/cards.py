@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from .engine.evaluate import Evaluation, Outcome
-from .engine.loader import Panel, Rule
+from .engine.loader import TEMPLATES, Panel, Rule
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def _safety_gap(gaps: list[Outcome]) -> bool:
 def _base_context(ev: Evaluation) -> dict[str, Any]:
     f = ev.facts
     return {
+        **TEMPLATES.globals,  # range, dict, namespace …: what Template.render would merge in
         "jurisdiction": ev.jurisdiction,
         "hook": f.hook,
         "today": f.today.isoformat(),
@@ -141,10 +142,14 @@ def _base_context(ev: Evaluation) -> dict[str, Any]:
 
 
 def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str) -> str:
+    """``template.render(ctx)`` without its two copies of the context (``render`` copies it, then
+    merges it into the globals): the context is built per card already, and carries the
+    environment's globals itself (:func:`_base_context`). A template's own ``{% set %}`` writes to
+    the Jinja context's locals, never into ``ctx``."""
     if template is None:
         return ""
     try:
-        return template.render(ctx).strip()
+        return "".join(template.root_render_func(template.new_context(ctx, shared=True))).strip()
     except jinja2.TemplateError as exc:  # a rule test catches these; never fail the request
         log.error("template error in rule %s: %s", rule_id, exc)
         return ""

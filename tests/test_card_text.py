@@ -86,3 +86,20 @@ def test_reassurance_is_not_shown_beside_a_critical_card():
             for c in result.cards:
                 for words in reassuring:
                     assert words not in _text(c), (cid, c["source"]["topic"]["code"], words)
+
+
+def test_render_keeps_the_sandbox_and_leaves_the_context_alone() -> None:
+    """cards._render skips Template.render's copies of the context (issue 8): same output, the
+    sandbox still refuses unsafe attributes, undefined names still fail, ``set`` stays local."""
+    from cds_service.cards import _render
+    from cds_service.engine.loader import TEMPLATES
+
+    ctx = {**TEMPLATES.globals, "dose": 56, "hook": "order-sign"}  # as cards._base_context builds it
+    before = dict(ctx)
+    text = TEMPLATES.from_string(
+        "{% set n = dose * 2 %}{{ n }} mg {{ hook }} {% for i in range(2) %}{{ i }}{% endfor %}"
+    )
+    assert _render(text, ctx, "r") == "112 mg order-sign 01" == text.render(ctx).strip()
+    assert ctx == before
+    assert _render(TEMPLATES.from_string("{{ hook.__class__ }}"), ctx, "r") == ""
+    assert _render(TEMPLATES.from_string("{{ nowhere }}"), ctx, "r") == ""
