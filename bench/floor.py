@@ -14,30 +14,31 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+import records
+from common import HERE, TYPICAL, say
+from loadgen import run_load
+from server import Server, server_cpu
 
 
-def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str, Any]:
-    """``b`` is the running bench module (its Server, run_load, say …)."""
-    b.say(
+def bench_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    say(
         f"\n== echo floor: gunicorn, {args.workers} workers, same `serve` settings; order-sign, "
-        f"{b.TYPICAL} resources, new patient each call; {args.floor_rounds} alternating rounds =="
+        f"{TYPICAL} resources, new patient each call; {args.floor_rounds} alternating rounds =="
     )
-    echo = b.Server(
+    echo = Server(
         tmp,
         workers=args.workers,
         threads=args.threads,
         launcher=[sys.executable, str(HERE / "echo_serve.py")],
     )
-    service = b.Server(tmp, workers=args.workers, threads=args.threads)
+    service = Server(tmp, workers=args.workers, threads=args.threads)
     servers = {"echo": echo, "service": service}
     if getattr(args, "floor_code", None):
         # the other checkout's package first on the path; its bundled rules, this Python's packages
         code = Path(args.floor_code).resolve()
-        servers["other"] = b.Server(
+        servers["other"] = Server(
             tmp,
             workers=args.workers,
             threads=args.threads,
@@ -45,26 +46,24 @@ def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str,
             env={"PYTHONPATH": str(code)},
             cwd=code,
         )
-        b.say(f"  other = the service of {code}")
+        say(f"  other = the service of {code}")
     out: dict[str, Any] = {"rounds": args.floor_rounds, "runs": {name: [] for name in servers}}
     try:
         for s in servers.values():
             s.wait_ready()
-        plan = [("/cds-services/order-sign", b.records.request_bytes(b.TYPICAL, "order-sign"))]
+        plan = [("/cds-services/order-sign", records.request_bytes(TYPICAL, "order-sign"))]
         for s in servers.values():
-            b.run_load(s.port, plan, args.warm_seconds, connections=4, processes=2, vary="call")
-        b.say(
-            f"{'round  server':16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/req':>10}"
-        )
+            run_load(s.port, plan, args.warm_seconds, connections=4, processes=2, vary="call")
+        say(f"{'round  server':16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/req':>10}")
         for i in range(args.floor_rounds):
             for name, s in servers.items():
-                cpu0 = b.server_cpu(s)
-                r = b.run_load(
+                cpu0 = server_cpu(s)
+                r = run_load(
                     s.port, plan, args.duration, args.connections, args.client_processes, vary="call"
                 )
-                r["server_cpu_ms_per_request"] = round(1000 * (b.server_cpu(s) - cpu0) / max(1, r["ok"]), 2)
+                r["server_cpu_ms_per_request"] = round(1000 * (server_cpu(s) - cpu0) / max(1, r["ok"]), 2)
                 out["runs"][name].append(r)
-                b.say(
+                say(
                     f"{i + 1:<6} {name:9} {r['throughput_rps']:7.1f} {r['latency_ms']['p50']:7.2f} "
                     f"{r['latency_ms']['p99']:7.2f} {r['error_count']:6} "
                     f"{r['server_cpu_ms_per_request']:10.2f}"
@@ -88,13 +87,13 @@ def bench_floor(args: argparse.Namespace, tmp: Path, b: ModuleType) -> dict[str,
         out["other_cpu_ms"] = round(mean("other", "server_cpu_ms_per_request"), 2)
         out["other_ratio"] = round(out["other_rps"] / max(out["echo_rps"], 1e-9), 3)
     out["loadavg"] = os.getloadavg()[0]
-    b.say(
+    say(
         f"  mean: echo {out['echo_rps']:.1f} req/s ({out['echo_cpu_ms']:.2f} ms CPU/req), service "
         f"{out['service_rps']:.1f} req/s ({out['service_cpu_ms']:.2f} ms CPU/req) → ratio "
         f"{out['ratio']:.2f}× (by server CPU per request: {out['cpu_ratio']:.2f}×)"
     )
     if "other" in servers:
-        b.say(
+        say(
             f"  other: {out['other_rps']:.1f} req/s ({out['other_cpu_ms']:.2f} ms CPU/req) → ratio "
             f"{out['other_ratio']:.2f}×"
         )

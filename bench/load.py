@@ -18,7 +18,7 @@ Parts (``--parts``, default both):
     .venv/bin/python bench/load.py --parts soak --duration 300 --rate 200
     .venv/bin/python bench/load.py --parts feedback --feedback-duration 30 --kills 2 --json
 
-Needs only the standard library and the project (the load generator is ``bench.run_load``).
+Needs only the standard library and the project (the load generator is ``loadgen.run_load``).
 """
 
 from __future__ import annotations
@@ -40,16 +40,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
+import loadgen  # noqa: E402
 import records  # noqa: E402
-
-import bench  # noqa: E402
+import server as serving  # noqa: E402
 
 RSS_GROWTH_TARGET = 0.10
 OVERRIDE_SYSTEM = "https://ketamine-cds.github.io/override-reasons"  # fallback if cards.py changes
 
 
 def say(text: str = "") -> None:
-    bench.say(text)
+    common.say(text)
 
 
 def _override_system() -> str:
@@ -62,10 +63,10 @@ def _override_system() -> str:
 
 
 # -- memory -----------------------------------------------------------------------------------------
-def rss_snapshot(server: bench.Server) -> dict[str, Any]:
+def rss_snapshot(server: serving.Server) -> dict[str, Any]:
     workers = server.worker_pids()
-    master = bench.rss_kib(server.pid) or 0
-    per_worker = {pid: bench.rss_kib(pid) or 0 for pid in workers}
+    master = serving.rss_kib(server.pid) or 0
+    per_worker = {pid: serving.rss_kib(pid) or 0 for pid in workers}
     return {
         "t": time.monotonic(),
         "master_kib": master,
@@ -91,14 +92,14 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         f"\n== soak: mixed hooks, {size}-resource record ({patients}), {args.rate:g} req/s open loop for "
         f"{args.duration:g} s, gunicorn {args.workers} workers, {args.connections} connections =="
     )
-    server = bench.Server(tmp, workers=args.workers, threads=args.threads)
+    server = serving.Server(tmp, workers=args.workers, threads=args.threads)
     out: dict[str, Any] = {"rate_target_rps": args.rate, "duration_s": args.duration, "size": size}
     try:
         server.wait_ready()
         cold = rss_snapshot(server)
         workers_before = set(server.worker_pids())
         # warm-up at the target rate so caches, imports and allocator pools reach their steady size
-        bench.run_load(
+        loadgen.run_load(
             server.port,
             plan,
             args.warm_seconds,
@@ -116,8 +117,8 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 samples.append(rss_snapshot(server))
                 next_sample[0] += args.sample_every
 
-        cpu0 = bench.server_cpu(server)
-        r = bench.run_load(
+        cpu0 = serving.server_cpu(server)
+        r = loadgen.run_load(
             server.port,
             plan,
             args.duration,
@@ -127,7 +128,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             vary=args.vary,
             on_tick=tick,
         )
-        r["server_cpu_s"] = round(bench.server_cpu(server) - cpu0, 2)
+        r["server_cpu_s"] = round(serving.server_cpu(server) - cpu0, 2)
         end = rss_snapshot(server)
         samples.append(end)
         workers_after = set(server.worker_pids())
@@ -218,7 +219,7 @@ def _feedback_body(cards: list[dict[str, Any]], system: str) -> bytes:
 
 
 def _feedback_thread(port: int, body: bytes, end: float, system: str, out: dict[str, Any]) -> None:
-    conn = bench.Conn(port, timeout=15)
+    conn = loadgen.Conn(port, timeout=15)
     acked: list[str] = []
     attempted_cards: list[str] = []
     errors: Counter[str] = Counter()
@@ -275,7 +276,7 @@ def feedback(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         f"SIGKILL of {args.kills} gunicorn worker(s) mid-run =="
     )
     database = tmp / "feedback-durability.sqlite3"
-    server = bench.Server(tmp, workers=args.workers, threads=args.threads, database=database)
+    server = serving.Server(tmp, workers=args.workers, threads=args.threads, database=database)
     body = records.request_bytes(records.SIZES["typical"], "order-sign")
     system = _override_system()
     out: dict[str, Any] = {"threads": args.feedback_threads, "duration_s": args.feedback_duration}
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if parts - {"soak", "feedback"}:
         p.error(f"unknown parts: {sorted(parts - {'soak', 'feedback'})}")
     if args.json:
-        bench.OUT = sys.stderr
+        common.OUT = sys.stderr
     t0 = time.perf_counter()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}}
     say(f"ketamine-cds load checks · {os.cpu_count()} CPUs · parts {sorted(parts)}")
@@ -415,16 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     say("\n== verdicts ==")
     if "soak" in results:
         s = results["soak"]
-        say(f"  {bench.verdict(s['pass_errors'])}  soak: 0 errors (got {s['load']['error_count']})")
+        say(f"  {common.verdict(s['pass_errors'])}  soak: 0 errors (got {s['load']['error_count']})")
         say(
-            f"  {bench.verdict(s['pass_rate'])}  soak: sustained {args.rate:g} req/s (achieved "
+            f"  {common.verdict(s['pass_rate'])}  soak: sustained {args.rate:g} req/s (achieved "
             f"{s['load']['throughput_rps']:.1f}); p99 {s['load']['latency_ms']['p99']:.2f} ms"
         )
-        say(f"  {bench.verdict(s['pass_rss'])}  soak: RSS growth < 10 % (got {s['rss_growth']:+.1%})")
+        say(f"  {common.verdict(s['pass_rss'])}  soak: RSS growth < 10 % (got {s['rss_growth']:+.1%})")
     if "feedback" in results:
         f = results["feedback"]
         say(
-            f"  {bench.verdict(f['pass_durable'])}  feedback: every acknowledged entry stored "
+            f"  {common.verdict(f['pass_durable'])}  feedback: every acknowledged entry stored "
             f"({f['acknowledged']} acknowledged / {f['present']} present / {f['missing']} missing)"
         )
         if not f["pass_kill_happened"]:

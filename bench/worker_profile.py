@@ -12,7 +12,7 @@ and writes ``<dir>/worker-<pid>.json`` every 200 requests and at exit. :func:`re
 files of one run. Not for production: the sampler costs a few per cent. The kernel
 delivers ``SIGPROF`` on its timer tick (often 4 ms), so a sample stands for one tick of CPU; the
 shares are what to read. Run from the repository root
-(``bench/bench.py --parts worker-profile`` does all of it):
+(``bench/bench.py --parts worker-profile`` does all of it, under the floor's load):
 
     KETAMINE_CDS_BENCH_PROFILE_DIR=/tmp/prof .venv/bin/python bench/worker_profile.py --dev --port 8098
 """
@@ -142,6 +142,54 @@ def report(out_dir: Path, top: int = 40) -> dict[str, Any]:
     }
 
 
+def bench_worker_profile(args: Any, tmp: Path) -> dict[str, Any]:
+    """``bench.py --parts worker-profile``: the floor's load (order-sign, typical record, a new patient
+    per call) against the sampled service for ``--duration`` seconds, then the report."""
+    import records
+    from common import TYPICAL, say
+    from loadgen import run_load
+    from server import Server, server_cpu
+
+    out_dir = tmp / "worker-profile"
+    server = Server(
+        tmp,
+        workers=args.workers,
+        threads=args.threads,
+        launcher=[sys.executable, str(Path(__file__).resolve())],
+        env={ENV: str(out_dir)},
+    )
+    plan = [("/cds-services/order-sign", records.request_bytes(TYPICAL, "order-sign"))]
+    try:
+        server.wait_ready()
+        run_load(server.port, plan, args.warm_seconds, connections=4, processes=2, vary="call")
+        for f in out_dir.glob("worker-*.json"):
+            f.unlink()  # the warm-up's samples
+        cpu0 = server_cpu(server)
+        r = run_load(server.port, plan, args.duration, args.connections, args.client_processes, vary="call")
+        cpu_ms = 1000 * (server_cpu(server) - cpu0) / max(1, r["ok"])
+    finally:
+        server.stop()  # workers write their files at exit
+    rep = report(out_dir, args.profile_top)
+    rep["server_cpu_ms_per_request"] = round(cpu_ms, 2)
+    rep["throughput_rps"] = r["throughput_rps"]
+    say(
+        f"\n== worker profile: order-sign, {TYPICAL} resources, new patient each call, "
+        f"{args.connections} connections, {args.duration:g} s; gunicorn as `serve` runs it, sampled on "
+        "process CPU =="
+    )
+    say(
+        f"  {r['throughput_rps']:.1f} req/s (slower than unsampled), server {cpu_ms:.2f} ms CPU/request; "
+        f"in the workers {rep['process_cpu_ms_per_request']:.2f} ms, of which cyclic GC "
+        f"{rep['gc_ms_per_request']:.2f} ms (collections per request by generation: "
+        f"{rep['gc_runs_per_request']}); {rep['samples']} samples"
+    )
+    for title, key in (("including callees", "inclusive"), ("own (C calls charged to the caller)", "self")):
+        say(f"  % of samples, {title}:")
+        for fn, pct in rep[key]:
+            say(f"    {pct:5.1f}  {fn}")
+    return rep
+
+
 def main(argv: list[str]) -> None:
     import cds_service.app as app_module
     from cds_service.cli import main as cli
@@ -154,7 +202,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        print(json.dumps(report(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 40), indent=1))
-    else:
-        main(sys.argv[1:])
+    main(sys.argv[1:])
