@@ -88,6 +88,17 @@ def fields_of(model: Any) -> dict[str, _Field]:
 class _Leaf:
     key: str
     adapter: TypeAdapter[Any]
+    verdicts: dict[bytes | str, tuple[str, str] | None]  # the adapter's verdicts by content
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Every check of a :class:`Reads` merged into one tree of keys, so the fast path walks a
+    resource once and only along the keys it has (a set intersection picks them)."""
+
+    keys: frozenset[str]
+    leaves: dict[str, tuple[_Leaf, ...]]
+    steps: dict[str, tuple[bool, _Plan]]  # key -> (is an array, what is read below it)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,25 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return _ADAPTERS[key]
 
 
+def _leaf(key: str, annotation: Any) -> _Leaf:
+    adapter = _adapter(annotation)
+    return _Leaf(key, adapter, _VERDICTS.setdefault(id(adapter), {}))
+
+
+def _plan(checks: tuple[_Check, ...], depth: int = 0) -> _Plan:
+    leaves: dict[str, list[_Leaf]] = {}
+    below: dict[str, tuple[bool, list[_Check]]] = {}
+    for check in checks:
+        if depth == len(check.steps):
+            for leaf in check.leaves:
+                leaves.setdefault(leaf.key, []).append(leaf)
+        else:
+            step = check.steps[depth]
+            below.setdefault(step.key, (step.many, []))[1].append(check)
+    steps = {k: (many, _plan(tuple(cs), depth + 1)) for k, (many, cs) in below.items()}
+    return _Plan(frozenset(leaves) | frozenset(steps), {k: tuple(v) for k, v in leaves.items()}, steps)
+
+
 class Reads:
     """The elements of one resource type that a fact reads, compiled against R4B at import.
 
@@ -125,6 +155,7 @@ class Reads:
         # reported as ignored)
         self.modifiers_ok = modifiers_ok
         self.checks = tuple(self._compile(p) for p in paths)
+        self.plan = _plan(self.checks)
 
     def __repr__(self) -> str:
         return f"Reads({self.rtype!r}, {', '.join(map(repr, self.paths))})"
@@ -157,26 +188,33 @@ class Reads:
             for k in keys:
                 node[k] = None  # read as a whole: validated when read, never shallow-checked
         _ACTIONS.clear()
-        return _Check(path, tuple(steps), tuple(_Leaf(k, _adapter(known[k].annotation)) for k in keys))
+        return _Check(path, tuple(steps), tuple(_leaf(k, known[k].annotation) for k in keys))
 
 
 # -- validation -------------------------------------------------------------------------------------
-# Verdicts by (element type, content): None when valid, else (location inside the element, message).
-# Bounded: emptied when full (a dict probe is all a hit costs).
-_VERDICTS: dict[tuple[int, bytes | str], tuple[str, str] | None] = {}
+# Verdicts by element type (its adapter) and content: None when valid, else (location inside the
+# element, message). Content is the string itself or the element's JSON: codes, units and dosages
+# repeat across patients. Bounded: every table is emptied when together they hold _VERDICT_LIMIT
+# (a dict probe is all a hit costs).
+_VERDICTS: dict[int, dict[bytes | str, tuple[str, str] | None]] = {}
 _VERDICT_LIMIT = 50_000
+_verdict_count = 0
 _MISS = object()
 _SHAPE = {True: "expected an array", False: "expected a single value, got an array"}
 
 
 def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
-    try:
-        content: bytes | str | None = value if isinstance(value, str) else orjson.dumps(value)
-    except (TypeError, ValueError, orjson.JSONEncodeError):
-        content = None
-    key = (id(leaf.adapter), content) if content is not None else None
-    if key is not None:
-        hit = _VERDICTS.get(key, _MISS)
+    global _verdict_count
+    content: bytes | str | None
+    if type(value) is str:
+        content = value
+    else:
+        try:
+            content = orjson.dumps(value)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            content = None
+    if content is not None:
+        hit = leaf.verdicts.get(content, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
     error: tuple[str, str] | None = None
@@ -189,10 +227,13 @@ def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
         error = (loc, msg[:160])
     except (ValueError, TypeError, RecursionError) as exc:
         error = ("", f"invalid ({type(exc).__name__})")
-    if key is not None:
-        if len(_VERDICTS) >= _VERDICT_LIMIT:
-            _VERDICTS.clear()
-        _VERDICTS[key] = error
+    if content is not None:
+        if _verdict_count >= _VERDICT_LIMIT:
+            for table in _VERDICTS.values():
+                table.clear()
+            _verdict_count = 0
+        leaf.verdicts[content] = error
+        _verdict_count += 1
     return error
 
 
@@ -208,14 +249,41 @@ def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
     FHIR forbids reading such an element as if it meant what it normally means."""
     if "modifierExtension" in resource and not reads.modifiers_ok:
         return f"modifierExtension: {MODIFIED}"
-    for check in reads.checks:
+    if not _fails(resource, reads.plan):
+        return None
+    for check in reads.checks:  # the first failing check, in the order the paths were declared
         if _check_fails(resource, check):
             return _locate(resource, check)
     return None
 
 
+def _fails(obj: dict[str, Any], plan: _Plan) -> bool:
+    """The fast path of :func:`first_error`: whether any check fails (no messages, no paths)."""
+    for key in plan.keys & obj.keys():
+        value = obj[key]
+        for leaf in plan.leaves.get(key, ()):
+            if _verdict(leaf, value) is not None or _modified(value):
+                return True
+        step = plan.steps.get(key)
+        if step is None or value is None:
+            continue
+        many, below = step
+        if many:
+            if not isinstance(value, list):
+                return True
+            for item in value:
+                if not isinstance(item, dict) or "modifierExtension" in item:
+                    return True
+            for item in value:
+                if _fails(item, below):
+                    return True
+        elif not isinstance(value, dict) or "modifierExtension" in value or _fails(value, below):
+            return True
+    return False
+
+
 def _check_fails(resource: dict[str, Any], check: _Check) -> bool:
-    """The fast path of :func:`first_error`: no messages, no paths built."""
+    """Whether one check fails (to find which one, once :func:`_fails` said one does)."""
     objects = [resource]
     for step in check.steps:
         nxt: list[dict[str, Any]] = []
@@ -285,15 +353,18 @@ def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str,
 
     Only a shallow check (a name R4B defines, an array where R4B wants one and only there), walked
     along the elements that facts read; the content of unread elements is never validated."""
-    out: Counter[tuple[str, str]] = Counter()
     try:
         model = _model(rtype)
     except (KeyError, ValueError, TypeError, AttributeError):
-        return out
-    _shallow(resource, model, _READ_TREE.get(rtype, {}), "", out, top=True)
+        return Counter()
+    found: list[tuple[str, str]] = []
+    _shallow(resource, model, _READ_TREE.get(rtype, {}), "", found, top=True)
     if "modifierExtension" in resource:
-        out[("modifierExtension", "not understood")] += 1
-    return out
+        found.append(("modifierExtension", "not understood"))
+    return Counter(found) if found else _NOTHING
+
+
+_NOTHING: Counter[tuple[str, str]] = Counter()  # what most resources give (never changed: callers read it)
 
 
 # (model, read tree) -> JSON key -> None (a leaf facts read: skip) or (is an array, model to look
@@ -331,7 +402,7 @@ def _shallow(
     model: Any,
     tree: dict[str, Any],
     prefix: str,
-    out: Counter[tuple[str, str]],
+    out: list[tuple[str, str]],
     top: bool,
 ) -> None:
     table = _actions(model, tree)
@@ -341,13 +412,13 @@ def _shallow(
             continue  # a leaf a fact reads: validated when read
         if act is None:
             if not (top and key == "resourceType"):
-                out[(f"{prefix}{_name(key)}", "not an element of R4B " + model.__name__)] += 1
+                out.append((f"{prefix}{_name(key)}", "not an element of R4B " + model.__name__))
             continue
-        many, inner, sub = act
         if value is None:
             continue
+        many, inner, sub = act
         if isinstance(value, list) != many:
-            out[(f"{prefix}{key}", _SHAPE[many])] += 1
+            out.append((f"{prefix}{key}", _SHAPE[many]))
             continue
         if inner is not None:  # an element on the way to what facts read: look inside
             for item in value if many else (value,):

@@ -103,22 +103,34 @@ class ObservationFacts:
                 return [self._obs_codes[c] for c in codings(concept) if c in self._obs_codes]
         return []
 
+    @cached_property
+    def _checked_facts(self) -> dict[int, ObservationFact | None]:
+        """The fact of each candidate already read (by the candidate's identity), this request."""
+        return {}
+
     def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
+        memo = self._checked_facts
+        key = id(item)  # the candidate lists live as long as the request: ids stay unique
+        if key in memo:
+            return memo[key]
         when, resource, element = item
-        if not self.record.readable(resource, OBSERVATION):  # unreadable: skipped and reported
-            return None
-        fact = _obs_fact(ref(resource), kind, when, element, self._obs_units.get(kind))
-        if resource.get("status") in PRELIMINARY_OBS_STATUS:
-            fact = replace(fact, preliminary=True)
+        fact = None
+        if self.record.readable(resource, OBSERVATION):  # unreadable: skipped and reported
+            fact = _obs_fact(ref(resource), kind, when, element, self._obs_units.get(kind))
+            if resource.get("status") in PRELIMINARY_OBS_STATUS:
+                fact = replace(fact, preliminary=True)
+        memo[key] = fact
         return fact
 
     def _recent(self, kind: str, within_days: float | None) -> Iterator[ObservationFact]:
         """Readable observations of a kind, newest first, within the window (none future-dated)."""
+        future = self.now + timedelta(hours=1)
+        oldest = self.now - timedelta(days=within_days) if within_days is not None else None
         for item in self._observation_candidates.get(kind, []):
             when = item[0]
-            if when > self.now + timedelta(hours=1):
+            if when > future:
                 continue  # a future-dated reading is not a current one
-            if within_days is not None and (self.now - when) > timedelta(days=within_days):
+            if oldest is not None and when < oldest:
                 return
             fact = self._checked(kind, item)
             if fact is not None:
@@ -138,14 +150,22 @@ class ObservationFacts:
             out.append(f)
         return out
 
+    @cached_property
+    def _series(self) -> dict[str, list[ObservationFact]]:
+        return {}
+
     def series(self, kind: str) -> list[ObservationFact]:
-        """Every readable final observation of a kind, oldest first (scores over time)."""
-        facts = [
-            f
-            for item in self._observation_candidates.get(kind, [])
-            if (f := self._checked(kind, item)) and not f.preliminary
-        ]
-        return facts[::-1]
+        """Every readable final observation of a kind, oldest first (scores over time; memoised per
+        request: the caller must not change the list)."""
+        hit = self._series.get(kind)
+        if hit is None:
+            facts = [
+                f
+                for item in self._observation_candidates.get(kind, [])
+                if (f := self._checked(kind, item)) and not f.preliminary
+            ]
+            hit = self._series[kind] = facts[::-1]
+        return hit
 
 
 def _absent(element: dict[str, Any]) -> bool:
