@@ -72,14 +72,23 @@ class ConditionFacts:
         self._condition_facts[key] = fact
         return fact
 
+    @cached_property
+    def _conditions_by_valueset(self) -> dict[str, list[ConditionFact]]:
+        return {}
+
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
-        out = []
-        for c, cs in self._coded_conditions:
-            if self.t.codes_in(cs, valueset):
-                fact = self._condition_fact(c)
-                if fact is not None and (fact.active or not active_only):
-                    out.append(fact)
-        return out
+        """Readable Conditions coded in the value set, in record order (memoised per request:
+        many rules ask about the same few value sets)."""
+        found = self._conditions_by_valueset.get(valueset)
+        if found is None:
+            found = []
+            for c, cs in self._coded_conditions:
+                if self.t.codes_in(cs, valueset):
+                    fact = self._condition_fact(c)
+                    if fact is not None:
+                        found.append(fact)
+            self._conditions_by_valueset[valueset] = found
+        return [f for f in found if f.active] if active_only else list(found)
 
     def unreadable_conditions_in(self, valueset: str) -> list[str]:
         """References of unreadable Conditions whose code is in the value set."""

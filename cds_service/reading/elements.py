@@ -99,6 +99,8 @@ class _Plan:
     keys: frozenset[str]
     leaves: dict[str, tuple[_Leaf, ...]]
     steps: dict[str, tuple[bool, _Plan]]  # key -> (is an array, what is read below it)
+    # whether anything below fails, by the element's JSON (a dosage, a period: these repeat)
+    verdicts: dict[bytes, bool]
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,11 @@ def _plan(checks: tuple[_Check, ...], depth: int = 0) -> _Plan:
             step = check.steps[depth]
             below.setdefault(step.key, (step.many, []))[1].append(check)
     steps = {k: (many, _plan(tuple(cs), depth + 1)) for k, (many, cs) in below.items()}
-    return _Plan(frozenset(leaves) | frozenset(steps), {k: tuple(v) for k, v in leaves.items()}, steps)
+    verdicts: dict[bytes, bool] = {}
+    _STEP_VERDICTS.append(verdicts)
+    return _Plan(
+        frozenset(leaves) | frozenset(steps), {k: tuple(v) for k, v in leaves.items()}, steps, verdicts
+    )
 
 
 class Reads:
@@ -198,13 +204,13 @@ class Reads:
 # (a dict probe is all a hit costs).
 _VERDICTS: dict[int, dict[bytes | str, tuple[str, str] | None]] = {}
 _VERDICT_LIMIT = 50_000
+_STEP_VERDICTS: list[dict[bytes, bool]] = []  # each plan step's table (_Plan.verdicts)
 _verdict_count = 0
 _MISS = object()
 _SHAPE = {True: "expected an array", False: "expected a single value, got an array"}
 
 
 def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
-    global _verdict_count
     content: bytes | str | None
     if type(value) is str:
         content = value
@@ -228,13 +234,18 @@ def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
     except (ValueError, TypeError, RecursionError) as exc:
         error = ("", f"invalid ({type(exc).__name__})")
     if content is not None:
-        if _verdict_count >= _VERDICT_LIMIT:
-            for table in _VERDICTS.values():
-                table.clear()
-            _verdict_count = 0
+        _count_verdict()
         leaf.verdicts[content] = error
-        _verdict_count += 1
     return error
+
+
+def _count_verdict() -> None:
+    global _verdict_count
+    if _verdict_count >= _VERDICT_LIMIT:
+        for table in (*_VERDICTS.values(), *_STEP_VERDICTS):
+            table.clear()
+        _verdict_count = 0
+    _verdict_count += 1
 
 
 MODIFIED = "a modifierExtension changes its meaning and is not understood here"
@@ -265,21 +276,32 @@ def _fails(obj: dict[str, Any], plan: _Plan) -> bool:
             if _verdict(leaf, value) is not None or _modified(value):
                 return True
         step = plan.steps.get(key)
-        if step is None or value is None:
-            continue
-        many, below = step
-        if many:
-            if not isinstance(value, list):
-                return True
-            for item in value:
-                if not isinstance(item, dict) or "modifierExtension" in item:
-                    return True
-            for item in value:
-                if _fails(item, below):
-                    return True
-        elif not isinstance(value, dict) or "modifierExtension" in value or _fails(value, below):
+        if step is not None and value is not None and _step_fails(value, *step):
             return True
     return False
+
+
+def _step_fails(value: Any, many: bool, below: _Plan) -> bool:
+    """Whether what is read inside one element fails, by the element's content when it was seen."""
+    try:
+        content: bytes | None = orjson.dumps(value)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        content = None
+    if content is not None:
+        hit = below.verdicts.get(content)
+        if hit is not None:
+            return hit
+    if many:
+        fails = not isinstance(value, list) or any(
+            not isinstance(item, dict) or "modifierExtension" in item for item in value
+        )
+        fails = fails or any(_fails(item, below) for item in value)
+    else:
+        fails = not isinstance(value, dict) or "modifierExtension" in value or _fails(value, below)
+    if content is not None:
+        _count_verdict()
+        below.verdicts[content] = fails
+    return fails
 
 
 def _check_fails(resource: dict[str, Any], check: _Check) -> bool:

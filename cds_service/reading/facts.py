@@ -15,7 +15,6 @@ and procedures are here.
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -25,9 +24,9 @@ from .conditions import ConditionFact, ConditionFacts
 from .dates import age_on, parse_date, parse_datetime
 from .elements import Reads
 from .medication_use import MedicationFacts, MedUse, Trial
-from .observations import ObservationFact, ObservationFacts, code_key
+from .observations import ObservationFact, ObservationFacts, ObservationKinds
 from .record import PatientRecord, ref
-from .terminology import DrugMatch, Terminology, norm_code
+from .terminology import DrugMatch, Terminology
 
 __all__ = [
     "ConditionFact",
@@ -68,24 +67,12 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
         self.unresolved_meds: list[dict[str, Any]] = []  # records whose Medication could not be read
-        self._obs_codes: dict[tuple[str, str], str] = {}
         self._uses_in: dict[str, list[MedUse]] = {}
-        self._obs_units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
-        self.positive_answers: dict[str, set[tuple[str, str]]] = {}
-        self.positive_words: dict[str, tuple[frozenset[str], ...]] = {}
-        for kind, spec in observation_kinds.items():
-            for c in spec.get("codes") or []:
-                self._obs_codes[norm_code(c["system"], str(c["code"]))] = kind
-            self.positive_answers[kind] = {
-                norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
-            }
-            # the words of each positive answer's display, for answers written out without its code
-            self.positive_words[kind] = tuple(
-                frozenset(re.findall(r"[a-z]+", str(c["display"]).lower()))
-                for c in spec.get("positive_answers") or []
-                if c.get("display")
-            )
-        self._obs_code_keys = frozenset(code_key(code) for _, code in self._obs_codes)
+        kinds = ObservationKinds.of(observation_kinds)
+        self._kinds = kinds
+        self._obs_units = kinds.units
+        self.positive_answers = kinds.positive_answers
+        self.positive_words = kinds.positive_words
 
     # patient ------------------------------------------------------------------------------------
     @property

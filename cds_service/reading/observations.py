@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+import orjson
+
 from .dates import parse_datetime
 from .elements import Reads
 from .raw import as_dict, as_float, as_list
 from .record import PatientRecord, ref
-from .terminology import codings, concept_text
+from .terminology import codings, concept_text, norm_code
 from .units import quantity_in, unit_code
 
 OBSERVATION = Reads(
@@ -43,14 +46,82 @@ class ObservationFact:
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
 
 
+class ObservationKinds:
+    """A rule set's observation kinds indexed once: codes, units, positive answers, and the kinds
+    each ``coding`` list names (memoised by its JSON: records repeat the same few codes)."""
+
+    _built: dict[int, tuple[dict[str, dict[str, Any]], ObservationKinds]] = {}
+
+    def __init__(self, observation_kinds: dict[str, dict[str, Any]]) -> None:
+        self.codes: dict[tuple[str, str], str] = {}
+        self.units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
+        self.positive_answers: dict[str, set[tuple[str, str]]] = {}
+        self.positive_words: dict[str, tuple[frozenset[str], ...]] = {}
+        for kind, spec in observation_kinds.items():
+            for c in spec.get("codes") or []:
+                self.codes[norm_code(c["system"], str(c["code"]))] = kind
+            self.positive_answers[kind] = {
+                norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
+            }
+            # the words of each positive answer's display, for answers written out without its code
+            self.positive_words[kind] = tuple(
+                frozenset(re.findall(r"[a-z]+", str(c["display"]).lower()))
+                for c in spec.get("positive_answers") or []
+                if c.get("display")
+            )
+        self.code_keys = frozenset(code_key(code) for _, code in self.codes)
+        self._by_coding: dict[bytes, list[str]] = {}
+
+    @classmethod
+    def of(cls, observation_kinds: dict[str, dict[str, Any]]) -> ObservationKinds:
+        """The index of a rule set's kinds, built once per rule set (the mapping is kept with it,
+        so its identity cannot be reused by another)."""
+        hit = cls._built.get(id(observation_kinds))
+        if hit is None or hit[0] is not observation_kinds:
+            if len(cls._built) >= 64:
+                cls._built.clear()
+            hit = cls._built[id(observation_kinds)] = (observation_kinds, cls(observation_kinds))
+        return hit[1]
+
+    def of_concept(self, concept: Any) -> list[str]:
+        """The observation kinds a code concept names (the caller must not change the list)."""
+        coding = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(coding, list):
+            return []
+        try:
+            key: bytes | None = orjson.dumps(coding)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            key = None
+        if key is not None:
+            hit = self._by_coding.get(key)
+            if hit is not None:
+                return hit
+        kinds = self._kinds_of(concept, coding)
+        if key is not None:
+            if len(self._by_coding) >= 50_000:
+                self._by_coding.clear()
+            self._by_coding[key] = kinds
+        return kinds
+
+    def _kinds_of(self, concept: dict[str, Any], coding: list[Any]) -> list[str]:
+        """Most observations of a record are of no kind: a concept none of whose codes, however
+        normalised (:func:`code_key`), is a kind's code is skipped before its (system, code) pairs
+        are normalised."""
+        keys = self.code_keys
+        for c in coding:
+            code = c.get("code") if isinstance(c, dict) else None
+            if isinstance(code, str) and code.strip().replace(".", "").upper() in keys:
+                return [self.codes[c] for c in codings(concept) if c in self.codes]
+        return []
+
+
 class ObservationFacts:
     """The Observation half of :class:`~.facts.Facts` (a mixin: it uses the record)."""
 
     record: PatientRecord
     now: datetime
-    _obs_codes: dict[tuple[str, str], str]
+    _kinds: ObservationKinds
     _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
-    _obs_code_keys: frozenset[str]  # every kind's code as code_key gives it
 
     @cached_property
     def _observation_candidates(self) -> dict[str, list[Candidate]]:
@@ -90,18 +161,8 @@ class ObservationFacts:
         return out
 
     def _kinds_of(self, concept: Any) -> list[str]:
-        """The observation kinds a code concept names. Most observations of a record are of no
-        kind: a concept none of whose codes, however normalised (:func:`code_key`), is a kind's
-        code is skipped before its (system, code) pairs are normalised."""
-        coding = concept.get("coding") if isinstance(concept, dict) else None
-        if not isinstance(coding, list):
-            return []
-        keys = self._obs_code_keys
-        for c in coding:
-            code = c.get("code") if isinstance(c, dict) else None
-            if isinstance(code, str) and code.strip().replace(".", "").upper() in keys:
-                return [self._obs_codes[c] for c in codings(concept) if c in self._obs_codes]
-        return []
+        """The observation kinds a code concept names."""
+        return self._kinds.of_concept(concept)
 
     @cached_property
     def _checked_facts(self) -> dict[int, ObservationFact | None]:
