@@ -1226,11 +1226,19 @@ VALUESETS: list[Recipe] = [
         "arteriovenous-malformation",
         "Arteriovenous malformation",
         "condition",
-        "Arteriovenous malformations (cerebral, precerebral, spinal, congenital, acquired), picked by "
-        "display from the Cerebral Vascular Lesion set, which otherwise holds mostly neoplasms.",
-        source=f"VSAC {CVL4025} (Cerebral Vascular Lesion, AVM codes only); {KT2}",
-        parts=[Expand(CVL4025, display=r"arteriovenous malformation")],
-        notes="UNVERIFIED, not loaded: Q27.3 (peripheral AVM), Q28.3 (other cerebral vessel malformations).",
+        "Arteriovenous malformations (cerebral, precerebral, spinal, peripheral, congenital, acquired): "
+        "the AVM codes of the Cerebral Vascular Lesion set, which otherwise holds mostly neoplasms, and "
+        "the peripheral AVM codes of ICD-10-CM.",
+        source=f"VSAC {CVL4025} (Cerebral Vascular Lesion, AVM codes only); {KT2}; ICD-10-CM FY2026 "
+        "tabular (Q27.3x)",
+        parts=[
+            Expand(CVL4025, display=r"arteriovenous malformation"),
+            *(external(ICD, f"Q27.3{d}") for d in "012349"),
+        ],
+        notes="Peripheral AVMs (Q27.30-Q27.39) are from the CDC/NCHS ICD-10-CM FY2026 tabular list "
+        "(tools/external_codes.yaml): the esketamine label names AVM without a site. Not loaded: Q28.1 "
+        "and Q28.3 (other malformations of precerebral/cerebral vessels: congenital aneurysms together "
+        "with venous anomalies).",
     ),
     Recipe(
         "intracerebral-haemorrhage",
@@ -1308,11 +1316,15 @@ VALUESETS: list[Recipe] = [
         "Raised intracranial pressure",
         "condition",
         "Raised intracranial pressure: benign (idiopathic) intracranial hypertension and cerebral oedema.",
-        source=f"VSAC {HTN263} (68267002); {KT2}",
-        parts=[Expand(HTN263, codes={"68267002"}), Known(ICD, "G93.6", "cerebral edema", "V", KT2)],
-        notes="UNVERIFIED, not loaded: G93.2 (benign intracranial hypertension, ICD-10-CM). Intracranial "
-        "mass concepts exist in VSAC 2.16.840.1.113883.3.3157.4025 (e.g. 422840005 Mass lesion of brain) "
-        "but are not loaded here.",
+        source=f"VSAC {HTN263} (68267002); {KT2}; ICD-10-CM FY2026 tabular (G93.2)",
+        parts=[
+            Expand(HTN263, codes={"68267002"}),
+            Known(ICD, "G93.6", "cerebral edema", "V", KT2),
+            external(ICD, "G93.2"),
+        ],
+        notes="G93.2 (benign intracranial hypertension) is from the CDC/NCHS ICD-10-CM FY2026 tabular list "
+        "(tools/external_codes.yaml). Intracranial mass concepts exist in VSAC "
+        "2.16.840.1.113883.3.3157.4025 (e.g. 422840005 Mass lesion of brain) but are not loaded here.",
     ),
     Recipe(
         "hepatic-impairment",
