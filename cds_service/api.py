@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import pipeline
+from . import gc_policy, pipeline
 from .config import Settings
 from .errors import ApiError, DataUnavailable
 from .feedback import FeedbackStore
@@ -157,6 +157,7 @@ def discovery() -> Response:
 
 
 @bp.post("/cds-services/<service_id>")
+@gc_policy.without_collection  # what a call builds is acyclic: no collection while it runs
 def call(service_id: str) -> Response:
     st = state()
     service = SERVICES.get(service_id)

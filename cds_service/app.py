@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from flask_cors import CORS
 
+from . import gc_policy
 from .api import State, bp
 from .config import Settings
 from .feedback import FeedbackStore
@@ -94,14 +94,8 @@ def create_app(
     )
     app.extensions["ketamine_cds"] = State(settings, rules, store, authenticator)
     # Everything built so far (1,800 FHIR model classes, the compiled rules) lives for the life of
-    # the process: move it out of the collector's way, or every full collection walks it (tens of
-    # ms of p99 per request otherwise).
-    gc.collect()
-    gc.freeze()
-    # A large prefetch parses into ~10^6 containers; with the default thresholds that triggers
-    # dozens of collections per request (50+ ms at 5,000 resources). Requests create few cycles.
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, 50_000), max(gen1, 20), max(gen2, 20))
+    # the process: out of the collector's way (cds_service/gc_policy.py).
+    gc_policy.settle()
     app.register_blueprint(bp)
     app.register_blueprint(web)
     return app
