@@ -10,7 +10,6 @@ it in ``extension``.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from typing import Any
 
@@ -156,7 +155,7 @@ def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str)
 
 
 def summary_text(text: str, fallback: str) -> str:
-    text = re.sub(r"\s+", " ", text).strip() or fallback
+    text = " ".join(text.split()) or fallback  # whitespace runs as one space (str.split's = re's \s)
     return text if len(text) < 140 else text[:138].rstrip() + "…"
 
 
@@ -254,7 +253,7 @@ def _with_citation(detail: str, rule: Rule) -> str:
 
 def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
     ctx = _rule_context(o, base)
-    view = {key: re.sub(r"\s+", " ", _render(t, ctx, o.rule.id)) for key, t in o.rule.row.items()}
+    view = {key: " ".join(_render(t, ctx, o.rule.id).split()) for key, t in o.rule.row.items()}
     src = o.rule.source
     view.update(
         rule=o.rule.id,

@@ -115,7 +115,7 @@ def nesting_exceeds(raw: bytes, limit: int) -> bool:
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
-    brackets = raw.translate(None, _NOT_BRACKET).translate(_SQUARE)
+    brackets = raw.translate(_SQUARE, _NOT_BRACKET)  # one pass: drop the rest, then {} → []
     passes = 0
     while brackets and passes <= limit:
         peeled = brackets.replace(b"[]", b"")
