@@ -209,7 +209,12 @@ def test_dribbling_server_cannot_hold_the_worker_past_the_deadline(tmp_path, v1)
         started = time.monotonic()
         resp = post(c, body)
         elapsed = time.monotonic() - started
-    assert resp.status_code == 412
+    # the two keys that answered are read; the endless one is not: a partial answer, in time
+    assert resp.status_code == 200, resp.get_json()
+    gaps = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == "data-gaps"]
+    assert gaps and "diagnoses (Condition)" in gaps[0]["summary"], [
+        c["summary"] for c in resp.get_json()["cards"]
+    ]
     assert elapsed < 1.6
 
 

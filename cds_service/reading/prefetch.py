@@ -7,7 +7,17 @@ The four cases of CDS Hooks 2.0.1 §Prefetch, per key:
 * key missing: fetched from ``fhirServer`` with the bearer token;
 * an OperationOutcome: the client could not get it — treated like a missing key.
 
-Data that can be neither prefetched nor fetched raises :class:`DataUnavailable` (HTTP 412).
+A key that cannot be fetched in time (the call's deadline), within the call's limits, or at all
+(an error page, a failed next page) is **not read**: whatever pages of it arrived are dropped (a
+first page is not the whole), and it is listed in :attr:`PrefetchResult.unread`. The record then
+knows the key is missing, and every fact resting on it is unknown, never "absent"
+(``engine/unread.py``): the answer is partial, with a data-gap card.
+
+:class:`DataUnavailable` (HTTP 412, "unable to retrieve the necessary FHIR data") is kept for
+calls that cannot be answered at all: the Patient could not be read; no clinical key could be
+fetched (every fetch failed, the Patient's aside: the server cannot be accessed); the
+``fhirServer`` is refused by policy; a template token cannot be filled; keys are missing and
+there is no ``fhirServer``.
 """
 
 from __future__ import annotations
@@ -71,6 +81,9 @@ class PrefetchResult:
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)  # key -> prefetched|null|fetched|...
     stats: FetchStats = field(default_factory=FetchStats)
+    #: keys that could not be read, and why (``deadline`` | ``limit`` | ``failed``): none of their
+    #: resources are in :attr:`resources`, and the facts that rest on them are unknown
+    unread: dict[str, str] = field(default_factory=dict)
 
 
 def is_operation_outcome(value: Any) -> bool:
@@ -166,8 +179,40 @@ def resolve_prefetch(
     result.resources.update(fetched)
     if failures:
         _log_failures(failures, request_id)
-        raise DataUnavailable(_failure_message(failures, policy, request_id), sorted(failures))
+        if not answerable(fetched, failures):
+            raise DataUnavailable(_failure_message(failures, policy, request_id), sorted(failures))
+        for key, exc in sorted(failures.items()):
+            result.unread[key] = exc.kind
+            result.origin[key] = f"not-read ({exc.kind})"
+            result.resources.pop(key, None)
+        log.warning(
+            "FHIR fetch partial",
+            extra={
+                "fields": {
+                    "event": "fhir_fetch_partial",
+                    "request_id": request_id,
+                    "not_read": dict(result.unread),
+                    "read": sorted(result.resources),
+                }
+            },
+        )
     return result
+
+
+#: Without the Patient there is no answer: its identity, age, sex and vital status gate every rule.
+REQUIRED_KEYS = frozenset({"patient"})
+
+
+def answerable(fetched: dict[str, Any], failures: dict[str, FhirFetchError]) -> bool:
+    """Whether a call whose ``failures`` keys could not be read still gets a (partial) answer.
+
+    Only when some clinical key *was* fetched: if nothing but the Patient could be had, the
+    service "cannot access the FHIR server" (CDS Hooks: 412), and an answer that only says so
+    would hide it. Never without the Patient (a required key), nor when a key was refused by the
+    ``fhirServer`` policy (configuration, the same for every key)."""
+    if REQUIRED_KEYS & failures.keys() or any(e.kind == "policy" for e in failures.values()):
+        return False
+    return any(key not in REQUIRED_KEYS for key in fetched)
 
 
 def _failure_message(failures: dict[str, FhirFetchError], policy: FetchPolicy, request_id: str | None) -> str:

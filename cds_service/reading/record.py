@@ -40,6 +40,9 @@ class PatientRecord:
     problems: list[Problem] = field(default_factory=list)
     ignored: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     full_urls: dict[str, dict[str, Any]] = field(default_factory=dict)  # draftOrders entries by fullUrl
+    #: prefetch keys that could not be read (fetch mode), and why: the facts resting on them are
+    #: unknown, never "absent" (engine/unread.py)
+    unread: dict[str, str] = field(default_factory=dict)
     _checked: dict[tuple[int, int], bool] = field(default_factory=dict, repr=False)
     _shallow_checked: set[int] = field(default_factory=set, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)

@@ -23,6 +23,10 @@ Modes (`route(path, mode=..., ...)`):
 - ``drip_headers``: send the status line, then one made-up header line every `interval` seconds,
   never ending the headers.
 - ``redirect``: answer `status` (302) with ``Location: <location>``.
+- ``proxy``: forward the request (path relative to the base, query, ``Authorization``) to
+  `upstream` (another FHIR base URL, e.g. the real test server) and relay its status and body:
+  with `delay` or a more specific route on top, one prefetch key can be made slow or failing
+  while the others come from a real server.
 
 Any mode honours `delay` (wait before answering). A route matches the path relative to the base
 (``/Condition`` or ``Condition``; ``*`` globs allowed), optionally only one `method` and only
@@ -44,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import requests
 from requests.structures import CaseInsensitiveDict
 
 MODES = frozenset(
@@ -59,6 +64,7 @@ MODES = frozenset(
         "drip",
         "drip_headers",
         "redirect",
+        "proxy",
     }
 )
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -142,6 +148,7 @@ class Route:
     times: int | None = None
     interval: float = 1.0
     location: str | None = None
+    upstream: str | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str, query: Mapping[str, list[str]]) -> bool:
@@ -237,12 +244,15 @@ class FaultFhirServer:
         times: int | None = None,
         interval: float = 1.0,
         location: str | None = None,
+        upstream: str | None = None,
     ) -> Route:
         """Script the answer for `path` (relative to the base). See the module docstring."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {sorted(MODES)}")
         if mode == "status" and status is None:
             raise ValueError("mode 'status' needs status=")
+        if mode == "proxy" and not upstream:
+            raise ValueError("mode 'proxy' needs upstream=")
         if mode == "slow" and not delay:
             delay = 5.0
         route = Route(
@@ -260,6 +270,7 @@ class FaultFhirServer:
             times=times,
             interval=interval,
             location=location,
+            upstream=upstream.rstrip("/") if upstream else None,
         )
         if mode == "redirect" and status is None:
             route.status = 302
@@ -474,6 +485,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Location", route.location or "/")
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _mode_proxy(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
+        split = urlsplit(self.path)
+        target = f"{route.upstream}{self.server.fake._normalise(split.path)}"
+        headers = {"Accept": self.headers.get("Accept") or FHIR_JSON}
+        if self.headers.get("Authorization"):
+            headers["Authorization"] = self.headers["Authorization"]
+        upstream = requests.get(target + (f"?{raw_query}" if raw_query else ""), headers=headers, timeout=30)
+        self._send_body(upstream.status_code, upstream.content, route)
 
     def _mode_drop(self, route: Route, raw_query: str, query: dict[str, list[str]]) -> None:
         self.close_connection = True

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (importing a family registers its predicates)
     observations,
     pathway,
     record,
+    retrieval,
     sessions,
     trd,
 )

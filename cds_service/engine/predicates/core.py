@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...reading.facts import Facts
+from ..unread import unread_keys
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class Result:
     evidence: list[str] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
     reason: str = ""
+
+
+def not_read(keys: list[str]) -> Result:
+    """Unknown, because these prefetch keys could not be read (``data_needs`` ``not-read:<key>``)."""
+    return Result(
+        None, missing=[Missing(f"not-read:{k}", f"{k} (could not be retrieved from the EHR)") for k in keys]
+    )
 
 
 class CompileError(Exception):
@@ -163,7 +171,9 @@ class Leaf(Node):
 
     def __call__(self, env: Env) -> Result:
         if self._key not in env.cache:
-            env.cache[self._key] = self.fn(env, self.args)
+            result = self.fn(env, self.args)
+            unread = unread_keys(self.name, self.args, result.value, env.facts.record.unread)
+            env.cache[self._key] = not_read(unread) if unread else result
         return env.cache[self._key]
 
     def needs(self) -> set[str]:
