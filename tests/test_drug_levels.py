@@ -38,6 +38,15 @@ def test_esketamine_ordered_by_spravato_ndc_gives_the_rxnorm_coded_cards(ndc):
     assert order.drug.ingredients == {"esketamine"} and order.drug.matched_by == "code"
 
 
+@pytest.mark.parametrize("ndc", ["67457-108-10", "67457000110", "68083-504"])
+def test_ketamine_ordered_by_a_generic_injection_ndc_gives_the_rxnorm_coded_cards(ndc):
+    """Mylan (DailyMed) and Gland (FDA SPL) ketamine injection products, by package NDC only."""
+    example = load_example("v05-psychosis-history")
+    request = copy.deepcopy(example)
+    request["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = coded(NDC, ndc)
+    assert signature(request) == signature(example) != []
+
+
 def phenelzine_replaced_by(concept: dict[str, Any]) -> dict[str, Any]:
     """v08 (esketamine order, current phenelzine) with every phenelzine record coded as `concept`."""
     request = copy.deepcopy(load_example("v08-phenelzine"))
