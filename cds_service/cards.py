@@ -30,6 +30,7 @@ DATA_GAPS = "data-gaps"
 def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]:
     rs = ev.ruleset
     base_ctx = _base_context(ev)
+    memo: Memo = {}  # bound facts shared by several rules (the TRD picture, the order) converted once
     # Within one indicator: the file's `order` (TRD before frameworks before …), then rule order.
     order = {r.id: (r.file_order, i) for i, r in enumerate(rs.rules)}
     entries: list[tuple[int, tuple[int, int], dict[str, Any]]] = []
@@ -63,7 +64,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
         winner, others = outcomes[0], outcomes[1:]
         if (winner.indicator or "info") != "info":  # a finding is not followed by "in the studied range"
             others = [x for x in others if not x.rule.reassuring]
-        card = _rule_card(winner, others, base_ctx, ev, patient_id)
+        card = _rule_card(winner, others, base_ctx, ev, patient_id, memo)
         entries.append((SEVERITY[card["indicator"]], order[winner.rule.id], card))
 
     # 2. panels from rows (opened by their lead rule's card text, if it fired)
@@ -82,7 +83,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
                 ),
                 "detail": _with_citation(_render(lo.rule.templates.get("detail"), lctx, lo.rule.id), lo.rule),
             }
-        card = _panel_card(panel, indicator, ctx, [*led, *outcomes], patient_id, ev)
+        card = _panel_card(panel, indicator, ctx, [*led, *outcomes], patient_id, ev, memo)
         entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in [*led, *outcomes]), card))
 
     # 3. data gaps: every rule that could not decide, grouped by what it lacks
@@ -107,6 +108,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
             gaps,
             patient_id,
             ev,
+            memo,
         )
         suggestions = [
             _suggestion(f"Order: {i['label']}", i["order"], patient_id, recommended=True)
@@ -171,7 +173,12 @@ def _rule_context(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rule_card(
-    o: Outcome, others: list[Outcome], base: dict[str, Any], ev: Evaluation, patient_id: str | None
+    o: Outcome,
+    others: list[Outcome],
+    base: dict[str, Any],
+    ev: Evaluation,
+    patient_id: str | None,
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
     rule = o.rule
     ctx = _rule_context(o, base)
@@ -211,7 +218,7 @@ def _rule_card(
     ]
     if links:
         card["links"] = links
-    card["extension"] = {EXPLANATION: _explanation([o, *others])}
+    card["extension"] = {EXPLANATION: _explanation([o, *others], memo)}
     return card
 
 
@@ -273,6 +280,7 @@ def _panel_card(
     outcomes: list[Outcome],
     patient_id: str | None,
     ev: Evaluation,
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
@@ -293,7 +301,7 @@ def _panel_card(
     links = [{"label": lk["label"], "url": lk["url"], "type": "absolute"} for lk in panel.links]
     if links:
         card["links"] = links
-    card["extension"] = {EXPLANATION: _explanation(outcomes)}
+    card["extension"] = {EXPLANATION: _explanation(outcomes, memo)}
     return card
 
 
@@ -344,7 +352,7 @@ def _suggestion(
     return suggestion
 
 
-def _explanation(outcomes: list[Outcome]) -> dict[str, Any]:
+def _explanation(outcomes: list[Outcome], memo: Memo | None = None) -> dict[str, Any]:
     """Why the card fired: each rule, its reason, the facts it bound and the FHIR references."""
     out = []
     for o in outcomes:
@@ -353,7 +361,7 @@ def _explanation(outcomes: list[Outcome]) -> dict[str, Any]:
             if o.result.evidence:
                 entry["evidence"] = list(dict.fromkeys(o.result.evidence))
             if o.result.bind:
-                entry["facts"] = _jsonable(o.result.bind)
+                entry["facts"] = _jsonable(o.result.bind, memo)
             if o.result.missing:
                 entry["missing"] = [m.label for m in o.result.missing]
         entry["evidence_status"] = o.rule.source["evidence"]
@@ -362,20 +370,31 @@ def _explanation(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 _SCALARS = (str, int, float, bool)
+#: id of a container already converted in this response → (the container, kept so that its id
+#: stays its own while the cards are built; its JSON form)
+Memo = dict[int, tuple[Any, Any]]
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, memo: Memo | None = None) -> Any:
     t = type(value)
     if t in _SCALARS:  # exact types first: most values are (this runs for every bound fact)
         return value
+    if memo is not None and (t is dict or t is list):
+        hit = memo.get(id(value))
+        if hit is not None:
+            return hit[1]
     if t is dict or isinstance(value, dict):
-        return {
-            k if type(k) is str else str(k): v if type(v) in _SCALARS else _jsonable(v)
+        out: Any = {
+            k if type(k) is str else str(k): v if type(v) in _SCALARS else _jsonable(v, memo)
             for k, v in value.items()
             if v is not None and v != [] and v != ""
         }
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, _SCALARS):
+    elif isinstance(value, list | tuple):
+        out = [_jsonable(v, memo) for v in value]
+    elif isinstance(value, _SCALARS):
         return value
-    return str(value)
+    else:
+        return str(value)
+    if memo is not None and (t is dict or t is list):
+        memo[id(value)] = (value, out)
+    return out

@@ -103,3 +103,29 @@ def test_render_keeps_the_sandbox_and_leaves_the_context_alone() -> None:
     assert ctx == before
     assert _render(TEMPLATES.from_string("{{ hook.__class__ }}"), ctx, "r") == ""
     assert _render(TEMPLATES.from_string("{{ nowhere }}"), ctx, "r") == ""
+
+
+@pytest.mark.parametrize("name", ["v01-clear-trd-eligible", "v07-daily-lorazepam", "v13-missing-data"])
+def test_explanations_are_what_each_rule_bound(name: str) -> None:
+    """Bound facts several rules share (the TRD picture, the order) are converted once per
+    response (issue 8); every card's explanation is still exactly its rules' own facts."""
+    import json as _json
+
+    from cds_service import pipeline
+    from cds_service.cards import EXPLANATION, _explanation
+    from cds_service.config import Settings
+    from cds_service.engine.loader import load_ruleset
+
+    from .conftest import load_example
+
+    body = load_example(name)
+    rs = load_ruleset(RULES, RULES / "site.yaml")
+    out = pipeline.run(body, rs, Settings(rules_dir=RULES, allow_time_override=True))
+    by_id = {o.rule.id: o for o in out.evaluation.outcomes}
+    checked = 0
+    for card in out.response["cards"]:
+        rules = card["extension"][EXPLANATION]["rules"]
+        alone = _explanation([by_id[r["rule"]] for r in rules])["rules"]  # converted without sharing
+        assert _json.loads(_json.dumps(rules)) == _json.loads(_json.dumps(alone))
+        checked += sum(1 for r in rules if "facts" in r)
+    assert checked
