@@ -371,20 +371,35 @@ def section_fetch(code: Path, tmp: Path, new: bool, sizes: list[int]) -> None:
                 fhir.put_resources(list(resources.values()))
                 body = {k: v for k, v in request.items() if k != "prefetch"}
                 body["fhirServer"] = fhir.base_url
-                times, statuses = [], []
+                times, statuses, partial = [], [], []
                 for _ in range(5):
                     body["hookInstance"] = str(uuid.uuid4())
                     started = time.monotonic()
                     r = requests.post(srv.url + "/cds-services/order-sign", json=body, timeout=30)
                     times.append(time.monotonic() - started)
                     statuses.append(r.status_code)
+                    gap = _not_retrieved(r)
+                    if gap:
+                        partial.append(gap)
                 say(
                     f"  {size:5} resources ({len(resources)} stored for {pid}): "
                     f"statuses {sorted(set(statuses))}, "
                     f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+                    + (f"; {len(partial)} partial ({'; '.join(sorted(set(partial)))})" if partial else "")
                 )
     finally:
         srv.stop()
+
+
+def _not_retrieved(resp: requests.Response) -> str:
+    """The data-gap card's "Not retrieved from the EHR: …" list of a partial answer, else ""."""
+    if resp.status_code != 200:
+        return ""
+    for card in resp.json().get("cards", []):
+        summary = card.get("summary", "")
+        if summary.startswith("Not retrieved from the EHR: "):
+            return summary.removeprefix("Not retrieved from the EHR: ").split(";")[0]
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from .cards import render_cards
 from .config import Settings
 from .engine.evaluate import Evaluation, evaluate
 from .engine.loader import RuleSet
+from .engine.windows import fetch_narrowing
 from .errors import ApiError
 from .reading.facts import Facts, parse_datetime
 from .reading.fhir_client import FetchPolicy
@@ -91,6 +92,7 @@ def run(
         policy=policy,
         request_id=request_id,
         templates=prefetch_for(ruleset.observation_kinds),
+        narrowing=fetch_narrowing(ruleset, now),
     )
     t1 = time.perf_counter()
     context = request["context"]

@@ -34,7 +34,7 @@ DEADLINE = 1.0
 # what "within the deadline" means for a test on a shared machine: the deadline, the documented
 # 0.25 s for work already running (fhir_client.DEADLINE_MARGIN), rules and cards
 WITHIN = DEADLINE + 0.6
-SEEDED = ["v01-clear-trd-eligible", "v04-pregnancy", "v08-phenelzine"]
+SEEDED = ["v01-clear-trd-eligible", "v04-pregnancy", "v08-phenelzine", "v15-patient-view-course"]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,22 @@ def test_every_key_read_gives_no_gap_card(app: Flask, proxy: FaultFhirServer) ->
     assert "ddi-maoi" in found and "eligibility" in found and "data-gaps" not in found
 
 
+def test_patient_view_says_what_was_not_retrieved_without_a_warning(app: Flask, proxy: FaultFhirServer) -> None:
+    """A chart opened during a ketamine course: the sessions cannot be read in time. No course card
+    is claimed, the gap is said, at info level (a chart view is not an order; a slow EHR must not
+    put a warning on every chart)."""
+    full, _ = call(app, "v15-patient-view-course", proxy)
+    assert full.status_code == 200 and "data-gaps" not in topics(full.get_json()["cards"])
+    proxy.route("/MedicationAdministration", "slow", delay=5)
+    resp, elapsed = call(app, "v15-patient-view-course", proxy)
+    assert resp.status_code == 200 and elapsed < WITHIN
+    cards = resp.get_json()["cards"]
+    gap = gap_card(cards)
+    assert gap["indicator"] == "info"
+    assert gap["summary"].startswith("Not retrieved from the EHR: administrations"), gap["summary"]
+    assert "course-tracking" in topics(full.get_json()["cards"]) and "course-tracking" not in topics(cards)
+
+
 # -- when a 412 is still right ------------------------------------------------------------------------
 def test_patient_not_read_is_still_412(app: Flask, proxy: FaultFhirServer) -> None:
     proxy.route("/Patient/*", "slow", delay=5)
@@ -250,3 +266,26 @@ def test_call_log_says_which_keys_were_not_read(
     assert origin["conditions"] == "fetched"
     partial = [f for f in lines if f.get("event") == "fhir_fetch_partial"]
     assert partial and partial[0]["not_read"] == {"medicationRequests": "deadline", "procedures": "failed"}
+
+
+# -- fetch mode asks for what the rules read --------------------------------------------------------------
+def test_vital_signs_are_fetched_for_the_rules_window_only(app: Flask, proxy: FaultFhirServer) -> None:
+    """The rules read vital signs of the last 30 days at most (weight for mg/kg; blood pressure of
+    today): fetch mode asks for those (``date=ge``, evaluation time 2026-05-04 minus 31 days), in
+    pages of 1,000, and gives the cards it gives with the example's full prefetch."""
+    resp, _ = call(app, "v08-phenelzine", proxy)
+    assert resp.status_code == 200
+    vitals = [r for r in proxy.requests_to("/Observation") if r.param("category") == "vital-signs"]
+    assert len(vitals) == 1
+    assert vitals[0].query["date"] == ["ge2026-04-03"]
+    assert vitals[0].param("_count") == "1000"
+    full = app.test_client().post("/cds-services/order-sign", json=load_example("v08-phenelzine"))
+    assert topics(resp.get_json()["cards"]) == topics(full.get_json()["cards"])
+
+
+def test_medication_history_and_scores_are_never_narrowed(app: Flask, proxy: FaultFhirServer) -> None:
+    """TRD counting, washouts and score series need the whole history."""
+    call(app, "v08-phenelzine", proxy)
+    for r in proxy.requests:
+        if r.path != "/Observation" or r.param("category") != "vital-signs":
+            assert "date" not in r.query, r.target

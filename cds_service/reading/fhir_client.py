@@ -499,9 +499,19 @@ class FhirClient:
 
 
 def with_page_size(query: str) -> str:
-    """Ask for large pages (fewer round trips) unless the query sets ``_count`` itself."""
-    if "?" not in query or "_count=" in query:
+    """Ask for pages of :data:`PAGE_SIZE` (fewer round trips). A smaller ``_count`` in a template
+    (``_count=200``, which bounds what a *client* prefetches in one page) is raised: the service
+    follows every ``next`` page anyway, so only the number of round trips changes, not the data."""
+    if "?" not in query:
         return query
+    path, _, params = query.partition("?")
+    parts = params.split("&")
+    for i, part in enumerate(parts):
+        name, _, value = part.partition("=")
+        if name == "_count":
+            if not value.isdigit() or int(value) < PAGE_SIZE:
+                parts[i] = f"_count={PAGE_SIZE}"
+            return f"{path}?{'&'.join(parts)}"
     return f"{query}&_count={PAGE_SIZE}"
 
 

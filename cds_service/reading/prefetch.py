@@ -102,11 +102,14 @@ def resolve_prefetch(
     policy: FetchPolicy | None = None,
     request_id: str | None = None,
     templates: dict[str, str] = PREFETCH,
+    narrowing: dict[str, str] | None = None,
 ) -> PrefetchResult:
     """Resources per key; raises DataUnavailable naming every key that could not be had.
 
     The limits (bytes, pages, resources) and the deadline hold for the whole call, every key
-    together; see :class:`~.fhir_client.CallBudget`.
+    together; see :class:`~.fhir_client.CallBudget`. ``narrowing``: query parameters the service
+    adds to its own fetch of a key (``{"vitalSigns": "date=ge2026-04-03"}``: only what the rules
+    read, ``engine/windows.py``); prefetched data is used as sent.
     """
     prefetch = request.get("prefetch") or {}
     context = request.get("context") or {}
@@ -125,7 +128,8 @@ def resolve_prefetch(
             if query is None:
                 unresolvable.append(key)
                 continue
-            to_fetch[key] = query
+            extra = (narrowing or {}).get(key)
+            to_fetch[key] = f"{query}&{extra}" if extra and "?" in query else query
             result.origin[key] = "fetched" if value is ... else "fetched-after-operationoutcome"
         elif isinstance(value, dict) and value.get("resourceType") == "Bundle" and _has_next(value):
             continuations[key] = value
