@@ -383,6 +383,13 @@ def maoi_entered_in_error_does_not_count(req):
         r["status"] = "entered-in-error"
 
 
+@case(V8, "ddi-maoi", present=False)
+def maoi_do_not_perform_does_not_count(req):
+    """``doNotPerform: true`` (a modifier element): an order NOT to give phenelzine is not phenelzine."""
+    for r in phenelzine_request_only(req):
+        r["doNotPerform"] = True
+
+
 @case(V8, "ddi-maoi")
 def maoi_intent_plan(req):
     for r in phenelzine_request_only(req):
@@ -574,6 +581,58 @@ def draft_timing_code_and_dose_range(req):
             }
         }
     ]
+
+
+# Epic writes several doseAndRate entries, typed by http://epic.com/CodeSystem/dose-rate-type
+# ("admin-amount" in mL or tablets, "calculated" in mg, "ordered"), in either order.
+V2 = "v02-one-failed-trial"  # ketamine 40 mg IV over 40 min
+EPIC_DOSE_TYPE = "http://epic.com/CodeSystem/dose-rate-type"
+
+
+def epic_dose(kind: str, value: float, unit: str) -> dict[str, Any]:
+    return {
+        "type": {"coding": [{"system": EPIC_DOSE_TYPE, "code": kind, "display": kind}], "text": kind},
+        "doseQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+
+
+def ketamine_iv(req: dict[str, Any], mg: float, *, rate_mg_per_h: float | None = None) -> None:
+    dosage = draft(req)["dosageInstruction"][0]
+    dosage["doseAndRate"] = [epic_dose("admin-amount", mg / 50, "mL"), epic_dose("calculated", mg, "mg")]
+    if rate_mg_per_h is not None:
+        dosage["doseAndRate"].append(
+            {
+                "rateQuantity": {
+                    "value": rate_mg_per_h,
+                    "unit": "mg/hr",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mg/h",
+                }
+            }
+        )
+
+
+@case(V2, "dose-ketamine-parenteral")
+def draft_epic_dose_entries_admin_amount_first(req):
+    ketamine_iv(req, 40)
+
+
+@case(V2, "dose-ketamine-high", present="warning")
+def draft_epic_dose_entries_high_dose_in_the_second_entry(req):
+    ketamine_iv(req, 2.0 * patient_weight(req))
+
+
+@case(V2, "dose-ketamine-infusion-time", present="warning")
+def draft_epic_rate_in_its_own_entry(req):
+    """40 mg at 160 mg/h is a 15-minute infusion, whatever the stated 40 minutes."""
+    ketamine_iv(req, 40, rate_mg_per_h=160)
+
+
+def patient_weight(req: dict[str, Any]) -> float:
+    (w,) = [
+        o["valueQuantity"]["value"] for o in resources(req, "vitalSigns", lambda r: "29463-7" in codes(r))
+    ][:1]
+    return float(w)
 
 
 @case(V4, "ci-pregnancy")

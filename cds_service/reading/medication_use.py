@@ -331,7 +331,11 @@ class MedicationFacts:
                 self.unresolved_meds.append(res)
             return None
         status = str(res.get("status") or "")
-        if kind != "draft" and (status in ("entered-in-error", "draft") or res.get("intent") == "proposal"):
+        if kind != "draft" and (
+            status in ("entered-in-error", "draft")
+            or res.get("intent") == "proposal"
+            or res.get("doNotPerform") is True  # a request NOT to give the drug (a modifier element)
+        ):
             return None
         rtype = "MedicationRequest" if kind == "draft" else kind
         core, dosing_reads = READS[rtype]
@@ -404,15 +408,20 @@ class MedicationFacts:
         dosage = as_dict((as_list(res.get(key)) or [{}])[0])
         if not dosage:
             return _Dosing()
-        dr = as_dict((as_list(dosage.get("doseAndRate")) or [{}])[0])
-        dose, unit = dose_of(dr.get("doseQuantity"))
+        # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
+        # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
+        entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
+        dose, unit = next(
+            (d for e in entries if (d := dose_of(e.get("doseQuantity")))[0] is not None), (None, None)
+        )
+        rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
         repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
         return _Dosing(
             dose,
             unit,
             per_day(repeat),
             route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
-            infusion_minutes(dose, unit, dr, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
+            infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
         )
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
