@@ -635,6 +635,31 @@ def patient_weight(req: dict[str, Any]) -> float:
     return float(w)
 
 
+def order_select(req: dict[str, Any], selections: list[str]) -> None:
+    req["hook"] = "order-select"
+    req["context"]["selections"] = selections
+
+
+@case(V4, "ci-pregnancy")
+def selection_by_the_drafts_full_url(req):
+    uuid = "urn:uuid:11111111-2222-4333-8444-555555555555"
+    req["context"]["draftOrders"]["entry"][0]["fullUrl"] = uuid
+    del draft(req)["id"]
+    order_select(req, [uuid])
+
+
+@case(V4, "ci-pregnancy")
+def selection_as_an_absolute_url(req):
+    order_select(req, ["https://ehr.example.org/fhir/MedicationRequest/v04-order-1"])
+
+
+@case(V4, "ci-pregnancy")
+def selection_that_names_no_draft(req):
+    """A draft without id, selected by an id it does not carry: every draft is checked, not none."""
+    del draft(req)["id"]
+    order_select(req, ["MedicationRequest/request-1"])
+
+
 @case(V4, "ci-pregnancy")
 def draft_with_an_unreadable_authored_on(req):
     """A draft is read for its drug: an invalid date on it (which no safety check reads) costs nothing."""
@@ -820,3 +845,20 @@ def test_ucum_in_its_oid_form_is_ucum():
     q = {"value": 154, "unit": "pound (US)", "system": "urn:oid:2.16.840.1.113883.6.8", "code": "[lb_av]"}
     assert round(quantity_in(q, "kg"), 1) == 69.9
     assert quantity_in({**q, "system": "http://example.org/units"}, "kg") is None  # a local code: unknown
+
+
+def test_an_unselected_ketamine_draft_is_not_the_order_when_the_selection_matches():
+    """The fallback is only for selections that name nothing: a matching selection still narrows."""
+    request = load_example(V4)
+    other = json.loads(json.dumps(draft(request)))
+    other.update(
+        id="other-1",
+        medicationCodeableConcept={
+            "coding": [{"system": RXNORM, "code": "312941"}],
+            "text": "sertraline 50 MG Oral Tablet",
+        },
+    )
+    request["context"]["draftOrders"]["entry"].append({"resource": other})
+    order_select(request, ["MedicationRequest/other-1"])
+    out = run_request(request)
+    assert [o.ref for o in out.evaluation.facts.orders] == ["MedicationRequest/other-1"]

@@ -289,7 +289,15 @@ class MedicationFacts:
         """The orders being decided on: the selected draft orders (order-select) or all of them."""
         selected = set(self.record.selections)
         if self.hook == "order-select" and selected:
-            return [u for u in self.drafts if u.ref in selected]
+            by_url = self.record.full_urls
+            chosen = [
+                u
+                for u in self.drafts
+                if any(s == u.ref or s.endswith("/" + u.ref) or by_url.get(s) is u.resource for s in selected)
+            ]
+            # selections that name no draft (another form of reference, a draft without id): every
+            # draft is checked rather than none
+            return chosen or list(self.drafts)
         return list(self.drafts)
 
     def unreadable_medications_in(self, valueset: str) -> list[str]:
