@@ -19,6 +19,7 @@ not count, that it is not). The fixtures are our own, written to shapes document
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -862,3 +863,59 @@ def test_an_unselected_ketamine_draft_is_not_the_order_when_the_selection_matche
     order_select(request, ["MedicationRequest/other-1"])
     out = run_request(request)
     assert [o.ref for o in out.evaluation.facts.orders] == ["MedicationRequest/other-1"]
+
+
+# -- the same shapes through a real FHIR server: the service fetches them (no prefetch) -------------------
+def _renamed(request: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The request with every resource id and literal reference prefixed, so its patient lives next
+    to the example patients on the shared server without overwriting them."""
+    patient = request["context"]["patientId"]
+    text = json.dumps(request)
+    text = re.sub(rf'(?<=["/]){re.escape(patient)}(?=["-])', prefix + patient, text)
+    text = re.sub(r'(?<=["/])eMed1(?=")', prefix + "eMed1", text)
+    return json.loads(text)
+
+
+FETCHED = [
+    (V8, "ddi-maoi", maoi_included_medication_with_a_local_code_and_rxnorm),
+    (V8, "ddi-maoi", maoi_reference_with_display_only),
+    (V6, "ci-blood-pressure-severe", bp_as_two_observations),
+    (V6, "ci-blood-pressure-severe", bp_latest_diastolic_data_absent_hides_no_earlier_reading),
+    (V10, "ci-age-under-18", age_birth_year_only),
+    (V4, "ci-pregnancy", pregnancy_status_answered_with_a_local_code_displayed),
+    (V4, "ci-pregnancy", pregnancy_status_answered_in_snomed),
+]
+
+
+@pytest.mark.parametrize(
+    ("example", "topic", "rewrite"), [pytest.param(*c, id=c[2].__name__) for c in FETCHED]
+)
+def test_safety_card_survives_the_ehr_shape_when_fetched_from_a_fhir_server(
+    example, topic, rewrite, fhir_server
+):
+    from cds_service import pipeline
+    from cds_service.config import Settings
+    from cds_service.engine.loader import load_ruleset
+    from cds_service.reading.fhir_client import bundle_resources
+
+    from .conftest import RULES
+
+    expected = topics(run_request(load_example(example)))[topic]
+    request = load_example(example)
+    rewrite(request)
+    request = _renamed(request, f"ehr-{rewrite.__name__[:20]}-")
+    resources = [
+        r
+        for value in request.pop("prefetch").values()
+        if isinstance(value, dict)
+        for r in bundle_resources(value)
+        if r.get("resourceType") not in (None, "OperationOutcome")
+    ]
+    fhir_server.put_resources(resources)
+    request["fhirServer"] = fhir_server.base_url
+    settings = Settings(
+        rules_dir=RULES, allow_time_override=True, fhir_allow_http=True, fhir_allow_loopback=True
+    )
+    out = pipeline.run(request, load_ruleset(RULES), settings)
+    assert set(out.prefetch.origin.values()) == {"fetched"}
+    assert topics(out).get(topic) == expected, topics(out)
