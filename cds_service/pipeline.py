@@ -97,7 +97,7 @@ def run(
     t1 = time.perf_counter()
     context = request["context"]
     record = PatientRecord.from_prefetch(prefetched.resources, context)
-    record.unread = dict(prefetched.unread)  # a partial answer: what rests on these is unknown
+    record.unread.update(prefetched.unread)  # a partial answer: what rests on these is unknown
     # Medications referenced but neither contained nor included: one read, within what is left of
     # the FHIR deadline; on failure the orders keep their display and the gap is said in a card.
     fetch_missing(

@@ -761,6 +761,11 @@ def test_an_error_outcome_in_a_search_bundle_is_said_not_swallowed():
     out = run_request(request)
     assert topics(out).get("data-unreadable-resources")
     assert any("OperationOutcome: the FHIR server reported an error" in p for p in _problems(out))
+    # "no MAOI" rests on orders the server did not return: unknown, and said (engine/unread.py)
+    maoi = next(o for o in out.evaluation.outcomes if o.rule.id == "ddi-maoi")
+    assert maoi.status == "unknown"
+    gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
+    assert "medication orders" in gaps["summary"]
     warning_only = load_example(V6)
     bp_bundle_with_outcome_entries_and_entries_without_resource(warning_only)
     assert not run_request(warning_only).evaluation.facts.record.problems
@@ -919,3 +924,37 @@ def test_safety_card_survives_the_ehr_shape_when_fetched_from_a_fhir_server(
     out = pipeline.run(request, load_ruleset(RULES), settings)
     assert set(out.prefetch.origin.values()) == {"fetched"}
     assert topics(out).get(topic) == expected, topics(out)
+
+
+UNKNOWN_ANSWERS = [
+    {"coding": [{"system": LOINC, "code": "LA4489-6", "display": "Unknown"}], "text": "Unknown"},
+    {"coding": [{"system": SNOMED, "code": "102874004", "display": "Possible pregnancy"}]},
+    {"text": "unknown"},
+]
+
+
+@pytest.mark.parametrize("answer", UNKNOWN_ANSWERS, ids=["LA4489-6", "snomed-possible", "text"])
+def test_a_pregnancy_status_answered_unknown_does_not_clear_the_check(answer):
+    """HL7 IPS answers 82810-3 with LA4489-6 "Unknown" (SNOMED 102874004 "Possible pregnancy"). On main
+    such a status counted as "a status is recorded": no pregnancy card and no request for one."""
+    request = load_example(V4)
+    only_the_status_observation(request)
+    for o in status_observations(request):
+        o["valueCodeableConcept"] = answer
+    out = run_request(request)
+    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+    assert rule.status == "unknown"
+    gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
+    assert "pregnancy status" in gaps["summary"]
+
+
+def test_an_unknown_pregnancy_status_does_not_hide_an_earlier_positive_one():
+    request = load_example(V4)
+    only_the_status_observation(request)
+    (positive,) = status_observations(request)
+    unknown = json.loads(json.dumps(positive))
+    unknown.update(
+        id="v04-obs-later", effectiveDateTime="2026-05-04T08:00:00Z", valueCodeableConcept=UNKNOWN_ANSWERS[0]
+    )
+    entries(request, "pregnancyStatus").append({"resource": unknown})
+    assert topics(run_request(request))["ci-pregnancy"] == "critical"

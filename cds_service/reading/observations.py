@@ -57,6 +57,8 @@ class ObservationKinds:
         self.units = {k: spec["unit"] for k, spec in observation_kinds.items() if spec.get("unit")}
         self.positive_answers: dict[str, set[tuple[str, str]]] = {}
         self.positive_words: dict[str, tuple[frozenset[str], ...]] = {}
+        self.unknown_answers: dict[str, set[tuple[str, str]]] = {}
+        self.unknown_words: dict[str, tuple[frozenset[str], ...]] = {}
         for kind, spec in observation_kinds.items():
             for c in spec.get("codes") or []:
                 self.codes[norm_code(c["system"], str(c["code"]))] = kind
@@ -64,13 +66,29 @@ class ObservationKinds:
                 norm_code(c["system"], str(c["code"])) for c in spec.get("positive_answers") or []
             }
             # the words of each positive answer's display, for answers written out without its code
-            self.positive_words[kind] = tuple(
-                frozenset(re.findall(r"[a-z]+", str(c["display"]).lower()))
-                for c in spec.get("positive_answers") or []
-                if c.get("display")
-            )
+            self.positive_words[kind] = _display_words(spec.get("positive_answers"))
+            unknown = spec.get("unknown_answers") or []
+            if unknown:
+                self.unknown_answers[kind] = {norm_code(c["system"], str(c["code"])) for c in unknown}
+                self.unknown_words[kind] = _display_words(unknown)
         self.code_keys = frozenset(code_key(code) for _, code in self.codes)
         self._by_coding: dict[bytes, list[str]] = {}
+
+    def says_unknown(self, kind: str, element: dict[str, Any]) -> bool:
+        """An answer that the value is not known (pregnancy status LA4489-6 "Unknown", or written
+        out as "unknown"): not a reading of the kind."""
+        codes = self.unknown_answers.get(kind)
+        if not codes:
+            return False
+        concept = element.get("valueCodeableConcept")
+        if isinstance(concept, dict):
+            if any(c in codes for c in codings(concept)):
+                return True
+            text = concept_text(concept)
+        else:
+            text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        return bool(words) and any(words <= answer for answer in self.unknown_words[kind])
 
     @classmethod
     def of(cls, observation_kinds: dict[str, dict[str, Any]]) -> ObservationKinds:
@@ -151,10 +169,10 @@ class ObservationFacts:
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
-            if kinds and not _absent(o):
+            if kinds and not _absent(o) and not self._kinds.says_unknown(kinds[0], o):
                 out.setdefault(kinds[0], []).append((when, o, o))
             for kind, comp in components:
-                if not _absent(comp):
+                if not _absent(comp) and not self._kinds.says_unknown(kind, comp):
                     out.setdefault(kind, []).append((when, o, comp))
         for items in out.values():
             items.sort(key=lambda item: item[0], reverse=True)
@@ -227,6 +245,13 @@ class ObservationFacts:
             ]
             hit = self._series[kind] = facts[::-1]
         return hit
+
+
+def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
+    """The words of each answer's display, for answers written out without their code."""
+    return tuple(
+        frozenset(re.findall(r"[a-z]+", str(c["display"]).lower())) for c in answers or [] if c.get("display")
+    )
 
 
 def _absent(element: dict[str, Any]) -> bool:

@@ -62,8 +62,9 @@ class PatientRecord:
                 # that reference them.
                 if expected and rtype != expected and rtype != "Medication":
                     if rtype == "OperationOutcome":
-                        if is_error_outcome(res):  # the search may have left records out: say so
+                        if is_error_outcome(res):  # the search may have left records out: say so,
                             record.problems.append(Problem(key, "OperationOutcome", INCOMPLETE))
+                            record.unread[key] = "outcome-error"  # and what rests on it is unknown
                     else:
                         record.problems.append(
                             Problem(key, _ref(res), f"expected {expected}, got {rtype or 'no resourceType'}")
