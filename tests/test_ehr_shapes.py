@@ -958,3 +958,22 @@ def test_an_unknown_pregnancy_status_does_not_hide_an_earlier_positive_one():
     )
     entries(request, "pregnancyStatus").append({"resource": unknown})
     assert topics(run_request(request))["ci-pregnancy"] == "critical"
+
+
+def test_a_selection_of_another_kind_of_order_does_not_select_the_ketamine_draft():
+    """A selected ServiceRequest (a lab order) names an entry of draftOrders: no fallback to the
+    unselected ketamine draft."""
+    request = load_example(V4)
+    lab = {
+        "resourceType": "ServiceRequest",
+        "id": "lab-1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/v04"},
+        "code": {"text": "hCG"},
+    }
+    request["context"]["draftOrders"]["entry"].append({"resource": lab})
+    order_select(request, ["ServiceRequest/lab-1"])
+    out = run_request(request)
+    assert out.evaluation.facts.orders == []
+    assert "ci-pregnancy" not in topics(out)

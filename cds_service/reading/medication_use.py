@@ -290,14 +290,17 @@ class MedicationFacts:
         selected = set(self.record.selections)
         if self.hook == "order-select" and selected:
             by_url = self.record.full_urls
-            chosen = [
-                u
-                for u in self.drafts
-                if any(s == u.ref or s.endswith("/" + u.ref) or by_url.get(s) is u.resource for s in selected)
-            ]
-            # selections that name no draft (another form of reference, a draft without id): every
-            # draft is checked rather than none
-            return chosen or list(self.drafts)
+
+            def named(res: dict[str, Any]) -> bool:
+                r = ref(res)
+                return any(s == r or s.endswith("/" + r) or by_url.get(s) is res for s in selected)
+
+            chosen = [u for u in self.drafts if named(u.resource)]
+            if chosen or any(named(d) for d in self.record.draft_orders):
+                return chosen
+            # selections that name no entry of draftOrders (another form of reference, a draft
+            # without id): every draft is checked rather than none
+            return list(self.drafts)
         return list(self.drafts)
 
     def unreadable_medications_in(self, valueset: str) -> list[str]:
