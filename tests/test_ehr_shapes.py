@@ -928,14 +928,14 @@ def test_safety_card_survives_the_ehr_shape_when_fetched_from_a_fhir_server(
 
 UNKNOWN_ANSWERS = [
     {"coding": [{"system": LOINC, "code": "LA4489-6", "display": "Unknown"}], "text": "Unknown"},
-    {"coding": [{"system": SNOMED, "code": "102874004", "display": "Possible pregnancy"}]},
+    {"coding": [{"system": SNOMED, "code": "261665006", "display": "Unknown (qualifier value)"}]},
     {"text": "unknown"},
 ]
 
 
-@pytest.mark.parametrize("answer", UNKNOWN_ANSWERS, ids=["LA4489-6", "snomed-possible", "text"])
+@pytest.mark.parametrize("answer", UNKNOWN_ANSWERS, ids=["LA4489-6", "snomed-261665006", "text"])
 def test_a_pregnancy_status_answered_unknown_does_not_clear_the_check(answer):
-    """HL7 IPS answers 82810-3 with LA4489-6 "Unknown" (SNOMED 102874004 "Possible pregnancy"). On main
+    """Pregnancy-status value sets answer 82810-3 with LA4489-6 "Unknown" (SNOMED CT 261665006). On main
     such a status counted as "a status is recorded": no pregnancy card and no request for one."""
     request = load_example(V4)
     only_the_status_observation(request)
