@@ -181,7 +181,9 @@ def test_every_key_read_gives_no_gap_card(app: Flask, proxy: FaultFhirServer) ->
     assert "ddi-maoi" in found and "eligibility" in found and "data-gaps" not in found
 
 
-def test_patient_view_says_what_was_not_retrieved_without_a_warning(app: Flask, proxy: FaultFhirServer) -> None:
+def test_patient_view_says_what_was_not_retrieved_without_a_warning(
+    app: Flask, proxy: FaultFhirServer
+) -> None:
     """A chart opened during a ketamine course: the sessions cannot be read in time. No course card
     is claimed, the gap is said, at info level (a chart view is not an order; a slow EHR must not
     put a warning on every chart)."""
@@ -289,3 +291,25 @@ def test_medication_history_and_scores_are_never_narrowed(app: Flask, proxy: Fau
     for r in proxy.requests:
         if r.path != "/Observation" or r.param("category") != "vital-signs":
             assert "date" not in r.query, r.target
+
+
+def test_keys_are_sent_patient_first_and_long_histories_last(
+    app: Flask, proxy: FaultFhirServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers one request after another (the test server does) answers in the
+    order they were sent: the Patient and the small keys of the safety checks go first."""
+    from cds_service.reading import fhir_client
+
+    sent: list[list[str]] = []
+    real = fhir_client.FhirClient.fetch_all
+
+    def spy(self: Any, jobs: dict[str, Any]) -> Any:
+        sent.append(list(jobs))
+        return real(self, jobs)
+
+    monkeypatch.setattr(fhir_client.FhirClient, "fetch_all", spy)
+    resp, _ = call(app, "v08-phenelzine", proxy)
+    assert resp.status_code == 200
+    assert sent[0][:3] == ["patient", "pregnancyStatus", "allergies"]
+    assert sent[0][-3:] == ["vitalSigns", "medicationDispenses", "assessments"]
+    assert sorted(sent[0]) == sorted(PREFETCH)

@@ -178,6 +178,7 @@ def resolve_prefetch(
         jobs[key] = partial(client.read, query)
     for key, bundle in continuations.items():
         jobs[key] = partial(client.continue_bundle, bundle)
+    jobs = dict(sorted(jobs.items(), key=lambda kv: fetch_rank(kv[0])))
     with client:
         fetched, failures = client.fetch_all(jobs)
     result.resources.update(fetched)
@@ -201,6 +202,30 @@ def resolve_prefetch(
             },
         )
     return result
+
+
+#: The order keys are sent in (at most ``MAX_PARALLEL`` at a time; a server that answers one request
+#: after another, like the test server, answers them in this order): the Patient, without which
+#: there is no answer, then the small keys the contraindication and interaction checks read, the
+#: long histories (dispenses, vital signs, scores) last. A key that misses the deadline is then
+#: more likely one that TRD counting or monitoring reads than the pregnancy status.
+FETCH_ORDER = (
+    "patient",
+    "pregnancyStatus",
+    "allergies",
+    "medicationRequests",
+    "medicationStatements",
+    "medicationAdministrations",
+    "conditions",
+    "procedures",
+    "vitalSigns",
+    "medicationDispenses",
+    "assessments",
+)
+
+
+def fetch_rank(key: str) -> int:
+    return FETCH_ORDER.index(key) if key in FETCH_ORDER else len(FETCH_ORDER)
 
 
 #: Without the Patient there is no answer: its identity, age, sex and vital status gate every rule.
