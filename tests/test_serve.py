@@ -32,6 +32,9 @@ def gunicorn_cfg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """Run ``serve`` up to gunicorn's start, and return the configuration gunicorn would run with."""
     captured: list[Any] = []
     monkeypatch.setattr(BaseApplication, "run", lambda self: captured.append(self.cfg))
+    # serve monkey-patches the process for its gevent worker; here that would turn pytest's own
+    # threads and sockets cooperative for every later test (threading KeyErrors at thread exit)
+    monkeypatch.setattr("gevent.monkey.patch_all", lambda *args, **kwargs: None)
     monkeypatch.setenv("KETAMINE_CDS_DATABASE", str(tmp_path / "feedback.sqlite3"))
 
     def run(*args: str, env: dict[str, str] | None = None) -> Any:
