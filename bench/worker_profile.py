@@ -5,7 +5,9 @@ with the app's WSGI callable wrapped so that each worker, from its first request
 
 * samples its own Python stack on every millisecond of process CPU (``ITIMER_PROF``/``SIGPROF``:
   user + system time, whichever greenlet runs; time in C code — orjson, sqlite, the collector,
-  system calls — is charged to the Python frame that called it);
+  system calls — is charged to the Python frame that called it). The handler runs on the main
+  thread: right for the gevent worker (``serve``'s default: every greenlet runs there), wrong for
+  ``gthread``, whose requests run on other threads;
 * adds up the CPU spent in the cyclic garbage collector (``gc.callbacks``) and counts collections;
 
 and writes ``<dir>/worker-<pid>.json`` every 200 requests and at exit. :func:`report` reads the

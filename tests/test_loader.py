@@ -140,3 +140,20 @@ def test_a_panel_lead_must_be_a_rule(rules_copy: Path):
     with pytest.raises(RuleLoadError) as info:
         load_ruleset(rules_copy)
     assert any("common.yaml" in p and "lead 'trd-mett' is not a rule" in p for p in info.value.problems)
+
+
+def test_hot_reload_looks_at_the_files_at_most_once_per_interval(monkeypatch, tmp_path):
+    """Calls in between serve the current rule set without a stat (issue 8: per-call cost)."""
+    from cds_service import ruleset_provider
+    from cds_service.ruleset_provider import RuleSetProvider
+
+    looks: list[Path] = []
+    real = ruleset_provider.fingerprint
+    monkeypatch.setattr(ruleset_provider, "fingerprint", lambda d, s: looks.append(d) or real(d, s))
+    provider = RuleSetProvider(RULES, RULES / "site.yaml", interval=3600)
+    first = provider.get()
+    assert all(provider.get() is first for _ in range(200))
+    assert looks == []
+    provider.interval = 0
+    provider.get()
+    assert len(looks) == 1
