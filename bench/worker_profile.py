@@ -52,10 +52,23 @@ class _Sampler:
         self.gc_runs: Counter[int] = Counter()
         self._gc_t0 = 0.0
         self.started_cpu = time.process_time()
+        self._reset_stamp: int | None = None
         gc.callbacks.append(self._gc)
         signal.signal(signal.SIGPROF, self._sample)
         signal.setitimer(signal.ITIMER_PROF, INTERVAL_S, INTERVAL_S)
         atexit.register(self.dump)
+
+    def maybe_reset(self) -> None:
+        """Start counting afresh when ``<dir>/reset`` is newer than the last reset (after a warm-up)."""
+        try:
+            stamp = (self.out.parent / "reset").stat().st_mtime_ns
+        except OSError:
+            return
+        if stamp != self._reset_stamp:
+            self._reset_stamp = stamp
+            self.stacks.clear()
+            self.gc_runs.clear()
+            self.requests, self.gc_s, self.started_cpu = 0, 0.0, time.process_time()
 
     def _gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -102,6 +115,7 @@ def profiled(app: Any, out_dir: Path) -> Any:
         sampler = state.get(os.getpid())
         if sampler is None:
             sampler = state[os.getpid()] = _Sampler(out_dir)
+        sampler.maybe_reset()
         try:
             return inner(environ, start_response)
         finally:
@@ -165,7 +179,8 @@ def bench_worker_profile(args: Any, tmp: Path) -> dict[str, Any]:
         server.wait_ready()
         run_load(server.port, plan, args.warm_seconds, connections=4, processes=2, vary="call")
         for f in out_dir.glob("worker-*.json"):
-            f.unlink()  # the warm-up's samples
+            f.unlink()
+        (out_dir / "reset").write_text(str(time.time()))  # each worker drops the warm-up's samples
         cpu0 = server_cpu(server)
         r = run_load(server.port, plan, args.duration, args.connections, args.client_processes, vary="call")
         cpu_ms = 1000 * (server_cpu(server) - cpu0) / max(1, r["ok"])

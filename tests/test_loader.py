@@ -142,18 +142,36 @@ def test_a_panel_lead_must_be_a_rule(rules_copy: Path):
     assert any("common.yaml" in p and "lead 'trd-mett' is not a rule" in p for p in info.value.problems)
 
 
-def test_hot_reload_looks_at_the_files_at_most_once_per_interval(monkeypatch, tmp_path):
-    """Calls in between serve the current rule set without a stat (issue 8: per-call cost)."""
+def test_hot_reload_looks_at_the_files_at_most_once_per_interval(monkeypatch, rules_copy):
+    """Calls in between serve the current rule set without a stat; a check with nothing changed
+    stats the files but computes no fingerprint (issue 8: per-call cost); any change is seen."""
+    import os
+
     from cds_service import ruleset_provider
     from cds_service.ruleset_provider import RuleSetProvider
 
     looks: list[Path] = []
     real = ruleset_provider.fingerprint
     monkeypatch.setattr(ruleset_provider, "fingerprint", lambda d, s: looks.append(d) or real(d, s))
-    provider = RuleSetProvider(RULES, RULES / "site.yaml", interval=3600)
+    provider = RuleSetProvider(rules_copy, rules_copy / "site.yaml", interval=3600)
     first = provider.get()
     assert all(provider.get() is first for _ in range(200))
-    assert looks == []
     provider.interval = 0
-    provider.get()
+    assert all(provider.get() is first for _ in range(20))
+    assert looks == []
+
+    trd = rules_copy / "trd.yaml"
+    os.utime(trd, ns=(trd.stat().st_atime_ns, trd.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert provider.get() is first  # same content: fingerprinted, not reloaded
     assert len(looks) == 1
+    (rules_copy / "valuesets" / "notes.txt").write_text("not a rule file")  # the folder changed
+    provider.get()
+    assert len(looks) == 2
+    new_folder = rules_copy / "terminology" / "local"
+    new_folder.mkdir()
+    provider.get()
+    (new_folder / "extra.yaml").write_text("# nothing yet\n")  # a file in a folder created since
+    provider.get()
+    assert len(looks) == 4
+    current = provider.get()  # a new (empty) rule file: a new rule set, or one rejected and logged
+    assert provider.get() is current and len(looks) == 4
