@@ -948,6 +948,46 @@ def test_a_pregnancy_status_answered_unknown_does_not_clear_the_check(answer):
     assert "pregnancy status" in gaps["summary"]
 
 
+UNINTERPRETABLE_ANSWERS = [
+    {"text": "Yes"},
+    {"text": "12 weeks"},
+    {"coding": [{"system": "http://hospital.example.org/CodeSystem/answers", "code": "Y"}]},
+]
+
+
+@pytest.mark.parametrize("answer", UNINTERPRETABLE_ANSWERS, ids=["yes", "12-weeks", "local-code-only"])
+def test_a_pregnancy_status_that_is_none_of_its_answers_does_not_clear_the_check(answer):
+    """A status that is neither a listed answer nor says positive or negative in words is no status:
+    on main "Yes" counted as a recorded status, so there was no pregnancy card and no request."""
+    request = load_example(V4)
+    only_the_status_observation(request)
+    for o in status_observations(request):
+        o["valueCodeableConcept"] = answer
+    out = run_request(request)
+    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+    assert rule.status == "unknown"
+    gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
+    assert "pregnancy status" in gaps["summary"]
+
+
+NOT_PREGNANT_ANSWERS = [
+    {"coding": [{"system": LOINC, "code": "LA26683-5"}]},
+    {"coding": [{"system": SNOMED, "code": "60001007"}]},
+    {"text": "Not pregnant"},
+]
+
+
+@pytest.mark.parametrize("answer", NOT_PREGNANT_ANSWERS, ids=["LA26683-5", "snomed-60001007", "text"])
+def test_a_pregnancy_status_answered_not_pregnant_meets_the_request(answer):
+    request = load_example(V4)
+    only_the_status_observation(request)
+    for o in status_observations(request):
+        o["valueCodeableConcept"] = answer
+    out = run_request(request)
+    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+    assert rule.status == "not-fired"
+
+
 def test_an_unknown_pregnancy_status_does_not_hide_an_earlier_positive_one():
     request = load_example(V4)
     only_the_status_observation(request)

@@ -59,6 +59,8 @@ class ObservationKinds:
         self.positive_words: dict[str, tuple[frozenset[str], ...]] = {}
         self.unknown_answers: dict[str, set[tuple[str, str]]] = {}
         self.unknown_words: dict[str, tuple[frozenset[str], ...]] = {}
+        # kinds answered in words or codes (pregnancy status): what a reading may say is known
+        self.answers: dict[str, tuple[set[tuple[str, str]], tuple[frozenset[str], ...]]] = {}
         for kind, spec in observation_kinds.items():
             for c in spec.get("codes") or []:
                 self.codes[norm_code(c["system"], str(c["code"]))] = kind
@@ -71,12 +73,22 @@ class ObservationKinds:
             if unknown:
                 self.unknown_answers[kind] = {norm_code(c["system"], str(c["code"])) for c in unknown}
                 self.unknown_words[kind] = _display_words(unknown)
+            known = [*(spec.get("positive_answers") or []), *(spec.get("negative_answers") or [])]
+            if known:
+                self.answers[kind] = (
+                    {norm_code(c["system"], str(c["code"])) for c in known},
+                    _display_words(known),
+                )
         self.code_keys = frozenset(code_key(code) for _, code in self.codes)
         self._by_coding: dict[bytes, list[str]] = {}
 
     def says_unknown(self, kind: str, element: dict[str, Any]) -> bool:
         """An answer that the value is not known (pregnancy status LA4489-6 "Unknown", or written
-        out as "unknown"): not a reading of the kind."""
+        out as "unknown"), or, for a kind with listed answers, an answer that is none of them and
+        says neither positive nor negative ("Yes", "12 weeks", a number): not a reading of the
+        kind, so it neither clears the request for one nor hides an earlier one."""
+        if kind in self.answers and not self._says_known_answer(kind, element):
+            return True
         codes = self.unknown_answers.get(kind)
         if not codes:
             return False
@@ -89,6 +101,20 @@ class ObservationKinds:
             text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
         words = set(re.findall(r"[a-z]+", text.lower()))
         return bool(words) and any(words <= answer for answer in self.unknown_words[kind])
+
+    def _says_known_answer(self, kind: str, element: dict[str, Any]) -> bool:
+        codes, words_of = self.answers[kind]
+        concept = element.get("valueCodeableConcept")
+        if isinstance(concept, dict):
+            if any(c in codes for c in codings(concept)):
+                return True
+            text = concept_text(concept)
+        else:
+            text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
+        if _POLAR.search(text):  # "Positive", "Detected", "Not pregnant", "Negative"
+            return True
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        return bool(words) and any(words <= answer for answer in words_of)
 
     @classmethod
     def of(cls, observation_kinds: dict[str, dict[str, Any]]) -> ObservationKinds:
@@ -245,6 +271,10 @@ class ObservationFacts:
             ]
             hit = self._series[kind] = facts[::-1]
         return hit
+
+
+# words that make a written-out answer positive or negative (the rules' positive check reads the same)
+_POLAR = re.compile(r"\b(positive|detected|reactive|not|non|negative|no|undetected)\b", re.I)
 
 
 def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
