@@ -30,8 +30,9 @@ MEDICATION_KEYS = (
 )
 ADMINISTRATIONS = ("medicationAdministrations",)
 
-#: The keys each predicate reads (predicates absent here read only the hook's context and the
-#: Patient, which is always read: without it the call is a 412).
+#: The keys each predicate reads. Every predicate is declared here, in OBSERVATION_PREDICATES or in
+#: CONTEXT_ONLY (tests/test_fetch_partial.py checks it); one declared nowhere is taken to read every
+#: key, so forgetting to declare it can cost an answer, never a safety check.
 KEYS: dict[str, tuple[str, ...]] = {
     "condition": ("conditions",),
     "procedure": ("procedures",),
@@ -47,6 +48,30 @@ KEYS: dict[str, tuple[str, ...]] = {
     "pathway_steps": (*MEDICATION_KEYS, "procedures"),
     "dose_per_kg": ("vitalSigns",),
 }
+#: Predicates that read only the hook's context (draft orders, hook, jurisdiction), the Patient
+#: (always read: without it the call is a 412), the record's own reading report, or other rules.
+CONTEXT_ONLY = frozenset(
+    {
+        "age",
+        "sex",
+        "deceased",
+        "hook",
+        "jurisdiction",
+        "order",
+        "dose_mg",
+        "infusion_minutes",
+        "order_route_unknown",
+        "text_matched_order",
+        "unidentified_order",
+        "record_read",
+        "unreadable_resources",
+        "all",
+        "any",
+        "not",
+        "assess",
+        "ref",
+    }
+)
 #: Observation predicates read the key of their ``kind``.
 OBSERVATION_PREDICATES = frozenset({"observation", "has_observation"})
 #: Predicates whose *true* rests only on records found: kept true when other records are unread.
@@ -74,17 +99,21 @@ def key_of_kind(kind: str) -> str:
     return "vitalSigns" if kind in SEPARATELY_RETRIEVED_KINDS else "assessments"
 
 
-def keys_read(name: str, args: dict[str, Any]) -> tuple[str, ...]:
+def keys_read(name: str, args: dict[str, Any]) -> tuple[str, ...] | None:
+    """The keys a predicate reads; None for one declared nowhere (it may read any key)."""
     if name in OBSERVATION_PREDICATES:
         return (key_of_kind(str(args.get("kind"))),)
-    return KEYS.get(name, ())
+    if name in CONTEXT_ONLY:
+        return ()
+    return KEYS.get(name)
 
 
 def unread_keys(name: str, args: dict[str, Any], value: bool | None, unread: dict[str, str]) -> list[str]:
     """The unread keys that make this predicate's ``value`` unknown (empty: the value stands)."""
     if not unread:
         return []
-    hit = [k for k in keys_read(name, args) if k in unread]
+    keys = keys_read(name, args)
+    hit = list(unread) if keys is None else [k for k in keys if k in unread]
     if not hit or (value is True and name in TRUE_IS_A_FINDING):
         return []
     return hit
