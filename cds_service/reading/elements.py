@@ -99,8 +99,12 @@ class _Plan:
     keys: frozenset[str]
     leaves: dict[str, tuple[_Leaf, ...]]
     steps: dict[str, tuple[bool, _Plan]]  # key -> (is an array, what is read below it)
-    # whether anything below fails, by the element's JSON (a dosage, a period: these repeat)
-    verdicts: dict[bytes, bool]
+    # whether anything below fails, by the element's JSON; only for elements whose content real
+    # patients share (a dosage: "300 mg oral three times daily"), None for the others (a BP
+    # component's value, a period's dates: a new patient's differ, a table would only fill up)
+    verdicts: dict[bytes, bool] | None
+    # key -> (the leaves read there, (is an array, the plan below) or None): one probe per key
+    actions: dict[str, tuple[tuple[_Leaf, ...], tuple[bool, _Plan] | None]]
 
 
 @dataclass(frozen=True)
@@ -127,22 +131,38 @@ def _leaf(key: str, annotation: Any) -> _Leaf:
     return _Leaf(key, adapter, _VERDICTS.setdefault(id(adapter), {}))
 
 
-def _plan(checks: tuple[_Check, ...], depth: int = 0) -> _Plan:
+# Element types whose content repeats across patients (a drug's usual sig), worth a verdict table.
+_REPEATING = frozenset({"Dosage", "MedicationAdministrationDosage"})
+
+
+def _dated(check: _Check) -> bool:
+    return any(leaf.key.startswith("bounds") for leaf in check.leaves)
+
+
+def _plan(checks: tuple[_Check, ...], depth: int = 0, repeats: bool = False) -> _Plan:
     leaves: dict[str, list[_Leaf]] = {}
-    below: dict[str, tuple[bool, list[_Check]]] = {}
+    below: dict[str, tuple[bool, bool, list[_Check]]] = {}
     for check in checks:
         if depth == len(check.steps):
             for leaf in check.leaves:
                 leaves.setdefault(leaf.key, []).append(leaf)
         else:
             step = check.steps[depth]
-            below.setdefault(step.key, (step.many, []))[1].append(check)
-    steps = {k: (many, _plan(tuple(cs), depth + 1)) for k, (many, cs) in below.items()}
-    verdicts: dict[bytes, bool] = {}
-    _STEP_VERDICTS.append(verdicts)
-    return _Plan(
-        frozenset(leaves) | frozenset(steps), {k: tuple(v) for k, v in leaves.items()}, steps, verdicts
-    )
+            kind = getattr(step.model, "__name__", "")
+            below.setdefault(step.key, (step.many, kind in _REPEATING, []))[2].append(check)
+    steps = {
+        # an element whose only reads are dates (timing.repeat.bounds[x]) never repeats: no table
+        k: (many, _plan(tuple(cs), depth + 1, rep and not all(_dated(c) for c in cs)))
+        for k, (many, rep, cs) in below.items()
+    }
+    verdicts: dict[bytes, bool] | None = None
+    if repeats:
+        verdicts = {}
+        _STEP_VERDICTS.append(verdicts)
+    read = {k: tuple(v) for k, v in leaves.items()}
+    keys = frozenset(leaves) | frozenset(steps)
+    actions = {k: (read.get(k, ()), steps.get(k)) for k in keys}
+    return _Plan(keys, read, steps, verdicts, actions)
 
 
 class Reads:
@@ -270,27 +290,37 @@ def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
 
 def _fails(obj: dict[str, Any], plan: _Plan) -> bool:
     """The fast path of :func:`first_error`: whether any check fails (no messages, no paths)."""
+    actions = plan.actions
     for key in plan.keys & obj.keys():
         value = obj[key]
-        for leaf in plan.leaves.get(key, ()):
-            if _verdict(leaf, value) is not None or _modified(value):
-                return True
-        step = plan.steps.get(key)
+        leaves, step = actions[key]
+        if leaves:
+            if type(value) is str:  # most leaves: a code, a date (the verdict probe inlined)
+                for leaf in leaves:
+                    hit = leaf.verdicts.get(value, _MISS)
+                    if hit is not None and (hit is not _MISS or _verdict(leaf, value) is not None):
+                        return True
+            else:
+                for leaf in leaves:
+                    if _verdict(leaf, value) is not None:
+                        return True
+                if _modified(value):
+                    return True
         if step is not None and value is not None and _step_fails(value, *step):
             return True
     return False
 
 
 def _step_fails(value: Any, many: bool, below: _Plan) -> bool:
-    """Whether what is read inside one element fails, by the element's content when it was seen."""
-    try:
-        content: bytes | None = orjson.dumps(value)
-    except (TypeError, ValueError, orjson.JSONEncodeError):
-        content = None
-    if content is not None:
-        hit = below.verdicts.get(content)
-        if hit is not None:
-            return hit
+    """Whether what is read inside one element fails (by the element's content when it was seen,
+    for the element types in :data:`_REPEATING`)."""
+    content: bytes | None = None
+    if below.verdicts is not None:
+        content = _content(value)  # None for timing.repeat.bounds[x]: the patient's own dates
+        if content is not None:
+            hit = below.verdicts.get(content)
+            if hit is not None:
+                return hit
     if many:
         fails = not isinstance(value, list) or any(
             not isinstance(item, dict) or "modifierExtension" in item for item in value
@@ -298,7 +328,7 @@ def _step_fails(value: Any, many: bool, below: _Plan) -> bool:
         fails = fails or any(_fails(item, below) for item in value)
     else:
         fails = not isinstance(value, dict) or "modifierExtension" in value or _fails(value, below)
-    if content is not None:
+    if content is not None and below.verdicts is not None:
         _count_verdict()
         below.verdicts[content] = fails
     return fails
@@ -405,7 +435,12 @@ def _actions(model: Any, tree: dict[str, Any]) -> dict[str, Any]:
             if sub is None:
                 table[k] = _SKIP
             else:
-                table[k] = (f.many, f.model if sub else None, sub or {})
+                inner = f.model if sub else None
+                memo: dict[bytes, tuple[tuple[str, str], ...]] | None = None
+                if inner is not None and inner.__name__ in _REPEATING:
+                    memo = {}
+                    _STEP_VERDICTS.append(memo)  # type: ignore[arg-type]  (emptied with the verdicts)
+                table[k] = (f.many, inner, sub or {}, memo)
         _ACTIONS[key] = table
     return table
 
@@ -438,11 +473,32 @@ def _shallow(
             continue
         if value is None:
             continue
-        many, inner, sub = act
+        many, inner, sub, memo = act
         if isinstance(value, list) != many:
             out.append((f"{prefix}{key}", _SHAPE[many]))
             continue
-        if inner is not None:  # an element on the way to what facts read: look inside
+        if inner is None:
+            continue
+        # an element on the way to what facts read: look inside (a dosage: by its content, once)
+        content = _content(value) if memo is not None else None
+        found = memo.get(content) if memo is not None and content is not None else None
+        if found is None:
+            inside: list[tuple[str, str]] = []
             for item in value if many else (value,):
                 if isinstance(item, dict):
-                    _shallow(item, inner, sub, f"{prefix}{key}.", out, top=False)
+                    _shallow(item, inner, sub, "", inside, top=False)
+            found = tuple(inside)
+            if memo is not None and content is not None:
+                _count_verdict()
+                memo[content] = found
+        for path, reason in found:
+            out.append((f"{prefix}{key}.{path}", reason))
+
+
+def _content(value: Any) -> bytes | None:
+    """An element's JSON as a table key, unless it holds a patient's own dates (timing bounds)."""
+    try:
+        content = orjson.dumps(value)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return None
+    return None if b'"bounds' in content else content

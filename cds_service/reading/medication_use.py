@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import date
 from functools import cached_property, lru_cache
 from typing import Any
+
+import orjson
 
 from .dates import parse_date
 from .elements import Reads
@@ -242,6 +244,48 @@ class Trial:
         return self.days // 7
 
 
+# Dosage readings by (administration?, the dosage's JSON); values only, so no request is kept alive.
+_DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
+
+
+def _dosage_key(element: Any) -> bytes | None:
+    if not isinstance(element, dict):
+        return None
+    try:
+        content = orjson.dumps(element)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return None
+    return None if b'"bounds' in content else content
+
+
+def _read_administered(adm: dict[str, Any]) -> _Dosing:
+    dose, unit = dose_of(adm.get("dose"))
+    return _Dosing(
+        dose, unit, route=route_of(adm.get("route")), infusion=infusion_minutes(dose, unit, adm, None)
+    )
+
+
+def _read_dosage(element: Any) -> _Dosing:
+    dosage = as_dict(element)
+    if not dosage:
+        return _Dosing()
+    # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
+    # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
+    entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
+    dose, unit = next(
+        (d for e in entries if (d := dose_of(e.get("doseQuantity")))[0] is not None), (None, None)
+    )
+    rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
+    repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
+    return _Dosing(
+        dose,
+        unit,
+        per_day(repeat),
+        route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
+        infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
+    )
+
+
 # -- the medication half of Facts -------------------------------------------------------------------
 class MedicationFacts:
     """Medication records, trials and sessions (a mixin of :class:`~.facts.Facts`)."""
@@ -368,14 +412,15 @@ class MedicationFacts:
                 d.route = "injection"
             return d
 
-        status_reason = res.get("statusReason") if rest_readable else None
-        reasons = status_reason if isinstance(status_reason, list) else [status_reason]
-        reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
-        note = as_list(res.get("note")) if rest_readable else []
-        notes = " ".join(str(n.get("text", "")) for n in note if isinstance(n, dict))
-        return MedUse(
-            ref(res), kind, drug, status, start, end, (reason + " " + notes).strip(), res, read_dosing
-        )
+        stop_reason = ""
+        if rest_readable and ("statusReason" in res or "note" in res):  # most records have neither
+            status_reason = res.get("statusReason")
+            reasons = status_reason if isinstance(status_reason, list) else [status_reason]
+            reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
+            note = as_list(res.get("note"))
+            notes = " ".join(str(n.get("text", "")) for n in note if isinstance(n, dict))
+            stop_reason = (reason + " " + notes).strip()
+        return MedUse(ref(res), kind, drug, status, start, end, stop_reason, res, read_dosing)
 
     @staticmethod
     def _dates(res: dict[str, Any], rtype: str) -> tuple[date | None, date | None]:
@@ -409,31 +454,29 @@ class MedicationFacts:
 
     @staticmethod
     def _dosing(res: dict[str, Any], rtype: str) -> _Dosing:
+        """What the record's (first) dosage says, read once per distinct dosage content: a drug's
+        usual sig repeats across records and patients (a dosage with timing bounds, the patient's
+        own dates, is read every time)."""
         if rtype == "MedicationAdministration":
-            adm = as_dict(res.get("dosage"))
-            dose, unit = dose_of(adm.get("dose"))
-            return _Dosing(
-                dose, unit, route=route_of(adm.get("route")), infusion=infusion_minutes(dose, unit, adm, None)
-            )
-        key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
-        dosage = as_dict((as_list(res.get(key)) or [{}])[0])
-        if not dosage:
-            return _Dosing()
-        # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
-        # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
-        entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
-        dose, unit = next(
-            (d for e in entries if (d := dose_of(e.get("doseQuantity")))[0] is not None), (None, None)
+            element: Any = res.get("dosage")
+        else:
+            key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
+            element = (as_list(res.get(key)) or [{}])[0]
+        content = _dosage_key(element)
+        if content is not None:
+            hit = _DOSINGS.get((rtype == "MedicationAdministration", content))
+            if hit is not None:
+                return _Dosing(*hit)
+        d = (
+            _read_administered(as_dict(element))
+            if rtype == "MedicationAdministration"
+            else _read_dosage(element)
         )
-        rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
-        repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
-        return _Dosing(
-            dose,
-            unit,
-            per_day(repeat),
-            route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
-            infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
-        )
+        if content is not None:
+            if len(_DOSINGS) >= 20_000:
+                _DOSINGS.clear()
+            _DOSINGS[(rtype == "MedicationAdministration", content)] = astuple(d)
+        return d
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
         """Drafts of the value set in the request, the one ``excluding`` aside: orders signed

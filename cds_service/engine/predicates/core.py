@@ -55,7 +55,7 @@ class Env:
     facts: Facts
     jurisdiction: str
     refs: dict[str, Node]
-    cache: dict[Any, Result] = field(default_factory=dict)
+    cache: dict[str, Result] = field(default_factory=dict)
 
 
 class Node:
@@ -167,14 +167,15 @@ class Leaf(Node):
         self, name: str, fn: Callable[[Env, dict[str, Any]], Result], args: dict[str, Any], needs: set[str]
     ) -> None:
         self.name, self.fn, self.args, self._needs = name, fn, args, needs
-        self._key = (name, repr(sorted(args.items())))
+        self._key = f"{name}\x00{sorted(args.items())!r}"  # one string: its hash is computed once
 
     def __call__(self, env: Env) -> Result:
-        if self._key not in env.cache:
+        r = env.cache.get(self._key)
+        if r is None:
             result = self.fn(env, self.args)
             unread = unread_keys(self.name, self.args, result.value, env.facts.record.unread)
-            env.cache[self._key] = not_read(unread) if unread else result
-        return env.cache[self._key]
+            r = env.cache[self._key] = not_read(unread) if unread else result
+        return r
 
     def needs(self) -> set[str]:
         return self._needs

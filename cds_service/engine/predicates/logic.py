@@ -12,17 +12,23 @@ class All(Node):
         self.children = children
 
     def __call__(self, env: Env) -> Result:
-        out = Result(True)
+        value: bool | None = True
+        bind: dict[str, Any] = {}
+        evidence: list[str] = []
+        missing: list[Any] = []
         for child in self.children:
             r = child(env)
-            if r.value is False:
-                return Result(False, reason=r.reason)
-            if r.value is None:
-                out.value = None
-                out.missing += r.missing
-            out.bind.update(r.bind)
-            out.evidence += r.evidence
-        return out
+            v = r.value
+            if v is False:
+                return Result(False, {}, [], [], r.reason)
+            if v is None:
+                value = None
+                missing += r.missing
+            if r.bind:
+                bind.update(r.bind)
+            if r.evidence:
+                evidence += r.evidence
+        return Result(value, bind, evidence, missing)
 
     def needs(self) -> set[str]:
         return set().union(*(c.needs() for c in self.children))
@@ -45,15 +51,15 @@ class Any_(Node):
             else:
                 misses.append(r)
         if hits:
-            out = Result(True)
+            bind: dict[str, Any] = {}
             for r in hits + misses:  # what the false branches found is context too (e.g. the other BP value)
-                out.bind.update({k: v for k, v in r.bind.items() if k not in out.bind})
-            for r in hits:
-                out.evidence += r.evidence
-            return out
+                for k, v in r.bind.items():
+                    bind.setdefault(k, v)  # the first branch to bind a name wins
+            evidence = [e for r in hits for e in r.evidence]
+            return Result(True, bind, evidence, [])
         if unknown:
-            return Result(None, missing=[m for r in unknown for m in r.missing])
-        return Result(False)
+            return Result(None, {}, [], [m for r in unknown for m in r.missing])
+        return Result(False, {}, [], [])
 
     def needs(self) -> set[str]:
         return set().union(*(c.needs() for c in self.children))
@@ -125,12 +131,13 @@ def _assess(args: Any, ctx: CompileContext) -> Node:
 class Ref(Node):
     def __init__(self, name: str) -> None:
         self.ref = name
+        self._key = f"\x01ref\x00{name}"  # never a Leaf's key (those start with a predicate name)
 
     def __call__(self, env: Env) -> Result:
-        key = ("ref", self.ref)
-        if key not in env.cache:
-            env.cache[key] = env.refs[self.ref](env)
-        return env.cache[key]
+        r = env.cache.get(self._key)
+        if r is None:
+            r = env.cache[self._key] = env.refs[self.ref](env)
+        return r
 
 
 @predicate("ref", "A named condition from rules/common.yaml `definitions` (evaluated once per request).")
