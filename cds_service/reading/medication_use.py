@@ -286,6 +286,10 @@ def _read_dosage(element: Any) -> _Dosing:
     )
 
 
+def _place(item: tuple[int, MedUse]) -> int:
+    return item[0]
+
+
 # -- the medication half of Facts -------------------------------------------------------------------
 class MedicationFacts:
     """Medication records, trials and sessions (a mixin of :class:`~.facts.Facts`)."""
@@ -484,23 +488,23 @@ class MedicationFacts:
         return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
 
     @cached_property
-    def _drug_keys(self) -> list[tuple[MedUse, tuple[frozenset[str], frozenset[str]]]]:
-        """Each record with what value-set membership depends on (its ingredients and products)."""
-        return [(u, (u.drug.ingredients, u.drug.products)) for u in self.medication_uses]
+    def _uses_by_drug(self) -> list[list[tuple[int, MedUse]]]:
+        """The records grouped by what value-set membership depends on (ingredients and products),
+        each with its place in the record: a long list holds a few drugs, asked about by many rules."""
+        groups: dict[tuple[frozenset[str], frozenset[str]], list[tuple[int, MedUse]]] = {}
+        for i, u in enumerate(self.medication_uses):
+            groups.setdefault((u.drug.ingredients, u.drug.products), []).append((i, u))
+        return list(groups.values())
 
     def uses_in(self, valueset: str) -> list[MedUse]:
-        """Medication records of a drug in the value set, in record order (memoised per request:
-        a long list holds a few drugs, asked about by many rules)."""
+        """Medication records of a drug in the value set, in record order (memoised per request)."""
         hit = self._uses_in.get(valueset)
         if hit is None:
-            verdict: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
-            hit = []
-            for u, key in self._drug_keys:
-                member = verdict.get(key)
-                if member is None:
-                    member = verdict[key] = bool(self.t.drug_in(u.drug, valueset))
-                if member:
-                    hit.append(u)
+            parts = [g for g in self._uses_by_drug if self.t.drug_in(g[0][1].drug, valueset)]
+            if len(parts) == 1:
+                hit = [u for _, u in parts[0]]
+            else:
+                hit = [u for _, u in sorted((x for g in parts for x in g), key=_place)]
             self._uses_in[valueset] = hit
         return hit
 

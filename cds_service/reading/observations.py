@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
 from .dates import parse_datetime
 from .elements import Reads
-from .raw import as_dict, as_float, as_list
+from .raw import as_dict, as_float
 from .record import PatientRecord, ref
 from .terminology import codings, concept_text, norm_code
 from .units import quantity_in, unit_code
@@ -44,6 +45,9 @@ class ObservationFact:
 
 
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
+
+
+_TEXT = (str, type(None))
 
 
 class ObservationKinds:
@@ -80,7 +84,7 @@ class ObservationKinds:
                     _display_words(known),
                 )
         self.code_keys = frozenset(code_key(code) for _, code in self.codes)
-        self._by_coding: dict[bytes, list[str]] = {}
+        self._by_coding: dict[tuple[Any, Any] | bytes, list[str]] = {}
 
     def says_unknown(self, kind: str, element: dict[str, Any]) -> bool:
         """An answer that the value is not known (pregnancy status LA4489-6 "Unknown", or written
@@ -132,10 +136,17 @@ class ObservationKinds:
         coding = concept.get("coding") if isinstance(concept, dict) else None
         if not isinstance(coding, list):
             return []
-        try:
-            key: bytes | None = orjson.dumps(coding)
-        except (TypeError, ValueError, orjson.JSONEncodeError):
-            key = None
+        key: tuple[Any, Any] | bytes | None = None
+        first = coding[0] if len(coding) == 1 else None
+        if type(first) is dict:  # the usual shape: one coding; only its system and code matter
+            key = (first.get("system"), first.get("code"))
+            if not (type(key[0]) in _TEXT and type(key[1]) in _TEXT):
+                key = None
+        if key is None:
+            try:
+                key = orjson.dumps(coding)
+            except (TypeError, ValueError, orjson.JSONEncodeError):
+                key = None
         if key is not None:
             hit = self._by_coding.get(key)
             if hit is not None:
@@ -172,26 +183,30 @@ class ObservationFacts:
         """(time, resource, element) by kind, newest first, not yet validated; BP panels contribute
         their components."""
         out: dict[str, list[Candidate]] = {}
+        kinds_of = self._kinds.of_concept
         for o in self.record.resources("Observation"):
             if o.get("status") in ("entered-in-error", "cancelled", "registered"):
                 continue
-            kinds = self._kinds_of(o.get("code"))
+            kinds = kinds_of(o.get("code"))
             components = []
-            for comp in as_list(o.get("component")):
-                if isinstance(comp, dict):
-                    ck = self._kinds_of(comp.get("code"))
-                    if ck:
-                        components.append((ck[0], comp))
+            listed = o.get("component")
+            if isinstance(listed, list):
+                for comp in listed:
+                    if isinstance(comp, dict):
+                        ck = kinds_of(comp.get("code"))
+                        if ck:
+                            components.append((ck[0], comp))
             if not kinds and not components:
                 continue
-            period = as_dict(o.get("effectivePeriod"))
-            when = (
-                parse_datetime(o.get("effectiveDateTime"))
-                or parse_datetime(o.get("effectiveInstant"))
-                or parse_datetime(period.get("start"))
-                or parse_datetime(period.get("end"))
-                or parse_datetime(o.get("issued"))
-            )
+            when = parse_datetime(o.get("effectiveDateTime"))  # the usual one first
+            if when is None:
+                period = as_dict(o.get("effectivePeriod"))
+                when = (
+                    parse_datetime(o.get("effectiveInstant"))
+                    or parse_datetime(period.get("start"))
+                    or parse_datetime(period.get("end"))
+                    or parse_datetime(o.get("issued"))
+                )
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
@@ -201,7 +216,7 @@ class ObservationFacts:
                 if not _absent(comp) and not self._kinds.says_unknown(kind, comp):
                     out.setdefault(kind, []).append((when, o, comp))
         for items in out.values():
-            items.sort(key=lambda item: item[0], reverse=True)
+            items.sort(key=itemgetter(0), reverse=True)
         return out
 
     def _kinds_of(self, concept: Any) -> list[str]:
