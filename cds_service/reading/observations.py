@@ -256,19 +256,36 @@ class ObservationFacts:
             if fact is not None:
                 yield fact
 
+    @cached_property
+    def _newest(self) -> dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]:
+        return {}
+
+    def _newest_in(
+        self, kind: str, within_days: float | None
+    ) -> tuple[list[ObservationFact], ObservationFact | None]:
+        """(the preliminary readings newer than the latest final one, that final one) in the window,
+        read once per request and window."""
+        key = (kind, within_days)
+        hit = self._newest.get(key)
+        if hit is None:
+            prelims: list[ObservationFact] = []
+            final = None
+            for f in self._recent(kind, within_days):
+                if not f.preliminary:
+                    final = f
+                    break
+                prelims.append(f)
+            hit = self._newest[key] = (prelims, final)
+        return hit
+
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
         """The newest readable *final* observation of a kind, optionally no older than ``within_days``
         (preliminary ones never clear a check: see :meth:`preliminary`)."""
-        return next((f for f in self._recent(kind, within_days) if not f.preliminary), None)
+        return self._newest_in(kind, within_days)[1]
 
     def preliminary(self, kind: str, *, within_days: float | None = None) -> list[ObservationFact]:
         """Preliminary readings newer than the latest final one in the window (safety signals)."""
-        out = []
-        for f in self._recent(kind, within_days):
-            if not f.preliminary:
-                break
-            out.append(f)
-        return out
+        return list(self._newest_in(kind, within_days)[0])
 
     @cached_property
     def _series(self) -> dict[str, list[ObservationFact]]:
