@@ -24,6 +24,19 @@ from typing import Any
 
 CALL_LOGGER = "ketamine_cds.calls"
 OWN_LOGGERS = ("cds_service", "ketamine_cds")
+#: gunicorn's lifecycle lines, whose arguments are the server's own (version, address, pid, worker
+#: class, signal), never request data: written in full. Every other library line keeps its template.
+LIFECYCLE_TEMPLATES = frozenset(
+    {
+        "Starting gunicorn %s",
+        "Listening at: %s (%s)",
+        "Using worker: %s",
+        "Booting worker with pid: %s",
+        "Handling signal: %s",
+        "Worker exiting (pid: %s)",
+        "Shutting down: %s",
+    }
+)
 #: Fields on every line from now on: the rule-set version in service (set by RuleSetProvider).
 _EVERY_LINE: dict[str, Any] = {}
 # Until init_salt runs (a library use without create_app), a per-process random salt: never a
@@ -87,7 +100,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             payload.update(fields)
-        elif record.name.startswith(OWN_LOGGERS):
+        elif record.name.startswith(OWN_LOGGERS) or (
+            record.name == "gunicorn.error" and record.msg in LIFECYCLE_TEMPLATES
+        ):
             payload["msg"] = record.getMessage()
         else:
             payload["msg"] = str(record.msg)  # the template: a library's arguments may quote request data

@@ -82,6 +82,22 @@ def test_formatter_writes_library_templates_without_arguments() -> None:
     assert json.loads(JsonFormatter().format(own))["msg"] == "authentication failed: x"
 
 
+def test_gunicorn_lifecycle_lines_are_written_in_full_and_its_other_lines_as_templates() -> None:
+    """On main an operator read "Listening at: %s (%s)"; gunicorn's own lifecycle lines carry only
+    the server's address, pid, worker class and signal, so they are written in full."""
+
+    def line(msg: str, args: tuple[object, ...]) -> str:
+        record = logging.LogRecord("gunicorn.error", logging.INFO, __file__, 1, msg, args, None)
+        return json.loads(JsonFormatter().format(record))["msg"]
+
+    assert (
+        line("Listening at: %s (%s)", ("http://127.0.0.1:8411", 4242))
+        == "Listening at: http://127.0.0.1:8411 (4242)"
+    )
+    assert line("Booting worker with pid: %s", (4243,)) == "Booting worker with pid: 4243"
+    assert line("Invalid request from ip=%s: %s", ("10.0.0.1", PID)) == "Invalid request from ip=%s: %s"
+
+
 # -- the salt -----------------------------------------------------------------------------------------
 def test_salt_is_generated_kept_private_and_reused(tmp_path: Path) -> None:
     fixed_default = hashlib.sha256(f"ketamine-cds:{PID}".encode()).hexdigest()[:16]
