@@ -158,7 +158,29 @@ def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str)
 
 def summary_text(text: str, fallback: str) -> str:
     text = " ".join(text.split()) or fallback  # whitespace runs as one space (str.split's = re's \s)
-    return text if len(text) < 140 else text[:138].rstrip() + "…"
+    return text if len(text) < 140 else _shorten(text, 138) + "…"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters after its last whole list item (a ``,``/``;``
+    outside brackets), else after its last whole word, so a card never shows "baselin…"."""
+    if text[limit] in ",;":  # the cut falls exactly at an item's end
+        return text[:limit]
+    head, depth, item_end, word_end = text[: limit + 1], 0, 0, 0
+    for i, ch in enumerate(head):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch == " " and i:
+            word_end = i
+            if depth == 0 and head[i - 1] in ",;":
+                item_end = i - 1
+    if item_end > limit // 2:
+        return text[:item_end]
+    if word_end > limit // 2:
+        return text[:word_end].rstrip(",;:")
+    return text[:limit].rstrip()
 
 
 def _rule_context(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
