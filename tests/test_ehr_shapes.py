@@ -926,26 +926,21 @@ def test_safety_card_survives_the_ehr_shape_when_fetched_from_a_fhir_server(
     assert topics(out).get(topic) == expected, topics(out)
 
 
-UNKNOWN_ANSWERS = [
-    {"coding": [{"system": LOINC, "code": "LA4489-6", "display": "Unknown"}], "text": "Unknown"},
-    {"coding": [{"system": SNOMED, "code": "261665006", "display": "Unknown (qualifier value)"}]},
-    {"text": "unknown"},
-]
-
-
-@pytest.mark.parametrize("answer", UNKNOWN_ANSWERS, ids=["LA4489-6", "snomed-261665006", "text"])
-def test_a_pregnancy_status_answered_unknown_does_not_clear_the_check(answer):
-    """Pregnancy-status value sets answer 82810-3 with LA4489-6 "Unknown" (SNOMED CT 261665006). On main
-    such a status counted as "a status is recorded": no pregnancy card and no request for one."""
+def with_pregnancy_status_answer(answer: dict) -> tuple:
+    """V4's request with its pregnancy status answered ``answer``: the outcome and the pregnancy rule's."""
     request = load_example(V4)
     only_the_status_observation(request)
     for o in status_observations(request):
         o["valueCodeableConcept"] = answer
     out = run_request(request)
-    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
-    assert rule.status == "unknown"
-    gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
-    assert "pregnancy status" in gaps["summary"]
+    return out, next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+
+
+UNKNOWN_ANSWERS = [
+    {"coding": [{"system": LOINC, "code": "LA4489-6", "display": "Unknown"}], "text": "Unknown"},
+    {"coding": [{"system": SNOMED, "code": "261665006", "display": "Unknown (qualifier value)"}]},
+    {"text": "unknown"},
+]
 
 
 UNINTERPRETABLE_ANSWERS = [
@@ -955,16 +950,16 @@ UNINTERPRETABLE_ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("answer", UNINTERPRETABLE_ANSWERS, ids=["yes", "12-weeks", "local-code-only"])
-def test_a_pregnancy_status_that_is_none_of_its_answers_does_not_clear_the_check(answer):
-    """A status that is neither a listed answer nor says positive or negative in words is no status:
-    on main "Yes" counted as a recorded status, so there was no pregnancy card and no request."""
-    request = load_example(V4)
-    only_the_status_observation(request)
-    for o in status_observations(request):
-        o["valueCodeableConcept"] = answer
-    out = run_request(request)
-    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+@pytest.mark.parametrize(
+    "answer",
+    UNKNOWN_ANSWERS + UNINTERPRETABLE_ANSWERS,
+    ids=["LA4489-6", "snomed-261665006", "text", "yes", "12-weeks", "local-code-only"],
+)
+def test_a_pregnancy_status_answered_unknown_does_not_clear_the_check(answer):
+    """Pregnancy-status value sets answer 82810-3 with LA4489-6 "Unknown" (SNOMED CT 261665006); other
+    statuses are none of the listed answers and say neither positive nor negative ("Yes", "12 weeks").
+    On main each counted as "a status is recorded": no pregnancy card and no request for one."""
+    out, rule = with_pregnancy_status_answer(answer)
     assert rule.status == "unknown"
     gaps = next(c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps")
     assert "pregnancy status" in gaps["summary"]
@@ -979,12 +974,7 @@ NOT_PREGNANT_ANSWERS = [
 
 @pytest.mark.parametrize("answer", NOT_PREGNANT_ANSWERS, ids=["LA26683-5", "snomed-60001007", "text"])
 def test_a_pregnancy_status_answered_not_pregnant_meets_the_request(answer):
-    request = load_example(V4)
-    only_the_status_observation(request)
-    for o in status_observations(request):
-        o["valueCodeableConcept"] = answer
-    out = run_request(request)
-    rule = next(o for o in out.evaluation.outcomes if o.rule.id == "ci-pregnancy")
+    _, rule = with_pregnancy_status_answer(answer)
     assert rule.status == "not-fired"
 
 

@@ -91,34 +91,10 @@ class ObservationKinds:
         out as "unknown"), or, for a kind with listed answers, an answer that is none of them and
         says neither positive nor negative ("Yes", "12 weeks", a number): not a reading of the
         kind, so it neither clears the request for one nor hides an earlier one."""
-        if kind in self.answers and not self._says_known_answer(kind, element):
+        if kind in self.answers and not _answers_one_of(element, *self.answers[kind], polar=True):
             return True
         codes = self.unknown_answers.get(kind)
-        if not codes:
-            return False
-        concept = element.get("valueCodeableConcept")
-        if isinstance(concept, dict):
-            if any(c in codes for c in codings(concept)):
-                return True
-            text = concept_text(concept)
-        else:
-            text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
-        words = set(re.findall(r"[a-z]+", text.lower()))
-        return bool(words) and any(words <= answer for answer in self.unknown_words[kind])
-
-    def _says_known_answer(self, kind: str, element: dict[str, Any]) -> bool:
-        codes, words_of = self.answers[kind]
-        concept = element.get("valueCodeableConcept")
-        if isinstance(concept, dict):
-            if any(c in codes for c in codings(concept)):
-                return True
-            text = concept_text(concept)
-        else:
-            text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
-        if _POLAR.search(text):  # "Positive", "Detected", "Not pregnant", "Negative"
-            return True
-        words = set(re.findall(r"[a-z]+", text.lower()))
-        return bool(words) and any(words <= answer for answer in words_of)
+        return bool(codes) and _answers_one_of(element, codes, self.unknown_words[kind])
 
     @classmethod
     def of(cls, observation_kinds: dict[str, dict[str, Any]]) -> ObservationKinds:
@@ -307,6 +283,28 @@ class ObservationFacts:
 
 # words that make a written-out answer positive or negative (the rules' positive check reads the same)
 _POLAR = re.compile(r"\b(positive|detected|reactive|not|non|negative|no|undetected)\b", re.I)
+
+
+def _answers_one_of(
+    element: dict[str, Any],
+    codes: set[tuple[str, str]],
+    words_of: tuple[frozenset[str], ...],
+    *,
+    polar: bool = False,
+) -> bool:
+    """The element's answer is one of these: by code, or written out in the words of one's display
+    (``polar``: or in words that say positive or negative)."""
+    concept = element.get("valueCodeableConcept")
+    if isinstance(concept, dict):
+        if any(c in codes for c in codings(concept)):
+            return True
+        text = concept_text(concept)
+    else:
+        text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
+    if polar and _POLAR.search(text):  # "Positive", "Detected", "Not pregnant", "Negative"
+        return True
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return bool(words) and any(words <= answer for answer in words_of)
 
 
 def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
