@@ -303,14 +303,23 @@ def _answers_one_of(
         text = element.get("valueString") if isinstance(element.get("valueString"), str) else ""
     if polar and _POLAR.search(text):  # "Positive", "Detected", "Not pregnant", "Negative"
         return True
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    return bool(words) and any(words <= answer for answer in words_of)
+    return says_only(text, words_of)
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def says_only(text: str, answers: tuple[frozenset[str], ...]) -> bool:
+    """An answer written out ("Pregnant", valueString "pregnant", a local code displayed "PREGNANT")
+    whose words are all words of one answer's display; "Not pregnant" is not "Pregnant"."""
+    words = set(_WORD.findall(text.lower())) if text else set()
+    return bool(words) and any(words <= answer for answer in answers)
 
 
 def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
     """The words of each answer's display, for answers written out without their code."""
     return tuple(
-        frozenset(re.findall(r"[a-z]+", str(c["display"]).lower())) for c in answers or [] if c.get("display")
+        frozenset(_WORD.findall(str(c["display"]).lower())) for c in answers or [] if c.get("display")
     )
 
 

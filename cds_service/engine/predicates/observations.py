@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from ...reading.facts import ObservationFact
+from ...reading.observations import says_only
 from .core import (
     COMPARATORS,
     CompileContext,
@@ -70,16 +71,6 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
 
 _POSITIVE = re.compile(r"\b(positive|detected|reactive)\b", re.I)
 _NEGATED = re.compile(r"\b(not|non|negative|no)\b|non-reactive|undetected", re.I)
-
-
-_WORD = re.compile(r"[a-z]+")
-
-
-def says_only(text: str, answers: tuple[frozenset[str], ...]) -> bool:
-    """An answer written out ("Pregnant", valueString "pregnant", a local code displayed "PREGNANT")
-    whose words are all words of one positive answer's display; "Not pregnant" is not."""
-    words = set(_WORD.findall(text.lower())) if text else set()
-    return bool(words) and any(words <= answer for answer in answers)
 
 
 def positive_text(text: str) -> bool:
