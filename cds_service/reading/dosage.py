@@ -1,0 +1,173 @@
+"""What a medication record's dosage says: dose, doses per day, route, infusion time.
+
+Read from the raw JSON of one ``Dosage`` (or ``MedicationAdministration.dosage``) after the record
+validated it (:mod:`.medication_use` decides when). A drug's usual sig repeats across records and
+patients, so a reading is kept by the dosage's content — without its timing bounds, which are the
+patient's own dates and which no reading here uses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from .raw import as_dict, as_float, as_list
+from .terminology import concept_text
+from .units import dose as dose_of
+from .units import rate as rate_of
+from .units import ratio_rate
+
+ROUTES = {
+    "iv": ("intravenous", "iv", "i.v."),
+    "im": ("intramuscular", "im", "i.m."),
+    "sc": ("subcutaneous", "sc", "s.c.", "subcut"),
+    "nasal": ("nasal", "intranasal"),
+    "oral": ("oral", "po", "by mouth", "sublingual"),
+    "transdermal": ("transdermal", "topical"),
+}
+FORM_ROUTE = {"nasal": "nasal", "oral": "oral", "transdermal": "transdermal"}
+
+_ROUTE_PATTERNS = [
+    (route, re.compile("|".join(rf"(?<![a-z]){re.escape(w)}(?![a-z])" for w in words)))
+    for route, words in ROUTES.items()
+]
+
+
+def route_of(concept: Any) -> str | None:
+    return _route_in(concept_text(concept))
+
+
+@lru_cache(maxsize=4096)
+def _route_in(text: str) -> str | None:
+    """The route a text names ("IV infusion" → iv); memoised: orders repeat a few route texts."""
+    text = text.lower()
+    if not text:
+        return None
+    for route, pattern in _ROUTE_PATTERNS:
+        if pattern.search(text):
+            return route
+    return None
+
+
+def minutes(value: Any, unit: Any) -> float | None:
+    value = as_float(value)
+    if value is None:
+        return None
+    factor = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(str(unit))
+    return float(value) * factor if factor else None
+
+
+def infusion_minutes(
+    dose: float | None, dose_unit: str | None, rate: dict[str, Any], stated: float | None
+) -> float | None:
+    """How long an infusion runs: the stated duration, or dose ÷ rate (``doseAndRate.rateQuantity``
+    or ``rateRatio``: 35 mg at 140 mg/h is 15 minutes) when none is stated or the rate runs it
+    faster by more than a minute (a pump runs at its rate)."""
+    derived = None
+    if "rateQuantity" not in rate and "rateRatio" not in rate:
+        return stated
+    per_min, per_unit = rate_of(rate.get("rateQuantity"))
+    if per_min is None:
+        per_min, per_unit = ratio_rate(rate.get("rateRatio"))
+    if dose is not None and per_min and per_min > 0 and per_unit == f"{dose_unit}/min":
+        derived = dose / per_min
+    if stated is None or (derived is not None and derived < stated - 1):
+        return derived
+    return stated
+
+
+def per_day(repeat: dict[str, Any]) -> float | None:
+    freq, period, unit = (
+        as_float(repeat.get("frequency")),
+        as_float(repeat.get("period")),
+        repeat.get("periodUnit"),
+    )
+    if freq is None or period is None or period <= 0:
+        return None
+    days = {"h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}.get(str(unit))
+    return freq / (period * days) if days else None
+
+
+@dataclass
+class Dosing:
+    dose: float | None = None
+    dose_unit: str | None = None
+    per_day: float | None = None
+    route: str | None = None
+    infusion: float | None = None
+
+
+# Readings by (administration?, the dosage's JSON without timing bounds); values only, so no
+# request is kept alive, and no patient's dates. Bounded.
+_DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
+_DOSINGS_LIMIT = 20_000
+
+
+def _dosage_key(element: Any) -> bytes | None:
+    """The dosage's content as a key: its JSON with ``timing.repeat.bounds[x]`` left out (the
+    reading never uses them); None when dates remain elsewhere in it, or it is not JSON."""
+    if not isinstance(element, dict):
+        return None
+    timing = element.get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    if isinstance(repeat, dict) and any(k.startswith("bounds") for k in repeat):
+        repeat = {k: v for k, v in repeat.items() if not k.startswith("bounds")}
+        element = {**element, "timing": {**timing, "repeat": repeat}}  # type: ignore[dict-item]
+    try:
+        content = orjson.dumps(element)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return None
+    return None if b'"bounds' in content else content
+
+
+def _read_administered(adm: dict[str, Any]) -> Dosing:
+    dose, unit = dose_of(adm.get("dose"))
+    return Dosing(
+        dose, unit, route=route_of(adm.get("route")), infusion=infusion_minutes(dose, unit, adm, None)
+    )
+
+
+def _read_dosage(element: Any) -> Dosing:
+    dosage = as_dict(element)
+    if not dosage:
+        return Dosing()
+    # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
+    # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
+    entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
+    dose, unit = next(
+        (d for e in entries if (d := dose_of(e.get("doseQuantity")))[0] is not None), (None, None)
+    )
+    rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
+    repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
+    return Dosing(
+        dose,
+        unit,
+        per_day(repeat),
+        route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
+        infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
+    )
+
+
+def dosing_of(res: dict[str, Any], rtype: str) -> Dosing:
+    """What the record's (first) dosage says, read once per distinct dosage content."""
+    administered = rtype == "MedicationAdministration"
+    if administered:
+        element: Any = res.get("dosage")
+    else:
+        key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
+        element = (as_list(res.get(key)) or [{}])[0]
+    content = _dosage_key(element)
+    if content is not None:
+        hit = _DOSINGS.get((administered, content))
+        if hit is not None:
+            return Dosing(*hit)
+    d = _read_administered(as_dict(element)) if administered else _read_dosage(element)
+    if content is not None:
+        if len(_DOSINGS) >= _DOSINGS_LIMIT:
+            _DOSINGS.clear()
+        _DOSINGS[(administered, content)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
+    return d

@@ -1,0 +1,235 @@
+"""One medication record read as a :class:`MedUse`: what it is and when, and (lazily) its dosage.
+
+A record is read in two parts, each validated on its own (:class:`~.elements.Reads`): what it is
+and when (drug, status, intent, dates, stop reasons) and how it is dosed (dose, rate, timing,
+route). An unreadable first part makes the record unknown (a rule that would have read it asks for
+it); an unreadable dosage leaves the record known with its dose, route and duration unknown. The
+dosage is read and validated the first time a rule asks for it: most records of a long medication
+list are only ever asked whether they are in effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+from .dates import parse_date
+from .dosage import FORM_ROUTE, Dosing, dosing_of
+from .elements import Reads
+from .raw import add_days, as_dict, as_float, as_list
+from .record import PatientRecord
+from .terminology import DrugMatch, concept_text
+
+_DOSAGE = ("doseAndRate", "timing", "route", "text")
+# What each kind of record is read for: (identity, status and dates; dosage).
+READS: dict[str, tuple[Reads, Reads]] = {
+    "MedicationRequest": (
+        Reads(
+            "MedicationRequest",
+            "status",
+            "intent",
+            "medication[x]",
+            "authoredOn",
+            "dispenseRequest.validityPeriod",
+            "dosageInstruction.timing.repeat.bounds[x]",
+            "statusReason",
+            "note",
+        ),
+        Reads("MedicationRequest", *(f"dosageInstruction.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationStatement": (
+        Reads(
+            "MedicationStatement",
+            "status",
+            "medication[x]",
+            "effective[x]",
+            "dateAsserted",
+            "statusReason",
+            "note",
+        ),
+        Reads("MedicationStatement", *(f"dosage.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationDispense": (
+        Reads(
+            "MedicationDispense",
+            "status",
+            "medication[x]",
+            "whenHandedOver",
+            "whenPrepared",
+            "daysSupply",
+            "note",
+        ),
+        Reads("MedicationDispense", *(f"dosageInstruction.{e}" for e in _DOSAGE)),
+    ),
+    "MedicationAdministration": (
+        Reads("MedicationAdministration", "status", "medication[x]", "effective[x]", "statusReason", "note"),
+        Reads("MedicationAdministration", "dosage.dose", "dosage.route", "dosage.rate[x]"),
+    ),
+}
+
+# A draft order is read for its drug alone: it is the order being decided now, so no other element
+# (an unreadable ``authoredOn`` or ``status``, say) may cost its safety checks. The rest of what a
+# request is read for is validated apart: unreadable, it is reported and its dates and status unknown.
+DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
+
+
+class MedUse:
+    """One medication record (request, statement, dispense, administration or draft order).
+
+    ``record`` (with ``dosage_reads``) is where the dosage is validated when first asked for; the
+    record never refers back to its uses, so a use kept by the facts makes no reference cycle."""
+
+    __slots__ = (
+        "ref",
+        "kind",
+        "drug",
+        "status",
+        "start",
+        "end",
+        "stop_reason",
+        "resource",
+        "_record",
+        "_dosage_reads",
+        "_dosing",
+    )
+
+    def __init__(
+        self,
+        ref: str,
+        kind: str,
+        drug: DrugMatch,
+        status: str,
+        start: date | None,
+        end: date | None,
+        stop_reason: str = "",
+        resource: dict[str, Any] | None = None,
+        record: PatientRecord | None = None,
+        dosage_reads: Reads | None = None,
+    ) -> None:
+        self.ref = ref
+        self.kind = kind
+        self.drug = drug
+        self.status = status
+        self.start = start
+        self.end = end
+        self.stop_reason = stop_reason
+        self.resource: dict[str, Any] = resource if resource is not None else {}
+        self._record = record
+        self._dosage_reads = dosage_reads
+        self._dosing: Dosing | None = None
+
+    def __repr__(self) -> str:
+        return f"MedUse({self.ref!r}, {self.kind!r}, {self.status!r}, {self.start}, {self.end})"
+
+    @property
+    def dosing(self) -> Dosing:
+        d = self._dosing
+        if d is None:
+            d = self._dosing = self._read_dosing()
+        return d
+
+    def _read_dosing(self) -> Dosing:
+        record, reads, drug = self._record, self._dosage_reads, self.drug
+        if record is None or reads is None:
+            d = Dosing()
+        elif record.readable(self.resource, reads):
+            d = dosing_of(self.resource, reads.rtype)
+        else:
+            d = Dosing()
+        d.route = d.route or FORM_ROUTE.get(drug.form or "")
+        if d.route is None and drug.form == "injection":
+            d.route = "injection"
+        return d
+
+    @property
+    def dose(self) -> float | None:
+        return self.dosing.dose
+
+    @property
+    def dose_unit(self) -> str | None:
+        return self.dosing.dose_unit
+
+    @property
+    def doses_per_day(self) -> float | None:
+        return self.dosing.per_day
+
+    @property
+    def route(self) -> str | None:
+        return self.dosing.route
+
+    @property
+    def infusion_minutes(self) -> float | None:
+        return self.dosing.infusion
+
+    @property
+    def daily_dose(self) -> float | None:
+        d = self.dosing
+        if d.dose is None or d.dose_unit != "mg":
+            return None
+        return d.dose * (d.per_day or 1)
+
+    def describe(self) -> str:
+        name = self.drug.text or "/".join(sorted(self.drug.ingredients))
+        return name[:80]
+
+
+# -- when a record was in effect ----------------------------------------------------------------------
+def _request_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
+    dosages = res.get("dosageInstruction")
+    dosage = dosages[0] if isinstance(dosages, list) and dosages and isinstance(dosages[0], dict) else {}
+    bounds = as_dict(as_dict(as_dict(dosage.get("timing")).get("repeat")).get("boundsPeriod"))
+    request = res.get("dispenseRequest")
+    validity = as_dict(request.get("validityPeriod")) if isinstance(request, dict) else {}
+    start = parse_date(bounds.get("start")) or parse_date(validity.get("start"))
+    return start or parse_date(res.get("authoredOn")), (
+        parse_date(bounds.get("end")) or parse_date(validity.get("end"))
+    )
+
+
+def _statement_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
+    period = as_dict(res.get("effectivePeriod"))
+    start = (
+        parse_date(period.get("start"))
+        or parse_date(res.get("effectiveDateTime"))
+        or parse_date(res.get("dateAsserted"))
+    )
+    return start, parse_date(period.get("end"))
+
+
+def _dispense_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
+    start = parse_date(res.get("whenHandedOver")) or parse_date(res.get("whenPrepared"))
+    if start is None:
+        return None, None
+    supply = res.get("daysSupply")
+    days = as_float(supply.get("value"), limit=3650) if isinstance(supply, dict) else None
+    return start, (add_days(start, days) or start) if days is not None else start
+
+
+def _administration_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
+    period = as_dict(res.get("effectivePeriod"))
+    start = (
+        parse_date(res.get("effectiveDateTime"))
+        or parse_date(period.get("start"))
+        or parse_date(period.get("end"))
+    )
+    return start, parse_date(period.get("end")) or start
+
+
+DATES: dict[str, Callable[[dict[str, Any]], tuple[date | None, date | None]]] = {
+    "MedicationRequest": _request_dates,
+    "MedicationStatement": _statement_dates,
+    "MedicationDispense": _dispense_dates,
+    "MedicationAdministration": _administration_dates,
+}
+
+
+def stop_reason(res: dict[str, Any]) -> str:
+    """``statusReason`` and ``note`` texts, joined (most records have neither)."""
+    if "statusReason" not in res and "note" not in res:
+        return ""
+    status_reason = res.get("statusReason")
+    reasons = status_reason if isinstance(status_reason, list) else [status_reason]
+    reason = " ".join(concept_text(r) for r in reasons if isinstance(r, dict))
+    notes = " ".join(str(n.get("text", "")) for n in as_list(res.get("note")) if isinstance(n, dict))
+    return (reason + " " + notes).strip()
