@@ -7,13 +7,22 @@ resources (``medicationReference``) then send them along. A server that ignores 
 nothing: Medications still missing are read by id (``reading/medications.py``). The templates ask for
 everything the rules read and filter on nothing a rule needs (no category filter that a conformant
 record may lack); anything the client does not prefetch is fetched from ``fhirServer``.
+
+A token names its code system exactly, and some servers store a system under its OID
+(``urn:oid:2.16.840.1.113883.6.1`` for LOINC, as CDA converters write it; the reading layer accepts
+both, ``reading/terminology.py`` ``SYSTEM_ALIASES``): each code is asked for in every spelling, in
+one comma-separated token list (FHIR search: any of them), which a conformant EHR fills as is.
+A code without its system would also match another system's code of the same spelling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from .reading.terminology import SYSTEM_ALIASES
 
 PATIENT = "{{context.patientId}}"
 
@@ -31,7 +40,7 @@ PREFETCH: dict[str, str] = {
     # The codes are those of rules/terminology/observations.yaml (see prefetch_for: a site's own codes
     # from site.yaml are added to the templates that discovery serves).
     "assessments": f"Observation?patient={PATIENT}&code={{codes}}&_sort=-date&_count=200",
-    "pregnancyStatus": f"Observation?patient={PATIENT}&code=http://loinc.org|82810-3&_sort=-date&_count=10",
+    "pregnancyStatus": f"Observation?patient={PATIENT}&code={{pregnancy}}&_sort=-date&_count=10",
     "procedures": f"Procedure?patient={PATIENT}",
     "allergies": f"AllergyIntolerance?patient={PATIENT}",
 }
@@ -71,34 +80,66 @@ BUNDLED_ASSESSMENT_CODES = (
     "http://loinc.org|93249-1",
     "http://loinc.org|93278-0",
 )
-PREFETCH["assessments"] = PREFETCH["assessments"].replace("{codes}", ",".join(BUNDLED_ASSESSMENT_CODES))
+BUNDLED_PREGNANCY_CODES = ("http://loinc.org|82810-3",)
+
+#: The other spellings of a code system (``urn:oid:…``) by its canonical URL.
+SYSTEM_SPELLINGS: dict[str, tuple[str, ...]] = {}
+for _alias, _system in SYSTEM_ALIASES.items():
+    if _alias.startswith("urn:oid:"):
+        SYSTEM_SPELLINGS[_system] = (*SYSTEM_SPELLINGS.get(_system, ()), _alias)
 
 
-def assessment_codes(observation_kinds: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """``system|code`` of every observation kind not retrieved by another key, sorted."""
+def code_tokens(codes: Iterable[str]) -> str:
+    """The token list of ``system|code`` codes, each followed by its other spellings."""
+    out: list[str] = []
+    for token in codes:
+        system, _, code = token.partition("|")
+        out.append(token)
+        out.extend(f"{other}|{code}" for other in SYSTEM_SPELLINGS.get(system, ()))
+    return ",".join(dict.fromkeys(out))
+
+
+def kind_codes(observation_kinds: dict[str, dict[str, Any]], kinds: Iterable[str]) -> tuple[str, ...]:
+    """``system|code`` of the given observation kinds, sorted."""
     return tuple(
         sorted(
             {
                 f"{c['system']}|{c['code']}"
-                for kind, spec in observation_kinds.items()
-                if kind not in SEPARATELY_RETRIEVED_KINDS
-                for c in spec.get("codes") or []
+                for kind in kinds
+                for c in (observation_kinds.get(kind) or {}).get("codes") or []
             }
         )
     )
 
 
+def assessment_kinds(observation_kinds: dict[str, dict[str, Any]]) -> list[str]:
+    """The observation kinds retrieved by ``assessments``: every kind without a key of its own."""
+    return [kind for kind in observation_kinds if kind not in SEPARATELY_RETRIEVED_KINDS]
+
+
+def assessment_codes(observation_kinds: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """``system|code`` of every observation kind not retrieved by another key, sorted."""
+    return kind_codes(observation_kinds, assessment_kinds(observation_kinds))
+
+
 @lru_cache(maxsize=16)
-def _templates(codes: tuple[str, ...]) -> dict[str, str]:
+def _templates(assessments: tuple[str, ...], pregnancy: tuple[str, ...]) -> dict[str, str]:
     out = dict(PREFETCH)
-    out["assessments"] = f"Observation?patient={PATIENT}&code={','.join(codes)}&_sort=-date&_count=200"
+    out["assessments"] = f"Observation?patient={PATIENT}&code={code_tokens(assessments)}&_sort=-date&_count=200"
+    out["pregnancyStatus"] = f"Observation?patient={PATIENT}&code={code_tokens(pregnancy)}&_sort=-date&_count=10"
     return out
+
+
+PREFETCH.update(_templates(BUNDLED_ASSESSMENT_CODES, BUNDLED_PREGNANCY_CODES))
 
 
 def prefetch_for(observation_kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The prefetch templates for a rule set: PREFETCH with the rule set's (and site's) codes."""
     codes = assessment_codes(observation_kinds)
-    return dict(PREFETCH) if codes == BUNDLED_ASSESSMENT_CODES else dict(_templates(codes))
+    pregnancy = kind_codes(observation_kinds, ["pregnancy_status"])
+    if codes == BUNDLED_ASSESSMENT_CODES and pregnancy == BUNDLED_PREGNANCY_CODES:
+        return dict(PREFETCH)
+    return dict(_templates(codes, pregnancy))
 
 
 # The resource types a prefetch key may hold; anything else in it is skipped and reported.

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ from cds_service.reading.prefetch import resolve_prefetch
 from cds_service.reading.record import PatientRecord
 from cds_service.services import PREFETCH, prefetch_for
 
-from .conftest import RULES
+from .conftest import RULES, load_example
 from .record_support import LOCAL_FHIR
 
 LOCAL = "urn:oid:1.2.840.114350.1.13.0.1.7.2.727688"  # an EHR's local flowsheet code system
@@ -173,3 +174,70 @@ def test_lint_reports_mapping_mistakes_with_file_and_line(site_rules: Path, text
     assert m and int(m.group(1)) in (3, 4), problems[0]  # the mapping's line, not the file's top
     result = CliRunner().invoke(main, ["lint", "--rules", str(site_rules)])
     assert result.exit_code != 0 and message in result.output + (result.stderr or "")
+
+
+# -- a server that stores codes in OID form --------------------------------------------------------
+LOINC_OID = "urn:oid:2.16.840.1.113883.6.1"  # LOINC's OID (hl7.org/fhir/R4/terminologies-systems.html)
+
+
+def oid_coded(name: str, pid: str) -> dict:
+    """An example request for patient ``pid`` whose Observations name LOINC by its OID, as a CDA
+    converter or an older EHR stores them (the reading layer accepts both spellings)."""
+    text = json.dumps(load_example(name)).replace('"v04', f'"{pid}').replace('/v04', f"/{pid}")
+    request = json.loads(text)
+    for value in request["prefetch"].values():
+        for entry in (value or {}).get("entry") or []:
+            resource = entry["resource"]
+            if resource["resourceType"] == "Observation":
+                for coding in resource["code"]["coding"]:
+                    if coding.get("system") == "http://loinc.org":
+                        coding["system"] = LOINC_OID
+    return request
+
+
+def cards_of(app, body: dict) -> dict[str, tuple[str, str, str]]:
+    resp = app.test_client().post(f"/cds-services/{body['hook']}", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    return {
+        c["source"]["topic"]["code"]: (c["indicator"], c["summary"], c.get("detail", ""))
+        for c in resp.get_json()["cards"]
+    }
+
+
+def test_fetch_mode_finds_observations_stored_with_the_loinc_oid(fhir_server, app):
+    """v04 (pregnant, PHQ-9 and C-SSRS recorded) on a server that stores LOINC as its OID: fetch
+    mode finds the pregnancy status and the scores, and gives the cards of the example itself."""
+    request = oid_coded("v04-pregnancy", "oid04")
+    resources = [
+        r
+        for v in request["prefetch"].values()
+        if v
+        for r in ([e["resource"] for e in v.get("entry") or []] if v["resourceType"] == "Bundle" else [v])
+    ]
+    fhir_server.put_resources(resources)
+    expected = cards_of(app, load_example("v04-pregnancy"))
+    assert expected["ci-pregnancy"][0] == "critical" and "data-gaps" not in expected, expected
+    assert 'pregnancy status "Pregnant"' in expected["ci-pregnancy"][2]
+    body = {k: v for k, v in request.items() if k != "prefetch"}
+    body["fhirServer"] = fhir_server.base_url
+    assert cards_of(app, body) == expected
+
+
+def test_templates_ask_for_both_spellings_of_a_code_system():
+    """A conformant EHR fills the template as it stands: one token list, each code in both spellings."""
+    for key in ("pregnancyStatus", "assessments"):
+        tokens = PREFETCH[key].split("code=")[1].split("&")[0].split(",")
+        loinc = {t.split("|")[1] for t in tokens if t.startswith("http://loinc.org|")}
+        oid = {t.split("|")[1] for t in tokens if t.startswith(f"{LOINC_OID}|")}
+        assert loinc and loinc == oid, key
+
+
+def test_a_site_code_for_pregnancy_status_is_asked_for_by_its_key(site_rules: Path):
+    """A site's own pregnancy-status code goes into ``pregnancyStatus`` (it was asked for by no key)."""
+    (site_rules / "site.yaml").write_text(
+        f'jurisdiction: US\nobservation_codes:\n  pregnancy_status:\n    - {{system: "{LOCAL}", code: "9921"}}\n'
+    )
+    templates = prefetch_for(load_ruleset(site_rules).observation_kinds)
+    assert f"{LOCAL}|9921" in templates["pregnancyStatus"]
+    assert "http://loinc.org|82810-3" in templates["pregnancyStatus"]
+    assert f"{LOCAL}|9921" not in templates["assessments"]
