@@ -125,8 +125,9 @@ def assessment_codes(observation_kinds: dict[str, dict[str, Any]]) -> tuple[str,
 @lru_cache(maxsize=16)
 def _templates(assessments: tuple[str, ...], pregnancy: tuple[str, ...]) -> dict[str, str]:
     out = dict(PREFETCH)
-    out["assessments"] = f"Observation?patient={PATIENT}&code={code_tokens(assessments)}&_sort=-date&_count=200"
-    out["pregnancyStatus"] = f"Observation?patient={PATIENT}&code={code_tokens(pregnancy)}&_sort=-date&_count=10"
+    search = f"Observation?patient={PATIENT}&code="
+    out["assessments"] = f"{search}{code_tokens(assessments)}&_sort=-date&_count=200"
+    out["pregnancyStatus"] = f"{search}{code_tokens(pregnancy)}&_sort=-date&_count=10"
     return out
 
 

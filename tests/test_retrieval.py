@@ -183,7 +183,7 @@ LOINC_OID = "urn:oid:2.16.840.1.113883.6.1"  # LOINC's OID (hl7.org/fhir/R4/term
 def oid_coded(name: str, pid: str) -> dict:
     """An example request for patient ``pid`` whose Observations name LOINC by its OID, as a CDA
     converter or an older EHR stores them (the reading layer accepts both spellings)."""
-    text = json.dumps(load_example(name)).replace('"v04', f'"{pid}').replace('/v04', f"/{pid}")
+    text = json.dumps(load_example(name)).replace('"v04', f'"{pid}').replace("/v04", f"/{pid}")
     request = json.loads(text)
     for value in request["prefetch"].values():
         for entry in (value or {}).get("entry") or []:
@@ -234,9 +234,8 @@ def test_templates_ask_for_both_spellings_of_a_code_system():
 
 def test_a_site_code_for_pregnancy_status_is_asked_for_by_its_key(site_rules: Path):
     """A site's own pregnancy-status code goes into ``pregnancyStatus`` (it was asked for by no key)."""
-    (site_rules / "site.yaml").write_text(
-        f'jurisdiction: US\nobservation_codes:\n  pregnancy_status:\n    - {{system: "{LOCAL}", code: "9921"}}\n'
-    )
+    mapping = f'  pregnancy_status:\n    - {{system: "{LOCAL}", code: "9921"}}\n'
+    (site_rules / "site.yaml").write_text(f"jurisdiction: US\nobservation_codes:\n{mapping}")
     templates = prefetch_for(load_ruleset(site_rules).observation_kinds)
     assert f"{LOCAL}|9921" in templates["pregnancyStatus"]
     assert "http://loinc.org|82810-3" in templates["pregnancyStatus"]
