@@ -285,12 +285,22 @@ def test_vital_signs_are_fetched_for_the_rules_window_only(app: Flask, proxy: Fa
     assert topics(resp.get_json()["cards"]) == topics(full.get_json()["cards"])
 
 
-def test_medication_history_and_scores_are_never_narrowed(app: Flask, proxy: FaultFhirServer) -> None:
-    """TRD counting, washouts and score series need the whole history."""
+def test_medication_history_and_score_history_are_never_narrowed(app: Flask, proxy: FaultFhirServer) -> None:
+    """TRD counting, washouts and score series need the whole history: the medication keys are
+    asked for without a date, the scores TRD and course tracking read (PHQ-9, MADRS) by a search of
+    their own without a date; the screens, read within 30 days, by the template's search narrowed."""
     call(app, "v08-phenelzine", proxy)
+    scores = {"http://loinc.org|44261-6", "http://ketamine-cds.local/CodeSystem/assessment|madrs-total"}
+    template = set(PREFETCH["assessments"].split("code=")[1].split("&")[0].split(","))
+    searches = {}
     for r in proxy.requests:
-        if r.path != "/Observation" or r.param("category") != "vital-signs":
+        if r.path == "/Observation" and r.param("category") != "vital-signs" and "82810-3" not in r.target:
+            searches[r.param("date")] = set(r.param("code").split(","))
+        elif r.path != "/Observation":
             assert "date" not in r.query, r.target
+    assert searches.keys() == {None, "ge2026-04-03"}, searches
+    assert searches["ge2026-04-03"] == template
+    assert scores <= searches[None] < template and "http://loinc.org|93246-7" not in searches[None]
 
 
 def test_keys_are_sent_patient_first_and_long_histories_last(
@@ -303,8 +313,8 @@ def test_keys_are_sent_patient_first_and_long_histories_last(
     sent: list[list[str]] = []
     real = fhir_client.FhirClient.fetch_all
 
-    def spy(self: Any, jobs: dict[str, Any]) -> Any:
-        sent.append(list(jobs))
+    def spy(self: Any, jobs: dict[tuple[str, int], Any]) -> Any:
+        sent.append(list(dict.fromkeys(key for key, _ in jobs)))
         return real(self, jobs)
 
     monkeypatch.setattr(fhir_client.FhirClient, "fetch_all", spy)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cds_service.engine.loader import load_ruleset
-from cds_service.engine.windows import fetch_narrowing, vital_signs_window
-from cds_service.reading.fhir_client import PAGE_SIZE, with_page_size
+import pytest
 
-from .conftest import RULES
+from cds_service.engine.loader import load_ruleset
+from cds_service.engine.windows import fetch_narrowing, key_windows, vital_signs_window
+from cds_service.reading.fhir_client import PAGE_SIZE, with_page_size
+from cds_service.reading.prefetch import Narrowed, resolve_prefetch
+from cds_service.services import prefetch_for
+
+from .conftest import RULES, load_example
+from .record_support import LOCAL_FHIR
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
@@ -18,7 +24,7 @@ NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 def test_bundled_rules_read_vital_signs_of_the_last_30_days_at_most() -> None:
     ruleset = load_ruleset(RULES)
     assert vital_signs_window(ruleset) == 30
-    assert fetch_narrowing(ruleset, NOW) == {"vitalSigns": "date=ge2026-04-03"}
+    assert fetch_narrowing(ruleset, NOW)["vitalSigns"] == (Narrowed(params="date=ge2026-04-03"),)
 
 
 def _rules_with(tmp_path: Path, extra_rule: str) -> Path:
@@ -46,7 +52,7 @@ UNBOUNDED = """
 def test_a_rule_reading_vital_signs_without_a_window_turns_the_narrowing_off(tmp_path: Path) -> None:
     ruleset = load_ruleset(_rules_with(tmp_path, UNBOUNDED))
     assert vital_signs_window(ruleset) is None
-    assert fetch_narrowing(ruleset, NOW) == {}
+    assert "vitalSigns" not in fetch_narrowing(ruleset, NOW)
 
 
 def test_a_rule_with_a_longer_window_widens_it(tmp_path: Path) -> None:
@@ -54,7 +60,7 @@ def test_a_rule_with_a_longer_window_widens_it(tmp_path: Path) -> None:
         _rules_with(tmp_path, UNBOUNDED.replace("{kind: weight}", "{kind: weight, within_days: 90}"))
     )
     assert vital_signs_window(ruleset) == 90
-    assert fetch_narrowing(ruleset, NOW) == {"vitalSigns": "date=ge2026-02-02"}
+    assert fetch_narrowing(ruleset, NOW)["vitalSigns"] == (Narrowed(params="date=ge2026-02-02"),)
 
 
 def test_page_size_is_raised_never_lowered() -> None:
@@ -67,3 +73,121 @@ def test_page_size_is_raised_never_lowered() -> None:
         == f"Observation?patient=p&_count={PAGE_SIZE * 2}"
     )
     assert with_page_size("Patient/p") == "Patient/p"
+
+
+# -- scores: the history TRD reads is kept whole, the screens read for 30 days are narrowed --------------
+def test_bundled_rules_read_scores_over_the_history_and_screens_for_30_days() -> None:
+    """TRD counting and course tracking read PHQ-9 and MADRS over the whole history (no window):
+    they are asked for without a date; every other assessment kind is read within 30 days at most."""
+    ruleset = load_ruleset(RULES)
+    window = key_windows(ruleset)["assessments"]
+    assert window.days == 30 and window.history == ("madrs", "phq9")
+    parts = fetch_narrowing(ruleset, NOW)["assessments"]
+    assert parts[0] == Narrowed(params="date=ge2026-04-03")  # every assessment code, 31 days
+    history = set(parts[1].codes.split(","))
+    assert parts[1].params == "" and "http://loinc.org|44261-6" in history
+    assert "urn:oid:2.16.840.1.113883.6.1|44261-6" in history  # both spellings (see services.py)
+    assert "http://loinc.org|93246-7" not in history  # a C-SSRS item: read within 30 days
+
+
+def test_a_rule_reading_a_screen_without_a_window_keeps_its_history(tmp_path: Path) -> None:
+    ruleset = load_ruleset(_rules_with(tmp_path, UNBOUNDED.replace("{kind: weight}", "{kind: gad7}")))
+    assert key_windows(ruleset)["assessments"].history == ("gad7", "madrs", "phq9")
+    assert "http://loinc.org|70274-6" in fetch_narrowing(ruleset, NOW)["assessments"][1].codes
+
+
+def test_a_predicate_whose_reads_are_not_declared_turns_every_narrowing_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``engine/unread.py`` declares which keys each predicate reads; one declared nowhere may read
+    any key, at any date: nothing is narrowed."""
+    from cds_service.engine import unread, windows
+
+    monkeypatch.delitem(unread.KEYS, "condition")
+    monkeypatch.setattr(windows, "_cache", {})
+    assert fetch_narrowing(load_ruleset(RULES), NOW) == {}
+
+
+PID = "win1"
+
+
+def observation(oid: str, system: str, code: str, when: str, **value: object) -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": f"Patient/{PID}"},
+        "effectiveDateTime": when,
+        **(value or {"valueInteger": 3}),
+    }
+
+
+def test_fetch_mode_keeps_the_score_history_and_narrows_the_screens(fhir_server) -> None:
+    """On the real FHIR server: PHQ-9s of two years ago (TRD reads them) and a MADRS under a site's
+    code are fetched; a C-SSRS item and a GAD-7 older than the rules look are not."""
+    loinc = "http://loinc.org"
+    fhir_server.put_resources(
+        [
+            {"resourceType": "Patient", "id": PID, "gender": "female", "birthDate": "1980-01-01"},
+            observation("win1-phq-old", loinc, "44261-6", "2024-05-01T10:00:00Z", valueInteger=22),
+            observation("win1-phq-new", loinc, "44261-6", "2026-05-01T10:00:00Z", valueInteger=9),
+            observation(
+                "win1-madrs-old",
+                "http://ketamine-cds.local/CodeSystem/assessment",
+                "madrs-total",
+                "2025-01-01T10:00:00Z",
+            ),
+            observation("win1-cssrs-old", loinc, "93246-7", "2026-03-01T10:00:00Z"),
+            observation("win1-cssrs-new", loinc, "93246-7", "2026-04-30T10:00:00Z"),
+            observation("win1-gad7-old", loinc, "70274-6", "2025-01-01T10:00:00Z"),
+            observation("win1-gad7-new", loinc, "70274-6", "2026-04-20T10:00:00Z"),
+        ]
+    )
+    ruleset = load_ruleset(RULES)
+    request = {
+        "hook": "patient-view",
+        "context": {"patientId": PID, "userId": "Practitioner/1"},
+        "fhirServer": fhir_server.base_url,
+    }
+    result = resolve_prefetch(
+        request,
+        templates=prefetch_for(ruleset.observation_kinds),
+        narrowing=fetch_narrowing(ruleset, NOW),
+        policy=LOCAL_FHIR,
+    )
+    got = sorted(r["id"] for r in result.resources["assessments"])
+    assert got == ["win1-cssrs-new", "win1-gad7-new", "win1-madrs-old", "win1-phq-new", "win1-phq-old"]
+    assert result.origin["assessments"] == "fetched"
+
+
+# -- a prefetched bundle with a next link ------------------------------------------------------------------
+def test_a_prefetched_vital_signs_bundle_is_not_paged_past_the_rules_window(app, fault_fhir) -> None:
+    """The EHR prefetched a first page of vital signs and links to years more. The service does not
+    page through them: it asks once for the rules' window (``date=ge``) and keeps the first page."""
+    full = load_example("v01-clear-trd-eligible")
+    body = copy.deepcopy(full)
+    bundle = body["prefetch"]["vitalSigns"]
+    first, rest = bundle["entry"][:1], bundle["entry"][1:]
+    old_weight = copy.deepcopy(first[0])
+    old_weight["resource"].update(id="v01-old-weight", effectiveDateTime="2021-05-01T08:00:00Z")
+    history = "Observation?patient=v01&category=vital-signs&_sort=-date&_count=1&page="
+    fault_fhir.ok("/Observation", {"resourceType": "Bundle", "type": "searchset", "entry": rest})
+    for page in (2, 3):  # the history: pages of old vital signs, linked on and on
+        older = {"resourceType": "Bundle", "type": "searchset", "entry": [old_weight]}
+        older["link"] = [{"relation": "next", "url": fault_fhir.url(history + str(page + 1))}]
+        fault_fhir.ok("/Observation", older, query={"page": str(page)})
+    bundle["entry"] = first
+    bundle["link"] = [{"relation": "next", "url": fault_fhir.url(history + "2")}]
+    body["fhirServer"] = fault_fhir.base_url
+    resp = app.test_client().post("/cds-services/order-sign", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    asked = [r for r in fault_fhir.requests if r.path == "/Observation"]
+    assert [r.param("page") for r in asked] == [None], [r.target for r in asked]
+    assert asked[0].query["date"] == ["ge2026-04-03"] and asked[0].param("category") == "vital-signs"
+    expected = app.test_client().post("/cds-services/order-sign", json=full).get_json()["cards"]
+    assert texts(resp.get_json()["cards"]) == texts(expected)
+
+
+def texts(cards: list[dict]) -> list[tuple[str, str, str, str]]:
+    return [(c["source"]["topic"]["code"], c["indicator"], c["summary"], c.get("detail", "")) for c in cards]

@@ -40,17 +40,18 @@ def serve_keys(srv: FaultFhirServer, request: dict, keys: list[str]) -> None:
         "medicationAdministrations": "/MedicationAdministration",
         "procedures": "/Procedure",
     }
-    assessment_codes = PREFETCH["assessments"].split("code=")[1].split("&")[0]
-    obs_query = {"vitalSigns": {"category": "vital-signs"}, "assessments": {"code": assessment_codes}}
+    pregnancy_codes = PREFETCH["pregnancyStatus"].split("code=")[1].split("&")[0]
+    if "assessments" in keys:  # the other Observation searches: scores by code, in two searches
+        srv.route("/Observation", mode="ok", body=request["prefetch"]["assessments"])
     for key in keys:
         value = request["prefetch"][key]
         if key == "patient":
             srv.ok(f"/Patient/{request['context']['patientId']}", value)
-        elif key in obs_query:
-            srv.route("/Observation", mode="ok", body=value, query=obs_query[key])
+        elif key == "vitalSigns":
+            srv.route("/Observation", mode="ok", body=value, query={"category": "vital-signs"})
         elif key == "pregnancyStatus":
-            srv.route("/Observation", mode="ok", body=value, query={"code": "http://loinc.org|82810-3"})
-        else:
+            srv.route("/Observation", mode="ok", body=value, query={"code": pregnancy_codes})
+        elif key != "assessments":
             srv.ok(paths[key], value)
 
 
@@ -95,7 +96,7 @@ def test_missing_keys_are_fetched_with_the_bearer_token(client, v1):
         body["fhirAuthorization"] = AUTH
         resp = post(client, body)
         assert resp.status_code == 200, resp.get_json()
-        assert len(srv.requests) == len(missing)
+        assert len(srv.requests) == len(missing) + 1  # scores: the history and the screens' window
         for r in srv.requests:
             assert r.headers["Authorization"] == f"Bearer {TOKEN}"
             assert r.headers.get("X-Request-ID")

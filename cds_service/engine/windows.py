@@ -1,31 +1,62 @@
-"""How far back the rules look at vital signs, so that fetch mode asks only for that (issue 8 item 7).
+"""How far back the rules look at observations, so that fetch mode asks only for that (issue 8 item 7).
 
 Every rule that reads a vital sign asks for a recent one: the blood pressure of today, a weight of
-the last 30 days. Fetching a long record's whole vital-sign history (thousands of Observations,
-most of the fetch time of a large record) buys nothing, so the service's own fetch of
-``vitalSigns`` adds ``date=ge<start>`` (a CDS Hooks query-subset date parameter) where ``start`` is
-the longest window any rule uses before the evaluation time, plus a day. The window is derived
-from the compiled rule set, site parameters included: if any predicate reads a vital sign without
-a window, or in a way this module does not know, nothing is narrowed. The templates discovery
-serves are unchanged (CDS Hooks 2.0.1 tokens cannot name a date); history that TRD counting or
-washouts need (medications, scores) is never narrowed.
+the last 30 days. The screens (C-SSRS, PHQ-9 item 9, hCG) are read within 30 days too; only TRD
+counting and course tracking read scores (PHQ-9, MADRS) over the whole history. Fetching a long
+record's whole vital-sign and survey history (thousands of Observations, most of the fetch time of
+a large record) buys nothing, so the service's own fetch adds ``date=ge<start>`` (a CDS Hooks
+query-subset date parameter), ``start`` being the longest window any rule uses before the
+evaluation time, plus a day:
+
+* ``vitalSigns``: one search, narrowed;
+* ``assessments``: the template's search (every code), narrowed, and a second search, not narrowed,
+  for the codes of the kinds read over the whole history.
+
+The windows are derived from the compiled rule set, site parameters included. Which keys a
+predicate reads is ``engine/unread.py``'s declaration: one that reads a key and is not known here
+(an observation predicate with its window, ``dose_per_kg``, or a predicate that names the kinds it
+reads over the history, :data:`HISTORY_KINDS_IN`), or one declared nowhere, turns the narrowing of
+that key off; so does a predicate that names a kind it is not declared to read. The templates
+discovery serves are unchanged (CDS Hooks 2.0.1 tokens cannot name a date); medication history is
+never narrowed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..services import SEPARATELY_RETRIEVED_KINDS
+from ..reading.prefetch import Narrowed
+from ..services import SEPARATELY_RETRIEVED_KINDS, assessment_kinds, code_tokens, kind_codes
 from .loader import RuleSet
 from .predicates import Leaf, Node
 from .predicates.logic import All, Any_, Assess, Not
+from .unread import OBSERVATION_PREDICATES, key_of_kind, keys_read
 
 VITAL_KINDS = SEPARATELY_RETRIEVED_KINDS - {"pregnancy_status"}
+NARROWED_KEYS = ("vitalSigns", "assessments")
 MARGIN_DAYS = 1  # time zones and the day boundary: ask for a day more than the rules look at
-_cache: dict[str, float | None] = {}
+#: Predicates that read the observation kinds named in these compiled arguments, over the whole
+#: history (trd: trials' score changes and remission; course: baseline and response).
+HISTORY_KINDS_IN: dict[str, tuple[str, ...]] = {
+    "trd": ("score_kinds", "remission_below"),
+    "course": ("kinds",),
+}
+
+
+@dataclass(frozen=True)
+class KeyWindow:
+    """What the rules read of one key: ``days`` back (None: some rule reads it without a window,
+    nothing is narrowed), and the kinds read over the whole history (fetched without a date)."""
+
+    days: float | None
+    history: tuple[str, ...] = ()
+
+
+_cache: dict[str, dict[str, KeyWindow]] = {}
 
 
 def _leaves(node: Node) -> Iterator[Leaf]:
@@ -39,49 +70,95 @@ def _leaves(node: Node) -> Iterator[Leaf]:
     # Ref: its definition is walked once from RuleSet.definitions
 
 
-def _mentions_vital(value: Any) -> bool:
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a predicate's arguments, dict keys included (``remission_below: {phq9: 5}``)."""
     if isinstance(value, str):
-        return value in VITAL_KINDS
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_mentions_vital(v) for v in value)
-    if isinstance(value, dict):
-        return any(_mentions_vital(v) for v in value.values())
-    return False
+        yield value
+    elif isinstance(value, list | tuple | set | frozenset):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
 
 
-def _window(leaf: Leaf) -> float | None:
-    """Days back this leaf reads vital signs: 0 if it reads none, inf if without a window."""
+def _days(value: Any, per: float = 1.0) -> float:
+    return math.inf if value is None else float(value) / per
+
+
+def _reads(leaf: Leaf, kinds_of: dict[str, frozenset[str]]) -> Iterator[tuple[str, str | None, float]]:
+    """``(key, kind, days back)`` for what a leaf reads of the narrowed keys; kind None: any kind."""
     a = leaf.args
-    if leaf.name == "observation" and a.get("kind") in VITAL_KINDS:
+    if leaf.name in OBSERVATION_PREDICATES:
+        kind = str(a.get("kind"))
         if a.get("within_hours") is not None:
-            return float(a["within_hours"]) / 24
-        return float(a["within_days"]) if a.get("within_days") is not None else math.inf
-    if leaf.name == "has_observation" and a.get("kind") in VITAL_KINDS:
-        return float(a["within"]) if a.get("within") is not None else math.inf
+            days = _days(a["within_hours"], 24)
+        else:
+            days = _days(a.get("within_days", a.get("within")))
+        yield key_of_kind(kind), kind, days
+        return
     if leaf.name == "dose_per_kg":
-        return float(a["within"]) if a.get("within") is not None else math.inf
-    if leaf.name in ("observation", "has_observation"):
-        return 0.0
-    return math.inf if _mentions_vital(a) else 0.0
+        yield "vitalSigns", "weight", _days(a.get("within"))
+        return
+    declared = keys_read(leaf.name, a)
+    named = set(_strings(a))
+    history = {k for field in HISTORY_KINDS_IN.get(leaf.name, ()) for k in _strings(a.get(field))}
+    for key in NARROWED_KEYS:
+        if declared is not None and key not in declared:
+            if named & kinds_of[key]:
+                yield key, None, math.inf  # names a kind of a key it is not declared to read
+        elif leaf.name in HISTORY_KINDS_IN:
+            for kind in sorted(history & kinds_of[key]):
+                yield key, kind, math.inf
+        else:
+            yield key, None, math.inf
 
 
-def vital_signs_window(ruleset: RuleSet) -> float | None:
-    """The longest window (days) any rule reads vital signs over; None when unbounded."""
+def key_windows(ruleset: RuleSet) -> dict[str, KeyWindow]:
+    """What the rules read of each narrowed key (see :class:`KeyWindow`)."""
     if ruleset.version in _cache:
         return _cache[ruleset.version]
+    kinds_of = {
+        "vitalSigns": frozenset(VITAL_KINDS),
+        "assessments": frozenset(assessment_kinds(ruleset.observation_kinds)),
+    }
     roots = [r.when for r in ruleset.rules] + list(ruleset.definitions.values())
-    longest = max((_window(leaf) for root in roots for leaf in _leaves(root)), default=0.0)
-    result = None if math.isinf(longest) else longest
+    reads = [read for root in roots for leaf in _leaves(root) for read in _reads(leaf, kinds_of)]
+    result = {key: _window(key, [(k, d) for r_key, k, d in reads if r_key == key]) for key in NARROWED_KEYS}
     if len(_cache) > 32:
         _cache.clear()
     _cache[ruleset.version] = result
     return result
 
 
-def fetch_narrowing(ruleset: RuleSet, now: datetime) -> dict[str, str]:
-    """Extra query parameters per prefetch key for the service's own fetch (never for discovery)."""
-    days = vital_signs_window(ruleset)
-    if days is None:
-        return {}
-    start = (now - timedelta(days=days + MARGIN_DAYS)).date()
-    return {"vitalSigns": f"date=ge{start.isoformat()}"}
+def _window(key: str, reads: Iterable[tuple[str | None, float]]) -> KeyWindow:
+    days, history = 0.0, set()
+    for kind, d in reads:
+        if math.isinf(d):
+            if kind is None or key != "assessments":  # vital signs are asked for by category only
+                return KeyWindow(None)
+            history.add(kind)
+        else:
+            days = max(days, d)
+    return KeyWindow(days, tuple(sorted(history)))
+
+
+def vital_signs_window(ruleset: RuleSet) -> float | None:
+    """The longest window (days) any rule reads vital signs over; None when unbounded."""
+    return key_windows(ruleset)["vitalSigns"].days
+
+
+def fetch_narrowing(ruleset: RuleSet, now: datetime) -> dict[str, tuple[Narrowed, ...]]:
+    """The searches of the service's own fetch per narrowed key (never for discovery)."""
+    out: dict[str, tuple[Narrowed, ...]] = {}
+    for key, window in key_windows(ruleset).items():
+        if window.days is None:
+            continue
+        start = (now - timedelta(days=window.days + MARGIN_DAYS)).date()
+        parts = [Narrowed(params=f"date=ge{start.isoformat()}")]
+        codes = kind_codes(ruleset.observation_kinds, window.history)
+        if codes:
+            parts.append(Narrowed(codes=code_tokens(codes)))
+        out[key] = tuple(parts)
+    return out

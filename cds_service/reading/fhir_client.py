@@ -24,10 +24,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -40,6 +40,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from .raw import as_list
 
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)  # what fetch_all's jobs are named by
 
 #: Work that was already running when the deadline passed ends within this margin (documented in
 #: docs/security.md): sockets are shut down at the deadline, parsing a page already read finishes.
@@ -464,16 +465,16 @@ class FhirClient:
 
     # -- many at once --------------------------------------------------------------------------------
     def fetch_all(
-        self, jobs: dict[str, Callable[[], list[dict[str, Any]]]]
-    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, FhirFetchError]]:
+        self, jobs: dict[K, Callable[[], list[dict[str, Any]]]]
+    ) -> tuple[dict[K, list[dict[str, Any]]], dict[K, FhirFetchError]]:
         """Run the jobs concurrently on this client; results and failures by key, never later than
         the deadline + :data:`DEADLINE_MARGIN`. Unfinished jobs fail with the deadline reason."""
-        results: dict[str, list[dict[str, Any]]] = {}
-        failures: dict[str, FhirFetchError] = {}
+        results: dict[K, list[dict[str, Any]]] = {}
+        failures: dict[K, FhirFetchError] = {}
         if not jobs:
             return results, failures
         pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(jobs)), thread_name_prefix="fhir-fetch")
-        futures: dict[str, Future[list[dict[str, Any]]]] = {
+        futures: dict[K, Future[list[dict[str, Any]]]] = {
             key: pool.submit(job) for key, job in jobs.items()
         }
         try:

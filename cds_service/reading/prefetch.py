@@ -2,7 +2,8 @@
 
 The four cases of CDS Hooks 2.0.1 §Prefetch, per key:
 
-* a resource or a searchset Bundle: used as is (a Bundle's ``next`` pages are fetched);
+* a resource or a searchset Bundle: used as is (a Bundle's ``next`` pages are fetched, or, for a
+  key the service narrows to the rules' window, the narrowed searches are made instead);
 * ``null``: the client looked and found nothing — an empty result, not a gap;
 * key missing: fetched from ``fhirServer`` with the bearer token;
 * an OperationOutcome: the client could not get it — treated like a missing key.
@@ -90,6 +91,31 @@ def is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
+@dataclass(frozen=True)
+class Narrowed:
+    """One search the service makes for a key in place of its template's (``engine/windows.py``):
+    the template's query with ``params`` added and, when ``codes`` is given, its ``code`` tokens
+    replaced by those. A key's searches together ask for everything the rules read of it."""
+
+    params: str = ""
+    codes: str | None = None
+
+    def apply(self, query: str) -> str:
+        """The narrowed query; the query as is when it has no ``code`` to replace (nothing is lost)."""
+        path, sep, given = query.partition("?")
+        if not sep:
+            return query
+        parts = given.split("&")
+        if self.codes is not None:
+            at = [i for i, p in enumerate(parts) if p.startswith("code=")]
+            if len(at) != 1:
+                return query
+            parts[at[0]] = f"code={self.codes}"
+        if self.params:
+            parts.append(self.params)
+        return f"{path}?{'&'.join(parts)}"
+
+
 def resolve_prefetch(
     request: dict[str, Any],
     *,
@@ -102,20 +128,24 @@ def resolve_prefetch(
     policy: FetchPolicy | None = None,
     request_id: str | None = None,
     templates: dict[str, str] = PREFETCH,
-    narrowing: dict[str, str] | None = None,
+    narrowing: dict[str, tuple[Narrowed, ...]] | None = None,
 ) -> PrefetchResult:
     """Resources per key; raises DataUnavailable naming every key that could not be had.
 
     The limits (bytes, pages, resources) and the deadline hold for the whole call, every key
-    together; see :class:`~.fhir_client.CallBudget`. ``narrowing``: query parameters the service
-    adds to its own fetch of a key (``{"vitalSigns": "date=ge2026-04-03"}``: only what the rules
-    read, ``engine/windows.py``); prefetched data is used as sent.
+    together; see :class:`~.fhir_client.CallBudget`. ``narrowing``: the searches the service makes
+    for a key instead of its template (only what the rules read, ``engine/windows.py``). They
+    replace the key's own fetch, and the paging of a prefetched first page: the EHR's ``next``
+    links would lead through the whole history, the narrowed searches ask for what the rules read
+    (the first page is kept). A key without narrowing is fetched, or paged, in full.
     """
     prefetch = request.get("prefetch") or {}
     context = request.get("context") or {}
+    narrowing = narrowing or {}
     result = PrefetchResult()
-    to_fetch: dict[str, str] = {}
+    to_fetch: dict[str, list[str]] = {}
     continuations: dict[str, dict[str, Any]] = {}
+    first_pages: dict[str, list[dict[str, Any]]] = {}
     unresolvable: list[str] = []
 
     for key, template in templates.items():
@@ -128,12 +158,17 @@ def resolve_prefetch(
             if query is None:
                 unresolvable.append(key)
                 continue
-            extra = (narrowing or {}).get(key)
-            to_fetch[key] = f"{query}&{extra}" if extra and "?" in query else query
+            to_fetch[key] = [part.apply(query) for part in narrowing.get(key) or (Narrowed(),)]
             result.origin[key] = "fetched" if value is ... else "fetched-after-operationoutcome"
         elif isinstance(value, dict) and value.get("resourceType") == "Bundle" and _has_next(value):
-            continuations[key] = value
-            result.origin[key] = "prefetched+paged"
+            query = fill_template(template, context) if key in narrowing else None
+            if query is None:
+                continuations[key] = value
+                result.origin[key] = "prefetched+paged"
+            else:
+                first_pages[key] = bundle_resources(value)
+                to_fetch[key] = [part.apply(query) for part in narrowing[key]]
+                result.origin[key] = "prefetched+narrowed"
         else:
             result.resources[key] = _resources_of(value)
             result.origin[key] = "prefetched"
@@ -173,14 +208,16 @@ def resolve_prefetch(
     except FhirFetchError as exc:
         _log_failures({key: exc for key in missing}, request_id)
         raise DataUnavailable(f"could not fetch {', '.join(missing)}: {exc.reason}", missing) from None
-    jobs: dict[str, Callable[[], list[dict[str, Any]]]] = {}
-    for key, query in to_fetch.items():
-        jobs[key] = partial(client.read, query)
+    jobs: dict[tuple[str, int], Callable[[], list[dict[str, Any]]]] = {}
+    for key, queries in to_fetch.items():
+        for i, query in enumerate(queries):
+            jobs[key, i] = partial(client.read, query)
     for key, bundle in continuations.items():
-        jobs[key] = partial(client.continue_bundle, bundle)
-    jobs = dict(sorted(jobs.items(), key=lambda kv: fetch_rank(kv[0])))
+        jobs[key, 0] = partial(client.continue_bundle, bundle)
+    jobs = dict(sorted(jobs.items(), key=lambda kv: (fetch_rank(kv[0][0]), kv[0][1])))
     with client:
-        fetched, failures = client.fetch_all(jobs)
+        done, failed = client.fetch_all(jobs)
+    fetched, failures = _by_key(done, failed, first_pages)
     result.resources.update(fetched)
     if failures:
         _log_failures(failures, request_id)
@@ -202,6 +239,37 @@ def resolve_prefetch(
             },
         )
     return result
+
+
+def _by_key(
+    done: dict[tuple[str, int], list[dict[str, Any]]],
+    failed: dict[tuple[str, int], FhirFetchError],
+    first_pages: dict[str, list[dict[str, Any]]],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, FhirFetchError]]:
+    """The searches' results joined per key (a prefetched first page first, each resource once); a
+    key one of whose searches failed is not read (part of it is not the whole)."""
+    failures: dict[str, FhirFetchError] = {}
+    for (key, _), exc in sorted(failed.items()):
+        failures.setdefault(key, exc)
+    parts: dict[str, list[list[dict[str, Any]]]] = {}
+    for (key, _), found in sorted(done.items()):
+        if key not in failures:
+            parts.setdefault(key, [first_pages[key]] if key in first_pages else []).append(found)
+    fetched = {key: found[0] if len(found) == 1 else _once(found) for key, found in parts.items()}
+    return fetched, failures
+
+
+def _once(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The resources of several searches of one key, each (type and id) once."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for part in parts:
+        for r in part:
+            ident = (r.get("resourceType"), r.get("id"))
+            if ident[1] is None or ident not in seen:
+                seen.add(ident)
+                out.append(r)
+    return out
 
 
 #: The order keys are sent in (at most ``MAX_PARALLEL`` at a time; a server that answers one request
