@@ -1019,9 +1019,15 @@ def _codes_of(res: dict[str, Any]) -> set[str]:
 
 
 def _template_codes(template: str) -> set[str]:
-    """The ``system|code`` values of a template's ``code=`` parameter."""
+    """The ``system|code`` (or bare ``code``: any system) tokens of a template's ``code=`` parameter."""
     query = template.partition("?")[2]
     return {v for part in query.split("&") if part.startswith("code=") for v in part[5:].split(",")}
+
+
+def _matches_codes(res: dict[str, Any], tokens: set[str]) -> bool:
+    """FHIR token search: ``system|code`` matches that coding, a bare ``code`` one of any system."""
+    codings = (res.get("code") or {}).get("coding") or []
+    return bool(_codes_of(res) & tokens) or any(c.get("code") in tokens for c in codings)
 
 
 def select_for_key(key: str, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1040,7 +1046,8 @@ def select_for_key(key: str, resources: list[dict[str, Any]]) -> list[dict[str, 
     if key == "vitalSigns":
         return newest_first([o for o in observations if "vital-signs" in _category_codes(o)])
     if key == "assessments":  # by code, whatever the category
-        return newest_first([o for o in observations if _codes_of(o) & _template_codes(PREFETCH[key])])
+        tokens = _template_codes(PREFETCH[key])
+        return newest_first([o for o in observations if _matches_codes(o, tokens)])
     if key == "pregnancyStatus":
         return newest_first([o for o in observations if _has_code(o, SYSTEMS["loinc"], "82810-3")])
     rtype = {

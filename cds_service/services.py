@@ -8,15 +8,21 @@ nothing: Medications still missing are read by id (``reading/medications.py``). 
 everything the rules read and filter on nothing a rule needs (no category filter that a conformant
 record may lack); anything the client does not prefetch is fetched from ``fhirServer``.
 
-A token names its code system exactly, and some servers store a system under its OID
-(``urn:oid:2.16.840.1.113883.6.1`` for LOINC, as CDA converters write it; the reading layer accepts
-both, ``reading/terminology.py`` ``SYSTEM_ALIASES``): each code is asked for in every spelling, in
-one comma-separated token list (FHIR search: any of them), which a conformant EHR fills as is.
-A code without its system would also match another system's code of the same spelling.
+A ``system|code`` token names its code system exactly, and some servers store a system under its
+OID (``urn:oid:2.16.840.1.113883.6.1`` for LOINC, as CDA converters write it; the reading layer
+accepts both, ``reading/terminology.py`` ``SYSTEM_ALIASES``). So a LOINC code (``44261-6``: digits, a
+hyphen, a check digit) is asked for without a system, which matches it under any spelling; another
+system's code of that shape would be fetched too, and not read (the reading layer identifies codes
+by system): bytes, never a wrong reading. Codes of other systems keep their system (a local
+``3045`` or a SNOMED number would match other systems' codes often) and are asked for in each
+spelling of it. One comma-separated token list (FHIR search: any of them), which a conformant EHR
+fills as is. (Bare codes are also what a search engine without a token index evaluates fastest:
+Medplum's took ~6 ms per ``system|code`` token per search over a 5,000-resource record.)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,11 +95,19 @@ for _alias, _system in SYSTEM_ALIASES.items():
         SYSTEM_SPELLINGS[_system] = (*SYSTEM_SPELLINGS.get(_system, ()), _alias)
 
 
+LOINC = "http://loinc.org"
+LOINC_CODE = re.compile(r"\d{1,7}-\d")
+
+
 def code_tokens(codes: Iterable[str]) -> str:
-    """The token list of ``system|code`` codes, each followed by its other spellings."""
+    """The token list of ``system|code`` codes: a LOINC code bare, others in each spelling of
+    their system (see the module's docstring)."""
     out: list[str] = []
     for token in codes:
         system, _, code = token.partition("|")
+        if system == LOINC and LOINC_CODE.fullmatch(code):
+            out.append(code)
+            continue
         out.append(token)
         out.extend(f"{other}|{code}" for other in SYSTEM_SPELLINGS.get(system, ()))
     return ",".join(dict.fromkeys(out))

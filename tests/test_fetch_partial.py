@@ -290,7 +290,7 @@ def test_medication_history_and_score_history_are_never_narrowed(app: Flask, pro
     asked for without a date, the scores TRD and course tracking read (PHQ-9, MADRS) by a search of
     their own without a date; the screens, read within 30 days, by the template's search narrowed."""
     call(app, "v08-phenelzine", proxy)
-    scores = {"http://loinc.org|44261-6", "http://ketamine-cds.local/CodeSystem/assessment|madrs-total"}
+    scores = {"44261-6", "http://ketamine-cds.local/CodeSystem/assessment|madrs-total"}
     template = set(PREFETCH["assessments"].split("code=")[1].split("&")[0].split(","))
     searches = {}
     for r in proxy.requests:
@@ -300,7 +300,7 @@ def test_medication_history_and_score_history_are_never_narrowed(app: Flask, pro
             assert "date" not in r.query, r.target
     assert searches.keys() == {None, "ge2026-04-03"}, searches
     assert searches["ge2026-04-03"] == template
-    assert scores <= searches[None] < template and "http://loinc.org|93246-7" not in searches[None]
+    assert scores <= searches[None] < template and "93246-7" not in searches[None]
 
 
 def test_keys_are_sent_patient_first_and_long_histories_last(

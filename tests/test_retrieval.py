@@ -23,7 +23,7 @@ from cds_service.engine.loader import RuleLoadError, load_ruleset
 from cds_service.reading.facts import Facts
 from cds_service.reading.prefetch import resolve_prefetch
 from cds_service.reading.record import PatientRecord
-from cds_service.services import PREFETCH, prefetch_for
+from cds_service.services import PREFETCH, code_tokens, prefetch_for
 
 from .conftest import RULES, load_example
 from .record_support import LOCAL_FHIR
@@ -69,7 +69,7 @@ def facts_for(request: dict, ruleset) -> Facts:
 def test_assessments_template_filters_on_codes_not_on_category():
     template = PREFETCH["assessments"]
     assert "category=" not in template
-    assert "http://loinc.org|44261-6" in template
+    assert "44261-6" in template.split("code=")[1].split("&")[0].split(",")
 
 
 def test_the_static_template_is_what_the_bundled_rules_derive():
@@ -223,13 +223,20 @@ def test_fetch_mode_finds_observations_stored_with_the_loinc_oid(fhir_server, ap
     assert cards_of(app, body) == expected
 
 
-def test_templates_ask_for_both_spellings_of_a_code_system():
-    """A conformant EHR fills the template as it stands: one token list, each code in both spellings."""
-    for key in ("pregnancyStatus", "assessments"):
-        tokens = PREFETCH[key].split("code=")[1].split("&")[0].split(",")
-        loinc = {t.split("|")[1] for t in tokens if t.startswith("http://loinc.org|")}
-        oid = {t.split("|")[1] for t in tokens if t.startswith(f"{LOINC_OID}|")}
-        assert loinc and loinc == oid, key
+def test_templates_ask_for_loinc_codes_in_any_system_and_keep_other_systems():
+    """A conformant EHR fills the template as it stands: a LOINC code is a bare token (any system
+    spelling matches it), a code of another system keeps it (``3045`` alone would match any system's
+    ``3045``), in each spelling (a SNOMED code also under SNOMED's OID)."""
+    tokens = PREFETCH["pregnancyStatus"].split("code=")[1].split("&")[0].split(",")
+    assert tokens == ["82810-3"]
+    tokens = PREFETCH["assessments"].split("code=")[1].split("&")[0].split(",")
+    assert "44261-6" in tokens and not any(t.startswith(("http://loinc.org|", LOINC_OID)) for t in tokens)
+    assert "http://ketamine-cds.local/CodeSystem/assessment|madrs-total" in tokens
+    codes = ["http://snomed.info/sct|77386006", f"{LOCAL}|3045", "http://loinc.org|LA15173-0"]
+    assert code_tokens(codes) == (
+        "http://snomed.info/sct|77386006,urn:oid:2.16.840.1.113883.6.96|77386006,"
+        f"{LOCAL}|3045,http://loinc.org|LA15173-0,urn:oid:2.16.840.1.113883.6.1|LA15173-0"
+    )
 
 
 def test_a_site_code_for_pregnancy_status_is_asked_for_by_its_key(site_rules: Path):
@@ -237,6 +244,5 @@ def test_a_site_code_for_pregnancy_status_is_asked_for_by_its_key(site_rules: Pa
     mapping = f'  pregnancy_status:\n    - {{system: "{LOCAL}", code: "9921"}}\n'
     (site_rules / "site.yaml").write_text(f"jurisdiction: US\nobservation_codes:\n{mapping}")
     templates = prefetch_for(load_ruleset(site_rules).observation_kinds)
-    assert f"{LOCAL}|9921" in templates["pregnancyStatus"]
-    assert "http://loinc.org|82810-3" in templates["pregnancyStatus"]
+    assert templates["pregnancyStatus"].split("code=")[1].split("&")[0] == f"82810-3,{LOCAL}|9921"
     assert f"{LOCAL}|9921" not in templates["assessments"]
