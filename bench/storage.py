@@ -4,7 +4,9 @@ For SQLite (a temp file) and PostgreSQL (``--postgres URL``, else a throwaway se
 test suite's: tests/support/postgres.py), through the same ``open_storage`` the service uses:
 
 * ``feedback``  ``add_feedback`` of one entry (committed durably before it returns, as a POST does)
-* ``shown``     ``record_shown`` of three cards (what every service call writes)
+* ``shown``     ``record_shown`` of three cards (what every service call does: buffered, written
+                with other calls' rows in one transaction every half second, storage/shown_buffer.py)
+* ``shown+flush`` the same written at once (one transaction per call, as before the buffer)
 * ``jti``       ``jti_cache.add`` (what every authenticated call does)
 
 each one call at a time and from ``--threads`` threads at once (gunicorn's threads in one worker;
@@ -48,10 +50,14 @@ def _operations(storage) -> dict[str, Callable[[], None]]:  # noqa: ANN001 - a S
             "order-sign", str(uuid.uuid4()), [(str(uuid.uuid4()), f"rule-{i}", "warning") for i in range(3)]
         )
 
+    def shown_flushed() -> None:
+        shown()
+        storage.feedback.shown.flush()
+
     def jti() -> None:
         storage.jti_cache.add("https://ehr.test", str(uuid.uuid4()), time.time() + 300)
 
-    return {"feedback": feedback, "shown": shown, "jti": jti}
+    return {"feedback": feedback, "shown": shown, "shown+flush": shown_flushed, "jti": jti}
 
 
 def _run(op: Callable[[], None], threads: int, seconds: float) -> tuple[float, float, float]:

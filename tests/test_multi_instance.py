@@ -115,6 +115,9 @@ def test_one_token_sent_to_both_instances_at_once_is_accepted_once(cluster: Clus
 
 def test_feedback_sent_to_both_instances_is_counted_once(cluster: Cluster) -> None:
     body = load_example("v07-daily-lorazepam")
+    # Shown cards are written in batches, within half a second (cds_service/storage/shown_buffer.py):
+    # the earlier tests' are all written by now, this test's are waited for below.
+    time.sleep(1.5)
     before = _stats(cluster.database)
     shown: list[dict[str, Any]] = []
     for inst in (cluster.a, cluster.b):
@@ -141,8 +144,13 @@ def test_feedback_sent_to_both_instances_is_counted_once(cluster: Cluster) -> No
         resp = post(inst, FEEDBACK, {"feedback": [entry(card)]}, cluster.token(FEEDBACK))
         assert resp.status_code == 200 and resp.json() == {"stored": 1}, resp.text
 
-    after = _stats(cluster.database)
     was = before.get(rule, {"shown": 0, "overridden": 0})
+    deadline = time.monotonic() + 10
+    while True:  # until both cards' shown rows are written (the join names their rule)
+        after = _stats(cluster.database)
+        if after.get(rule, was)["overridden"] - was["overridden"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert after[rule]["shown"] - was["shown"] == 2
     assert after[rule]["overridden"] - was["overridden"] == 2
 

@@ -56,6 +56,7 @@ class Storage:
     jti_cache: Any  # a cds_service.auth.JtiCache
 
     def close(self) -> None:
+        self.feedback.close()  # writes the shown cards still pending (shown_buffer.py)
         self.database.close()
 
 

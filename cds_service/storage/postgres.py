@@ -22,6 +22,7 @@ from ..feedback import FEEDBACK_COLUMNS, FEEDBACK_PER_RULE_SQL, SHOWN_PER_RULE_S
 from .errors import StorageUnavailable
 from .migrations import Migration, check_current, pending
 from .pool import ConnectionPool
+from .shown_buffer import ShownCardBuffer
 
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -168,13 +169,14 @@ class PostgresFeedbackStore:
 
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
+        self.shown = ShownCardBuffer(self._insert_shown)
 
     def record_shown(self, service: str, hook_instance: str, cards: Iterable[tuple[str, str, str]]) -> None:
+        """Buffered: written with other calls' rows within half a second (storage/shown_buffer.py)."""
         now = time.time()
-        rows = [(u, service, rule, ind, hook_instance, now) for u, rule, ind in cards]
-        if not rows:
-            return
+        self.shown.add([(u, service, rule, ind, hook_instance, now) for u, rule, ind in cards])
 
+    def _insert_shown(self, rows: list[tuple[Any, ...]]) -> None:
         def insert(conn: psycopg.Connection[Any]) -> None:
             with conn.cursor() as cur:
                 cur.executemany(
@@ -206,9 +208,11 @@ class PostgresFeedbackStore:
             shown = conn.execute(SHOWN_PER_RULE_SQL).fetchall()
             return summarise(shown, conn.execute(FEEDBACK_PER_RULE_SQL).fetchall())
 
+        self.shown.flush()  # this process's statistics include the cards it has just shown
         return self.db.run(query)
 
     def close(self) -> None:
+        self.shown.close()
         self.db.close()
 
 

@@ -2,7 +2,8 @@
 
 WAL mode, so readers never block the writer and a killed worker loses no committed row. Feedback
 is committed with ``synchronous=FULL`` (on disk before it is acknowledged); shown cards and the
-replay cache with ``NORMAL`` (they survive a killed process, may lose the last commits on power loss).
+replay cache with ``NORMAL`` (they survive a killed process, may lose the last commits on power loss);
+shown cards are written in batches, every half second (shown_buffer.py, which says what that risks).
 Connections come from a small per-process pool (pool.py), never carried across gunicorn's fork.
 """
 
@@ -22,6 +23,7 @@ from ..feedback import FEEDBACK_COLUMNS, FEEDBACK_PER_RULE_SQL, SHOWN_PER_RULE_S
 from .errors import StorageUnavailable
 from .migrations import Migration, check_current, pending
 from .pool import ConnectionPool
+from .shown_buffer import ShownCardBuffer
 
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -134,12 +136,14 @@ class SQLiteFeedbackStore:
     def __init__(self, target: SQLiteDatabase | Path | str) -> None:
         self.db = _database(target)
         self.path = self.db.path
+        self.shown = ShownCardBuffer(self._insert_shown)
 
     def record_shown(self, service: str, hook_instance: str, cards: Iterable[tuple[str, str, str]]) -> None:
+        """Buffered: written with other calls' rows within half a second (storage/shown_buffer.py)."""
         now = time.time()
-        rows = [(u, service, rule, ind, hook_instance, now) for u, rule, ind in cards]
-        if not rows:
-            return
+        self.shown.add([(u, service, rule, ind, hook_instance, now) for u, rule, ind in cards])
+
+    def _insert_shown(self, rows: list[tuple[Any, ...]]) -> None:
         with self.db.transaction(synchronous="NORMAL") as db:
             db.executemany("INSERT OR IGNORE INTO shown_cards VALUES (?,?,?,?,?,?)", rows)
 
@@ -152,10 +156,12 @@ class SQLiteFeedbackStore:
         return len(rows)
 
     def rule_stats(self) -> list[dict[str, Any]]:
+        self.shown.flush()  # this process's statistics include the cards it has just shown
         with self.db.connection() as db:
             return summarise(db.execute(SHOWN_PER_RULE_SQL).fetchall(), db.execute(FEEDBACK_PER_RULE_SQL))
 
     def close(self) -> None:
+        self.shown.close()
         self.db.close()
 
 

@@ -31,12 +31,19 @@ def serve_command() -> list[str]:
 class ServeProcess:
     """One instance: its own process group (gunicorn master + workers), log in ``log_path``."""
 
-    def __init__(self, tmp: Path, *args: str, workers: int = 2, name: str = "instance") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *args: str,
+        workers: int = 2,
+        name: str = "instance",
+        command: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.log_path = tmp / f"{name}-{self.port}.log"
-        self.cmd = [*serve_command(), "--port", str(self.port), "--workers", str(workers), *args]
+        self.cmd = [*(command or serve_command()), "--port", str(self.port), "--workers", str(workers), *args]
         env = {**os.environ, "KETAMINE_CDS_LOG_LEVEL": "WARNING"}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
