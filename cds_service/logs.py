@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 CALL_LOGGER = "ketamine_cds.calls"
 OWN_LOGGERS = ("cds_service", "ketamine_cds")
 #: gunicorn's lifecycle lines, whose arguments are the server's own (version, address, pid, worker
@@ -36,6 +38,10 @@ LIFECYCLE_TEMPLATES = frozenset(
         "Worker exiting (pid: %s)",
         "Shutting down: %s",
     }
+)
+#: What json.dumps(default=str) writes: dates and dataclasses through ``default`` too.
+_ORJSON_LIKE_JSON = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 #: Fields on every line from now on: the rule-set version in service (set by RuleSetProvider).
 _EVERY_LINE: dict[str, Any] = {}
@@ -114,6 +120,14 @@ class JsonFormatter(logging.Formatter):
                 tb = tb.tb_next
             where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
             payload["error"] = f"{type(exc).__name__} at {where}"
+        try:  # orjson: a tenth of json.dumps's time for a call line, the same text
+            line = orjson.dumps(payload, default=str, option=_ORJSON_LIKE_JSON)
+        except TypeError:  # an integer beyond 64 bits, say
+            line = b""
+        if line.isascii() and line:
+            return line.decode("ascii")
+        # json.dumps escapes non-ASCII (as \\u00e9), so a line stays one valid JSON text whatever the
+        # stream's encoding does with non-ASCII bytes (backslashreplace would write \\xe9)
         return json.dumps(payload, separators=(",", ":"), default=str)
 
 
