@@ -44,6 +44,12 @@ class ConditionFacts:
         """(resource, its codings) for every coded Condition, codings read once per request."""
         return [(c, cs) for c in self.record.resources("Condition") if (cs := codings(c.get("code")))]
 
+    @cached_property
+    def _condition_codes(self) -> frozenset[tuple[str, str]]:
+        """Every code of the record's Conditions: most value sets share none of them, and a set
+        intersection says so without visiting a Condition."""
+        return frozenset(code for _, cs in self._coded_conditions for code in cs)
+
     def _condition_fact(self, c: dict[str, Any]) -> ConditionFact | None:
         """The validated fact of a Condition (None if unreadable, refuted or entered in error)."""
         key = id(c)
@@ -73,26 +79,32 @@ class ConditionFacts:
         return fact
 
     @cached_property
-    def _conditions_by_valueset(self) -> dict[str, list[ConditionFact]]:
+    def _conditions_by_valueset(self) -> dict[tuple[str, bool], list[ConditionFact]]:
         return {}
 
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
         """Readable Conditions coded in the value set, in record order (memoised per request:
-        many rules ask about the same few value sets)."""
-        found = self._conditions_by_valueset.get(valueset)
+        many rules ask about the same few value sets; the caller must not change the list)."""
+        key = (valueset, active_only)
+        found = self._conditions_by_valueset.get(key)
         if found is None:
-            found = []
-            for c, cs in self._coded_conditions:
-                if self.t.codes_in(cs, valueset):
-                    fact = self._condition_fact(c)
-                    if fact is not None:
-                        found.append(fact)
-            self._conditions_by_valueset[valueset] = found
-        return [f for f in found if f.active] if active_only else list(found)
+            if active_only:
+                found = [f for f in self.conditions_in(valueset) if f.active]
+            else:
+                found = []
+                members = self.t.valuesets[valueset].codes
+                if not members.isdisjoint(self._condition_codes):
+                    for c, cs in self._coded_conditions:
+                        if not members.isdisjoint(cs) and (fact := self._condition_fact(c)) is not None:
+                            found.append(fact)
+            self._conditions_by_valueset[key] = found
+        return found
 
     def unreadable_conditions_in(self, valueset: str) -> list[str]:
         """References of unreadable Conditions whose code is in the value set."""
         self.conditions_in(valueset)
+        if not self.malformed_conditions:
+            return []
         return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 from operator import itemgetter
@@ -30,6 +29,7 @@ OBSERVATION = Reads(
     "component.value[x]",
 )
 PRELIMINARY_OBS_STATUS = ("preliminary", "unknown")
+_NOT_READINGS = ("entered-in-error", "cancelled", "registered")  # statuses that are no reading
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, 
 
 
 _TEXT = (str, type(None))
+_FUTURE_SLACK = timedelta(hours=1)  # a reading up to an hour "ahead" is a clock skew, not the future
 
 
 class ObservationKinds:
@@ -84,7 +85,11 @@ class ObservationKinds:
                     _display_words(known),
                 )
         self.code_keys = frozenset(code_key(code) for _, code in self.codes)
-        self._by_coding: dict[tuple[Any, Any] | bytes, list[str]] = {}
+        # the kinds of each coding list, by its (system, code) pairs (or JSON): content that
+        # different patients' records share (the same few codes), bounded, never patient data
+        self._by_coding: dict[tuple[Any, ...] | bytes, list[str]] = {}
+        # kinds whose readings are answers that may say "unknown" (see says_unknown)
+        self.answered = frozenset(self.answers) | frozenset(self.unknown_answers)
 
     def says_unknown(self, kind: str, element: dict[str, Any]) -> bool:
         """An answer that the value is not known (pregnancy status LA4489-6 "Unknown", or written
@@ -108,16 +113,34 @@ class ObservationKinds:
         return hit[1]
 
     def of_concept(self, concept: Any) -> list[str]:
-        """The observation kinds a code concept names (the caller must not change the list)."""
+        """The observation kinds a code concept names (the caller must not change the list).
+
+        The usual shape, one coding whose system and code are already known, is one hash probe:
+        a wrong shape (not a dict, no ``coding``, a coding that is not an object, an unhashable
+        code) raises on the way and takes the careful path. Only text keys are ever stored, so a
+        probe with another type (``True``, ``1``) can never match one of them."""
+        try:
+            coding = concept["coding"]
+            n = len(coding)
+            if n == 1:
+                c = coding[0]
+                return self._by_coding[(c["system"], c["code"])]
+            if n == 2:
+                c, d = coding
+                return self._by_coding[((c["system"], c["code"]), (d["system"], d["code"]))]
+        except (KeyError, TypeError, IndexError, ValueError):
+            pass
+        return self._of_concept(concept)
+
+    def _of_concept(self, concept: Any) -> list[str]:
         coding = concept.get("coding") if isinstance(concept, dict) else None
         if not isinstance(coding, list):
             return []
-        key: tuple[Any, Any] | bytes | None = None
-        first = coding[0] if len(coding) == 1 else None
-        if type(first) is dict:  # the usual shape: one coding; only its system and code matter
-            key = (first.get("system"), first.get("code"))
-            if not (type(key[0]) in _TEXT and type(key[1]) in _TEXT):
-                key = None
+        key: tuple[Any, ...] | bytes | None = None
+        if all(type(c) is dict for c in coding):  # only each coding's system and code matter
+            pairs = tuple((c.get("system"), c.get("code")) for c in coding)
+            if all(type(system) in _TEXT and type(code) in _TEXT for system, code in pairs):
+                key = pairs[0] if len(pairs) == 1 else pairs
         if key is None:
             try:
                 key = orjson.dumps(coding)
@@ -155,49 +178,57 @@ class ObservationFacts:
     _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
 
     @cached_property
-    def _observation_candidates(self) -> dict[str, list[Candidate]]:
-        """(time, resource, element) by kind, newest first, not yet validated; BP panels contribute
-        their components."""
-        out: dict[str, list[Candidate]] = {}
+    def _observations_by_kind(self) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """(resource, element read) by kind, in record order: one code lookup per code and
+        nothing else, so an observation of a kind no rule asks for costs only that lookup. BP
+        panels contribute their components."""
+        out: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
         kinds_of = self._kinds.of_concept
+        known = self._kinds._by_coding  # of_concept's first probe, inlined: this loop sees every reading
         for o in self.record.resources("Observation"):
-            if o.get("status") in ("entered-in-error", "cancelled", "registered"):
-                continue
-            kinds = kinds_of(o.get("code"))
-            components = []
+            code = o.get("code")
+            try:
+                coding = code["coding"]
+                c = coding[0]
+                kinds = known[(c["system"], c["code"])] if len(coding) == 1 else kinds_of(code)
+            except (KeyError, TypeError, IndexError):
+                kinds = kinds_of(code)
+            if kinds:
+                out.setdefault(kinds[0], []).append((o, o))
             listed = o.get("component")
-            if isinstance(listed, list):
+            if type(listed) is list:
                 for comp in listed:
-                    if isinstance(comp, dict):
-                        ck = kinds_of(comp.get("code"))
-                        if ck:
-                            components.append((ck[0], comp))
-            if not kinds and not components:
+                    if type(comp) is dict and (ck := kinds_of(comp.get("code"))):
+                        out.setdefault(ck[0], []).append((o, comp))
+        return out
+
+    @cached_property
+    def _candidates_by_kind(self) -> dict[str, list[Candidate]]:
+        return {}
+
+    def _candidates(self, kind: str) -> list[Candidate]:
+        """(time, resource, element) of a kind, newest first, not yet validated: read when a rule
+        first asks for the kind (memoised per request)."""
+        hit = self._candidates_by_kind.get(kind)
+        if hit is not None:
+            return hit
+        out: list[Candidate] = []
+        answered = kind in self._kinds.answered
+        for o, element in self._observations_by_kind.get(kind, ()):
+            if o.get("status") in _NOT_READINGS:
                 continue
-            when = parse_datetime(o.get("effectiveDateTime"))  # the usual one first
-            if when is None:
-                period = as_dict(o.get("effectivePeriod"))
-                when = (
-                    parse_datetime(o.get("effectiveInstant"))
-                    or parse_datetime(period.get("start"))
-                    or parse_datetime(period.get("end"))
-                    or parse_datetime(o.get("issued"))
-                )
+            when = _observed_at(o)
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
-            if kinds and not _absent(o) and not self._kinds.says_unknown(kinds[0], o):
-                out.setdefault(kinds[0], []).append((when, o, o))
-            for kind, comp in components:
-                if not _absent(comp) and not self._kinds.says_unknown(kind, comp):
-                    out.setdefault(kind, []).append((when, o, comp))
-        for items in out.values():
-            items.sort(key=itemgetter(0), reverse=True)
+            if "dataAbsentReason" in element and _absent(element):
+                continue
+            if answered and self._kinds.says_unknown(kind, element):
+                continue
+            out.append((when, o, element))
+        out.sort(key=itemgetter(0), reverse=True)
+        self._candidates_by_kind[kind] = out
         return out
-
-    def _kinds_of(self, concept: Any) -> list[str]:
-        """The observation kinds a code concept names."""
-        return self._kinds.of_concept(concept)
 
     @cached_property
     def _checked_facts(self) -> dict[int, ObservationFact | None]:
@@ -212,25 +243,16 @@ class ObservationFacts:
         when, resource, element = item
         fact = None
         if self.record.readable(resource, OBSERVATION):  # unreadable: skipped and reported
-            fact = _obs_fact(ref(resource), kind, when, element, self._obs_units.get(kind))
-            if resource.get("status") in PRELIMINARY_OBS_STATUS:
-                fact = replace(fact, preliminary=True)
+            fact = _obs_fact(
+                ref(resource),
+                kind,
+                when,
+                element,
+                self._obs_units.get(kind),
+                resource.get("status") in PRELIMINARY_OBS_STATUS,
+            )
         memo[key] = fact
         return fact
-
-    def _recent(self, kind: str, within_days: float | None) -> Iterator[ObservationFact]:
-        """Readable observations of a kind, newest first, within the window (none future-dated)."""
-        future = self.now + timedelta(hours=1)
-        oldest = self.now - timedelta(days=within_days) if within_days is not None else None
-        for item in self._observation_candidates.get(kind, []):
-            when = item[0]
-            if when > future:
-                continue  # a future-dated reading is not a current one
-            if oldest is not None and when < oldest:
-                return
-            fact = self._checked(kind, item)
-            if fact is not None:
-                yield fact
 
     @cached_property
     def _newest(self) -> dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]:
@@ -239,19 +261,31 @@ class ObservationFacts:
     def _newest_in(
         self, kind: str, within_days: float | None
     ) -> tuple[list[ObservationFact], ObservationFact | None]:
-        """(the preliminary readings newer than the latest final one, that final one) in the window,
-        read once per request and window."""
+        """(the preliminary readings newer than the latest final one, that final one) among the
+        readable observations of a kind in the window (none future-dated), read once per request
+        and window: newest first, so the walk stops at the first final one."""
         key = (kind, within_days)
         hit = self._newest.get(key)
-        if hit is None:
-            prelims: list[ObservationFact] = []
-            final = None
-            for f in self._recent(kind, within_days):
-                if not f.preliminary:
-                    final = f
-                    break
-                prelims.append(f)
-            hit = self._newest[key] = (prelims, final)
+        if hit is not None:
+            return hit
+        future = self.now + _FUTURE_SLACK
+        oldest = self.now - timedelta(days=within_days) if within_days is not None else None
+        prelims: list[ObservationFact] = []
+        final = None
+        for item in self._candidates(kind):
+            when = item[0]
+            if when > future:
+                continue  # a future-dated reading is not a current one
+            if oldest is not None and when < oldest:
+                break
+            f = self._checked(kind, item)
+            if f is None:
+                continue
+            if not f.preliminary:
+                final = f
+                break
+            prelims.append(f)
+        hit = self._newest[key] = (prelims, final)
         return hit
 
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
@@ -273,9 +307,7 @@ class ObservationFacts:
         hit = self._series.get(kind)
         if hit is None:
             facts = [
-                f
-                for item in self._observation_candidates.get(kind, [])
-                if (f := self._checked(kind, item)) and not f.preliminary
+                f for item in self._candidates(kind) if (f := self._checked(kind, item)) and not f.preliminary
             ]
             hit = self._series[kind] = facts[::-1]
         return hit
@@ -323,6 +355,21 @@ def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
     )
 
 
+def _observed_at(o: dict[str, Any]) -> datetime | None:
+    """When an observation was made: ``effective[x]`` (the usual ``effectiveDateTime`` first),
+    else when it was issued."""
+    when = parse_datetime(o.get("effectiveDateTime"))
+    if when is None:
+        period = as_dict(o.get("effectivePeriod"))
+        when = (
+            parse_datetime(o.get("effectiveInstant"))
+            or parse_datetime(period.get("start"))
+            or parse_datetime(period.get("end"))
+            or parse_datetime(o.get("issued"))
+        )
+    return when
+
+
 def _absent(element: dict[str, Any]) -> bool:
     """A reading recorded as not obtained (``dataAbsentReason``, no value): not a reading of its kind,
     so it never hides an earlier one (a diastolic "not obtained" at 08:35 leaves 104 at 08:30)."""
@@ -336,7 +383,12 @@ def code_key(code: str) -> str:
 
 
 def _obs_fact(
-    reference: str, kind: str, when: datetime, element: dict[str, Any], unit: str | None
+    reference: str,
+    kind: str,
+    when: datetime,
+    element: dict[str, Any],
+    unit: str | None,
+    preliminary: bool = False,
 ) -> ObservationFact:
     """The value of an observation (or component). A kind with a unit (weight in kg, BP in mm[Hg])
     gets its value converted to that unit, or no value when the recorded unit is missing, unknown or
@@ -346,17 +398,28 @@ def _obs_fact(
         value = quantity_in(q, unit) if q else None
         if value is not None and unit_code(q) != unit:
             value = round(value, 1)  # converted: no more precision than the recording had
-        return ObservationFact(reference, kind, when, value, unit if value is not None else None)
+        return ObservationFact(
+            reference, kind, when, value, unit if value is not None else None, preliminary=preliminary
+        )
     for number in (
         as_float(q.get("value")),
         as_float(element.get("valueInteger")),
     ):
         if number is not None:
-            return ObservationFact(reference, kind, when, number, q.get("code") or q.get("unit"))
+            return ObservationFact(
+                reference, kind, when, number, q.get("code") or q.get("unit"), preliminary=preliminary
+            )
     cc = element.get("valueCodeableConcept")
     if isinstance(cc, dict):
         cs = codings(cc)
-        return ObservationFact(reference, kind, when, code=cs[0] if cs else None, text=concept_text(cc))
+        return ObservationFact(
+            reference,
+            kind,
+            when,
+            code=cs[0] if cs else None,
+            text=concept_text(cc),
+            preliminary=preliminary,
+        )
     if isinstance(element.get("valueString"), str):
-        return ObservationFact(reference, kind, when, text=element["valueString"])
-    return ObservationFact(reference, kind, when)
+        return ObservationFact(reference, kind, when, text=element["valueString"], preliminary=preliminary)
+    return ObservationFact(reference, kind, when, preliminary=preliminary)
