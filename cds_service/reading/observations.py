@@ -48,6 +48,7 @@ Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, 
 
 
 _TEXT = (str, type(None))
+_UNREAD = object()
 _FUTURE_SLACK = timedelta(hours=1)  # a reading up to an hour "ahead" is a clock skew, not the future
 
 
@@ -206,6 +207,11 @@ class ObservationFacts:
     def _candidates_by_kind(self) -> dict[str, list[Candidate]]:
         return {}
 
+    @cached_property
+    def _observed(self) -> dict[int, datetime | None]:
+        """When each observation read so far was made (by identity: the record outlives it)."""
+        return {}
+
     def _candidates(self, kind: str) -> list[Candidate]:
         """(time, resource, element) of a kind, newest first, not yet validated: read when a rule
         first asks for the kind (memoised per request)."""
@@ -214,10 +220,14 @@ class ObservationFacts:
             return hit
         out: list[Candidate] = []
         answered = kind in self._kinds.answered
+        whens = self._observed  # a BP panel's time is read once for both of its components
         for o, element in self._observations_by_kind.get(kind, ()):
             if o.get("status") in _NOT_READINGS:
                 continue
-            when = _observed_at(o)
+            key = id(o)
+            when = whens.get(key, _UNREAD)
+            if when is _UNREAD:
+                when = whens[key] = _observed_at(o)
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
