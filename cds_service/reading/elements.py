@@ -2,23 +2,27 @@
 
 EHRs send slightly invalid FHIR every day (the CDS Hooks Sandbox writes ``MedicationRequest.category``
 as one object instead of an array). A resource is therefore never judged as a whole: each fact
-declares the elements it reads (:class:`Reads`), and only those are validated, each with the
-``fhir.resources`` R4B type of that element (``Dosage.doseAndRate`` with ``DosageDoseAndRate``,
-``Observation.effectiveDateTime`` with the ``dateTime`` primitive …). An invalid element that a fact
-reads makes that fact unknown; elements no fact reads get only a shallow shape check (known name,
-array or single value), and what it finds is reported as *ignored* (resource type, element path,
-count: never a value).
+declares the elements it reads (:class:`Reads`), and only those are validated, each against the
+``fhir.resources`` R4B type of that element (``Dosage.doseAndRate`` as ``DosageDoseAndRate``,
+``Observation.effectiveDateTime`` as a ``dateTime``). An invalid element that a fact reads makes
+that fact unknown; elements no fact reads get only a shallow shape check (known name, array or
+single value), and what it finds is reported as *ignored* (resource type, element path, count:
+never a value).
 
-Validation verdicts are cached by the element's content: codes, units and dosages repeat across
-patients and hook calls, so most elements are checked once per process.
+One pass per resource (:func:`walk`) does both, for every element any fact reads in that type of
+resource: it returns the elements that failed (as node numbers) and what was ignored; a
+:class:`Reads` is then readable when none of its nodes failed. Values are checked by
+:mod:`.datatypes` (the model's own rules, no model built) and only what that cannot vouch for is
+given to the R4B model, which also writes the message. Verdicts are kept across calls only for
+content that different patients share (codes, quantities, a drug's usual dosage), in bounded LRU
+tables; a date, a reference or a note is checked afresh every time.
 """
 
 from __future__ import annotations
 
 import re
-import types
-import typing
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,33 +30,13 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
 
+from . import datatypes
+
 # -- the R4B model, per element ---------------------------------------------------------------------
 
 
-def _model(name: str) -> Any:
-    return get_fhir_model_class(name)
-
-
-def _item_type(annotation: Any) -> tuple[bool, Any]:
-    """(is an array, the element's item type) of a field annotation such as Optional[List[X]]."""
-    many = False
-    t = annotation
-    while True:
-        origin = typing.get_origin(t)
-        if origin is typing.Union or origin is types.UnionType:
-            args = [a for a in typing.get_args(t) if a is not type(None)]
-            t = args[0] if len(args) == 1 else t
-            if len(args) != 1:
-                return many, t
-        elif origin is list:
-            many = True
-            t = typing.get_args(t)[0]
-        else:
-            return many, t
-
-
 def _complex_model(item: Any) -> Any | None:
-    """The model class behind a complex element type (``abc.DosageType`` → ``Dosage``), else None."""
+    """The model class behind a complex element type (``DosageType`` → ``Dosage``), else None."""
     get = getattr(item, "get_model_klass", None)
     return get() if callable(get) else None
 
@@ -77,36 +61,165 @@ def fields_of(model: Any) -> dict[str, _Field]:
             if name == "fhir_comments":
                 continue
             key = info.alias or name
-            many, item = _item_type(info.annotation)
+            many, item = datatypes._item_type(info.annotation)
             known[key] = _Field(key, many, _complex_model(item), info.annotation)
         _FIELDS[model] = known
     return known
 
 
-# -- declared reads ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+# -- one element's verdict --------------------------------------------------------------------------
+# Element types whose content real patients share (codes, units, a usual dose) and which never hold
+# a date: their verdicts are kept by content. Everything else (dates, periods, references, notes,
+# an observation's value) is checked afresh every time.
+_SHARED = frozenset(
+    {"CodeableConcept", "Coding", "Quantity", "Duration", "Ratio", "Range", "DosageDoseAndRate"}
+)
+_SHARED_PRIMITIVES = frozenset({"code", "boolean"})  # statuses, intents: what every patient has
+VERDICT_LIMIT = 4096  # entries per LRU table
+
+
+class Kept:
+    """Verdicts by content, a bounded LRU: a hit moves to the end, the least recently used entry
+    leaves first (an ``OrderedDict``; the walk probes ``data`` itself, without a call)."""
+
+    __slots__ = ("data", "limit")
+
+    def __init__(self, limit: int = VERDICT_LIMIT) -> None:
+        self.data: OrderedDict[bytes, Any] = OrderedDict()
+        self.limit = limit
+
+    def get(self, key: bytes) -> Any:
+        hit = self.data.get(key, MISS)
+        if hit is not MISS:
+            self.data.move_to_end(key)
+        return hit
+
+    def put(self, key: bytes, value: Any) -> None:
+        self.data[key] = value
+        if len(self.data) > self.limit:
+            self.data.popitem(last=False)
+
+
+MISS = object()
+_ALL_KEPT: list[Kept] = []
+
+
+@dataclass(frozen=True, eq=False)
 class _Leaf:
+    """An element read as a whole, and how to check it."""
+
     key: str
-    adapter: TypeAdapter[Any]
-    verdicts: dict[bytes | str, tuple[str, str] | None]  # the adapter's verdicts by content
+    annotation: Any
+    fast: datatypes.Check  # True: certainly valid (datatypes.py); False: ask the model
+    kept: Kept | None  # content patients share: verdicts kept by the element's JSON
+    shareable: bool  # content patients share (a kept type, or a code): may join a resource's key
+    modifiable: bool  # its type allows a modifierExtension (which makes it unreadable)
+    ok: Callable[[Any], bool]  # the walk's test of a present (non-null) value: _verdict(...) is None
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Every check of a :class:`Reads` merged into one tree of keys, so the fast path walks a
-    resource once and only along the keys it has (a set intersection picks them)."""
-
-    keys: frozenset[str]
-    leaves: dict[str, tuple[_Leaf, ...]]
-    steps: dict[str, tuple[bool, _Plan]]  # key -> (is an array, what is read below it)
-    # whether anything below fails, by the element's JSON; only for elements whose content real
-    # patients share (a dosage: "300 mg oral three times daily"), None for the others (a BP
-    # component's value, a period's dates: a new patient's differ, a table would only fill up)
-    verdicts: dict[bytes, bool] | None
-    # key -> (the leaves read there, (is an array, the plan below) or None): one probe per key
-    actions: dict[str, tuple[tuple[_Leaf, ...], tuple[bool, _Plan] | None]]
+_LEAVES: dict[tuple[str, int], _Leaf] = {}
+_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
 
 
+def _leaf(key: str, field: _Field) -> _Leaf:
+    found = _LEAVES.get((key, id(field.annotation)))
+    if found is None:
+        name = getattr(field.model, "__name__", "")
+        modifiable = field.model is not None and "modifierExtension" in fields_of(field.model)
+        fast = datatypes.compiled(field.annotation)
+        kept = None
+        if name in _SHARED and not key.startswith("value"):  # a value: the patient's own measurement
+            kept = Kept()
+            _ALL_KEPT.append(kept)
+        holder: list[_Leaf] = []
+        many, item_ok = datatypes.item_check(field.annotation)
+        ok = _ok_function(holder, fast if many else item_ok, kept, modifiable)  # never given None
+        shareable = kept is not None or datatypes.kind_of(field.annotation) in _SHARED_PRIMITIVES
+        found = _Leaf(key, field.annotation, fast, kept, shareable, modifiable, ok)
+        holder.append(found)
+        _LEAVES[(key, id(field.annotation))] = found
+    return found
+
+
+def _ok_function(
+    holder: list[_Leaf], fast: datatypes.Check, kept: Kept | None, modifiable: bool
+) -> Callable[[Any], bool]:
+    """The walk's test of one element, with as few calls in between as it can: the kept verdict
+    by content, or the fast check of :mod:`.datatypes`; the model only when neither answers."""
+    if kept is not None:
+        data, move = kept.data, kept.data.move_to_end
+
+        def ok(v: Any) -> bool:
+            try:
+                content = orjson.dumps(v)
+            except (TypeError, ValueError, orjson.JSONEncodeError):
+                return fast(v) or _model_verdict(holder[0], v) is None
+            hit = data.get(content, MISS)
+            if hit is MISS:
+                hit = fast(v) or _model_verdict(holder[0], v) is None
+                kept.put(content, hit)
+            else:
+                move(content)
+            return hit  # type: ignore[no-any-return]
+
+    else:
+
+        def ok(v: Any) -> bool:
+            return fast(v) or _model_verdict(holder[0], v) is None
+
+    if not modifiable:
+        return ok
+    return lambda v: ok(v) and not _modified(v)
+
+
+def _model_verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
+    """The R4B model's verdict: None when valid, else (location inside the element, message)."""
+    adapter = _ADAPTERS.get(id(leaf.annotation))
+    if adapter is None:
+        adapter = _ADAPTERS[id(leaf.annotation)] = TypeAdapter(leaf.annotation)
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return (loc, msg[:160])
+    except (ValueError, TypeError, RecursionError) as exc:
+        return ("", f"invalid ({type(exc).__name__})")
+    return None
+
+
+def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
+    """None when ``value`` is valid for the element (absent counts as valid), else why not (for
+    messages: the walk asks ``leaf.ok``, which answers the same without a message)."""
+    if value is None or leaf.fast(value):
+        return None
+    return _model_verdict(leaf, value)
+
+
+def _dated(value: Any) -> bool:
+    """A dosage whose timing holds the patient's own dates (``event``, ``repeat.bounds[x]``)."""
+    for item in value if type(value) is list else (value,):
+        timing = item.get("timing") if type(item) is dict else None
+        if type(timing) is dict:
+            if "event" in timing:
+                return True
+            repeat = timing.get("repeat")
+            if type(repeat) is dict:
+                for k in repeat:
+                    if k.startswith("bounds"):
+                        return True
+    return False
+
+
+def _modified(value: Any) -> bool:
+    """A read element (or an item of it) that carries a modifierExtension."""
+    if isinstance(value, dict):
+        return "modifierExtension" in value
+    return isinstance(value, list) and any(isinstance(v, dict) and "modifierExtension" in v for v in value)
+
+
+# -- declared reads ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Check:
     path: str  # as declared, for messages ("dosageInstruction.doseAndRate")
@@ -114,55 +227,7 @@ class _Check:
     leaves: tuple[_Leaf, ...]  # the element itself (several keys for a choice element ``value[x]``)
 
 
-# Every element any fact reads, by resource type, as a tree of keys: the shallow check skips these.
-_READ_TREE: dict[str, dict[str, Any]] = {}
-_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
-
-
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
-    key = id(annotation)
-    if key not in _ADAPTERS:
-        _ADAPTERS[key] = TypeAdapter(annotation)
-    return _ADAPTERS[key]
-
-
-def _leaf(key: str, annotation: Any) -> _Leaf:
-    adapter = _adapter(annotation)
-    return _Leaf(key, adapter, _VERDICTS.setdefault(id(adapter), {}))
-
-
-# Element types whose content repeats across patients (a drug's usual sig), worth a verdict table.
-_REPEATING = frozenset({"Dosage", "MedicationAdministrationDosage"})
-
-
-def _dated(check: _Check) -> bool:
-    return any(leaf.key.startswith("bounds") for leaf in check.leaves)
-
-
-def _plan(checks: tuple[_Check, ...], depth: int = 0, repeats: bool = False) -> _Plan:
-    leaves: dict[str, list[_Leaf]] = {}
-    below: dict[str, tuple[bool, bool, list[_Check]]] = {}
-    for check in checks:
-        if depth == len(check.steps):
-            for leaf in check.leaves:
-                leaves.setdefault(leaf.key, []).append(leaf)
-        else:
-            step = check.steps[depth]
-            kind = getattr(step.model, "__name__", "")
-            below.setdefault(step.key, (step.many, kind in _REPEATING, []))[2].append(check)
-    steps = {
-        # an element whose only reads are dates (timing.repeat.bounds[x]) never repeats: no table
-        k: (many, _plan(tuple(cs), depth + 1, rep and not all(_dated(c) for c in cs)))
-        for k, (many, rep, cs) in below.items()
-    }
-    verdicts: dict[bytes, bool] | None = None
-    if repeats:
-        verdicts = {}
-        _STEP_VERDICTS.append(verdicts)
-    read = {k: tuple(v) for k, v in leaves.items()}
-    keys = frozenset(leaves) | frozenset(steps)
-    actions = {k: (read.get(k, ()), steps.get(k)) for k in keys}
-    return _Plan(keys, read, steps, verdicts, actions)
+_REGISTRY: dict[str, list[Reads]] = {}
 
 
 class Reads:
@@ -181,17 +246,18 @@ class Reads:
         # reported as ignored)
         self.modifiers_ok = modifiers_ok
         self.checks = tuple(self._compile(p) for p in paths)
-        self.plan = _plan(self.checks)
+        self.nodes: frozenset[int] = frozenset()  # set when the type's walk is compiled
+        self.check_nodes: tuple[frozenset[int], ...] = ()
+        _REGISTRY.setdefault(rtype, []).append(self)
+        _TYPES.pop(rtype, None)  # the type's walk now has more to read: compiled again when used
 
     def __repr__(self) -> str:
         return f"Reads({self.rtype!r}, {', '.join(map(repr, self.paths))})"
 
     def _compile(self, path: str) -> _Check:
-        model = _model(self.rtype)
-        tree = _READ_TREE.setdefault(self.rtype, {})
+        model = get_fhir_model_class(self.rtype)
         *heads, last = path.split(".")
         steps = []
-        node: dict[str, Any] | None = tree
         for name in heads:
             f = fields_of(model).get(name)
             if f is None or f.model is None:
@@ -200,8 +266,6 @@ class Reads:
                 )
             steps.append(f)
             model = f.model
-            # None: another fact reads this whole element, which covers everything below it
-            node = node.setdefault(name, {}) if node is not None else None
         known = fields_of(model)
         if last.endswith("[x]"):
             stem = last[:-3]
@@ -210,163 +274,291 @@ class Reads:
             keys = [last] if last in known else []
         if not keys:
             raise ValueError(f"{self.rtype}: {path}: {model.__name__} has no element {last!r}")
-        if node is not None:
-            for k in keys:
-                node[k] = None  # read as a whole: validated when read, never shallow-checked
-        _ACTIONS.clear()
-        return _Check(path, tuple(steps), tuple(_leaf(k, known[k].annotation) for k in keys))
+        return _Check(path, tuple(steps), tuple(_leaf(k, known[k]) for k in keys))
 
 
-# -- validation -------------------------------------------------------------------------------------
-# Verdicts by element type (its adapter) and content: None when valid, else (location inside the
-# element, message). Content is the string itself or the element's JSON: codes, units and dosages
-# repeat across patients. Bounded: every table is emptied when together they hold _VERDICT_LIMIT
-# (a dict probe is all a hit costs).
-_VERDICTS: dict[int, dict[bytes | str, tuple[str, str] | None]] = {}
-_VERDICT_LIMIT = 50_000
-_STEP_VERDICTS: list[dict[bytes, bool]] = []  # each plan step's table (_Plan.verdicts)
-_verdict_count = 0
-_MISS = object()
+def all_reads() -> list[Reads]:
+    """Every :class:`Reads` declared so far (for tests that check all of them)."""
+    return [r for rs in _REGISTRY.values() for r in rs]
+
+
+# -- the walk, compiled per resource type -----------------------------------------------------------
+# Repeating backbone types (a drug's usual sig): what the walk finds inside is kept by content.
+_REPEATING = frozenset({"Dosage", "MedicationAdministrationDosage"})
 _SHAPE = {True: "expected an array", False: "expected a single value, got an array"}
 
 
-def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
-    content: bytes | str | None
-    if type(value) is str:
-        content = value
-    else:
-        try:
-            content = orjson.dumps(value)
-        except (TypeError, ValueError, orjson.JSONEncodeError):
-            content = None
-    if content is not None:
-        hit = leaf.verdicts.get(content, _MISS)
-        if hit is not _MISS:
-            return hit  # type: ignore[return-value]
-    error: tuple[str, str] | None = None
+class _Table:
+    """What the walk does with each key of one element (or the resource): for a key some fact
+    reads, the leaves to check there and the table to walk below it; for any other key of the
+    model, a shape check; a key the model lacks is reported."""
+
+    __slots__ = ("actions", "dated", "kept", "name", "report", "rest", "shared")
+
+    def __init__(self, model: Any, report: bool, memo: bool) -> None:
+        self.name = model.__name__
+        self.report = report  # False below an element read as a whole: its validation covers it
+        self.kept: Kept | None = None  # what was found below, by content (a repeating dosage)
+        if memo:
+            self.kept = Kept()
+        # a resource's keys whose content patients share (status, drug code, days supply, a
+        # dosage without dates): walked as one, kept by their JSON (see :func:`walk`)
+        self.shared: tuple[str, ...] = ()
+        self.dated: tuple[int, ...] = ()  # places in ``shared`` of dosages (which may hold dates)
+        self.rest: dict[str, Any] = {}  # ``actions`` less the shared keys (walked apart)
+        # key -> whether it is an array, for an element no fact reads; for one a fact reads:
+        # (leaves: ((ok, node), ...), step: (node, many, table) or None); no key: not an element
+        self.actions: dict[str, bool | tuple[tuple[tuple[Callable[[Any], bool], int], ...], Any]] = {
+            k: f.many for k, f in fields_of(model).items()
+        }
+
+    def read(self, key: str) -> tuple[tuple[tuple[Callable[[Any], bool], int], ...], Any]:
+        act = self.actions.get(key)
+        return act if isinstance(act, tuple) else ((), None)
+
+
+@dataclass
+class _Compiled:
+    table: _Table
+    reads: list[Reads]
+
+
+_TYPES: dict[str, _Compiled] = {}
+_NODES: dict[str, dict[tuple[str, ...], int]] = {}
+
+
+def _compiled(rtype: str) -> _Compiled | None:
+    done = _TYPES.get(rtype)
+    if done is not None:
+        return done
+    reads = _REGISTRY.get(rtype)
+    if not reads:
+        return None
+    model = get_fhir_model_class(rtype)
+    nodes = _NODES.setdefault(rtype, {})  # numbers never change: a record may hold older ones
+
+    def node(path: tuple[str, ...]) -> int:
+        return nodes.setdefault(path, len(nodes))
+
+    # every path any fact reads, as a tree: key -> ({leaf: node}, {step key: subtree} | None)
+    root = _Table(model, report=True, memo=False)
+    whole: set[tuple[str, ...]] = set()  # element paths read as a whole
+    for r in reads:
+        for check in r.checks:
+            prefix = tuple(s.key for s in check.steps)
+            whole.update(prefix + (leaf.key,) for leaf in check.leaves)
+    for r in reads:
+        check_nodes = []
+        for check in r.checks:
+            mine: set[int] = set()
+            table = root
+            path: tuple[str, ...] = ()
+            for step in check.steps:
+                path += (step.key,)
+                n = node(("step", *path))
+                mine.add(n)
+                leaves, below = table.read(step.key)
+                if below is None:
+                    kind = getattr(step.model, "__name__", "")
+                    covered = not table.report or path in whole
+                    sub = _Table(step.model, report=not covered, memo=kind in _REPEATING)
+                    below = (n, step.many, sub)
+                    table.actions[step.key] = (leaves, below)
+                table = below[2]
+            for leaf in check.leaves:
+                n = node(("leaf", *path, leaf.key))
+                mine.add(n)
+                leaves, below = table.read(leaf.key)
+                if all(n != m for _, m in leaves):
+                    leaves = (*leaves, (leaf.ok, n))
+                table.actions[leaf.key] = (leaves, below)
+            check_nodes.append(frozenset(mine))
+        r.check_nodes = tuple(check_nodes)
+        r.nodes = frozenset().union(*check_nodes)
+    shareable = {leaf.ok for leaf in _LEAVES.values() if leaf.shareable}
+    shared = []
+    for key, act in root.actions.items():
+        if isinstance(act, tuple):
+            leaves, step = act
+            if all(ok in shareable for ok, _ in leaves) and (step is None or step[2].kept is not None):
+                shared.append(key)
+    root.shared = tuple(shared)
+    root.dated = tuple(i for i, k in enumerate(shared) if root.read(k)[1] is not None)
+    root.rest = {k: ((), None) if k in shared else a for k, a in root.actions.items()}
+    root.kept = Kept()
+    done = _TYPES[rtype] = _Compiled(root, list(reads))
+    return done
+
+
+_NOTHING: tuple[frozenset[int], list[tuple[str, str]]] = (frozenset(), [])  # never changed
+
+
+def walk(resource: dict[str, Any], rtype: str) -> tuple[frozenset[int], list[tuple[str, str]]]:
+    """One pass over a resource: (the nodes, of any :class:`Reads` of ``rtype``, that fail; the
+    ignored elements as (path, reason), a modifierExtension on the resource included)."""
+    done = _compiled(rtype)
+    if done is None:
+        return _NOTHING
+    fail: list[int] = []
+    out: list[tuple[str, str]] = []
+    table = done.table
+    if not _walk_shared(resource, table, fail, out):
+        _walk(resource, table, "", fail, out, True, table.actions)
+    if "modifierExtension" in resource:
+        out.append(("modifierExtension", "not understood"))
+    if not fail and not out:
+        return _NOTHING
+    return frozenset(fail), out
+
+
+_DATED = "(a dosage with the patient's own dates: walked apart)"
+
+
+def _walk_shared(
+    resource: dict[str, Any], table: _Table, fail: list[int], out: list[tuple[str, str]]
+) -> bool:
+    """The walk of a resource in two parts: the elements whose content patients share, looked up
+    by their JSON as one (a dispense's status, drug code, days supply and usual sig: one probe),
+    then the rest (its id, dates, references). False when the first part has no key."""
+    kept = table.kept
+    if not table.shared or kept is None:
+        return False
+    values = [resource.get(k) for k in table.shared]
+    apart = []
+    for i in table.dated:
+        if values[i] is not None and _dated(values[i]):
+            apart.append(table.shared[i])
+            values[i] = _DATED
     try:
-        leaf.adapter.validate_python(value)
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
-        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        error = (loc, msg[:160])
-    except (ValueError, TypeError, RecursionError) as exc:
-        error = ("", f"invalid ({type(exc).__name__})")
-    if content is not None:
-        _count_verdict()
-        leaf.verdicts[content] = error
-    return error
+        content = orjson.dumps(values)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return False
+    found = kept.data.get(content, MISS)
+    if found is MISS:
+        part = {k: v for k, v in zip(table.shared, values, strict=True) if v is not None and v is not _DATED}
+        inner_fail: list[int] = []
+        inner_out: list[tuple[str, str]] = []
+        _walk(part, table, "", inner_fail, inner_out, True, table.actions)
+        found = (tuple(inner_fail), tuple(inner_out))
+        kept.put(content, found)
+    else:
+        kept.data.move_to_end(content)
+    fail.extend(found[0])
+    out.extend(found[1])
+    _walk(resource, table, "", fail, out, True, table.rest)
+    for key in apart:
+        _walk({key: resource[key]}, table, "", fail, out, True, table.actions)
+    return True
 
 
-def _count_verdict() -> None:
-    global _verdict_count
-    if _verdict_count >= _VERDICT_LIMIT:
-        for table in (*_VERDICTS.values(), *_STEP_VERDICTS):
-            table.clear()
-        _verdict_count = 0
-    _verdict_count += 1
+def _walk(
+    obj: dict[str, Any],
+    table: _Table,
+    prefix: str,
+    fail: list[int],
+    out: list[tuple[str, str]],
+    top: bool,
+    actions: dict[str, Any],
+) -> None:
+    for key, value in obj.items():
+        act = actions.get(key)
+        if act is None:  # not an element of the model
+            if table.report and not (top and key == "resourceType"):
+                out.append((f"{prefix}{_name(key)}", "not an element of R4B " + table.name))
+            continue
+        if value is None:
+            continue
+        if act is True or act is False:  # an element no fact reads: its shape only
+            if (type(value) is list) is not act and table.report:
+                out.append((f"{prefix}{key}", _SHAPE[act]))
+            continue
+        leaves, step = act  # type: ignore[misc]
+        for ok, n in leaves:
+            if not ok(value):
+                fail.append(n)
+        if step is None:
+            continue
+        n, many, below = step
+        if (type(value) is list) is not many:
+            fail.append(n)
+            if below.report:  # not when the element is also read as a whole: validated as such
+                out.append((f"{prefix}{key}", _SHAPE[many]))
+            continue
+        kept = below.kept
+        if kept is not None and not _dated(value):
+            try:
+                content = orjson.dumps(value)
+            except (TypeError, ValueError, orjson.JSONEncodeError):
+                content = b""
+            if content:
+                found = kept.data.get(content, MISS)
+                if found is MISS:
+                    found = _kept_walk(value, n, many, below)
+                    kept.put(content, found)
+                else:
+                    kept.data.move_to_end(content)
+                inner_fail, inner_out = found
+                fail.extend(inner_fail)
+                for path, reason in inner_out:
+                    out.append((f"{prefix}{key}.{path}", reason))
+                continue
+        _walk_step(value, n, many, below, f"{prefix}{key}.", fail, out)
 
 
+def _walk_step(
+    value: Any, n: int, many: bool, below: _Table, prefix: str, fail: list[int], out: list[tuple[str, str]]
+) -> None:
+    for item in value if many else (value,):
+        if type(item) is not dict:
+            fail.append(n)
+            continue
+        if "modifierExtension" in item:
+            fail.append(n)
+        _walk(item, below, prefix, fail, out, False, below.actions)
+
+
+def _kept_walk(
+    value: Any, n: int, many: bool, below: _Table
+) -> tuple[tuple[int, ...], tuple[tuple[str, str], ...]]:
+    """What :func:`_walk_step` finds in an element, to keep by its JSON (a dosage: "300 mg oral
+    three times daily"); paths relative to the element."""
+    fail: list[int] = []
+    out: list[tuple[str, str]] = []
+    _walk_step(value, n, many, below, "", fail, out)
+    return tuple(fail), tuple(out)
+
+
+# -- messages and the older entry points ------------------------------------------------------------
 MODIFIED = "a modifierExtension changes its meaning and is not understood here"
 
 
-def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
-    """Why an element ``reads`` names is not valid R4B (``"dosageInstruction[0].timing.repeat.frequency:
-    Input should be a valid integer"``), or None. An absent element is not an error: the fact simply
-    has no value for it. Messages name elements, never their values.
-
-    A ``modifierExtension`` on the resource, or on an element read or walked through, is an error too:
-    FHIR forbids reading such an element as if it meant what it normally means."""
+def error_for(resource: dict[str, Any], reads: Reads, failing: frozenset[int]) -> str | None:
+    """Why an element ``reads`` names is not valid R4B, given what :func:`walk` found failing
+    (``"dosageInstruction[0].timing.repeat.frequency: Input should be a valid integer"``), or None.
+    Messages name elements, never their values. A ``modifierExtension`` on the resource, or on an
+    element read or walked through, is an error too: FHIR forbids reading such an element as if
+    it meant what it normally means."""
     if "modifierExtension" in resource and not reads.modifiers_ok:
         return f"modifierExtension: {MODIFIED}"
-    if not _fails(resource, reads.plan):
+    if not failing or failing.isdisjoint(reads.nodes):
         return None
-    for check in reads.checks:  # the first failing check, in the order the paths were declared
-        if _check_fails(resource, check):
-            return _locate(resource, check)
+    for check, nodes in zip(reads.checks, reads.check_nodes, strict=True):  # in declared order
+        if not failing.isdisjoint(nodes):
+            return _locate(resource, check) or f"{check.path}: invalid"
     return None
 
 
-def _fails(obj: dict[str, Any], plan: _Plan) -> bool:
-    """The fast path of :func:`first_error`: whether any check fails (no messages, no paths)."""
-    actions = plan.actions
-    for key in plan.keys & obj.keys():
-        value = obj[key]
-        leaves, step = actions[key]
-        if leaves:
-            if type(value) is str:  # most leaves: a code, a date (the verdict probe inlined)
-                for leaf in leaves:
-                    hit = leaf.verdicts.get(value, _MISS)
-                    if hit is not None and (hit is not _MISS or _verdict(leaf, value) is not None):
-                        return True
-            else:
-                for leaf in leaves:
-                    if _verdict(leaf, value) is not None:
-                        return True
-                if _modified(value):
-                    return True
-        if step is not None and value is not None and _step_fails(value, *step):
-            return True
-    return False
+def first_error(resource: dict[str, Any], reads: Reads) -> str | None:
+    """:func:`error_for` after its own :func:`walk` (a record walks each resource once)."""
+    return error_for(resource, reads, walk(resource, reads.rtype)[0])
 
 
-def _step_fails(value: Any, many: bool, below: _Plan) -> bool:
-    """Whether what is read inside one element fails (by the element's content when it was seen,
-    for the element types in :data:`_REPEATING`)."""
-    content: bytes | None = None
-    if below.verdicts is not None:
-        content = _content(value)  # None for timing.repeat.bounds[x]: the patient's own dates
-        if content is not None:
-            hit = below.verdicts.get(content)
-            if hit is not None:
-                return hit
-    if many:
-        fails = not isinstance(value, list) or any(
-            not isinstance(item, dict) or "modifierExtension" in item for item in value
-        )
-        fails = fails or any(_fails(item, below) for item in value)
-    else:
-        fails = not isinstance(value, dict) or "modifierExtension" in value or _fails(value, below)
-    if content is not None and below.verdicts is not None:
-        _count_verdict()
-        below.verdicts[content] = fails
-    return fails
+def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str, str]]:
+    """Elements of a resource no fact reads whose shape is wrong, as (element path, reason) counts.
 
-
-def _check_fails(resource: dict[str, Any], check: _Check) -> bool:
-    """Whether one check fails (to find which one, once :func:`_fails` said one does)."""
-    objects = [resource]
-    for step in check.steps:
-        nxt: list[dict[str, Any]] = []
-        for obj in objects:
-            value = obj.get(step.key)
-            if value is None:
-                continue
-            if step.many:
-                if not isinstance(value, list):
-                    return True
-                for item in value:
-                    if not isinstance(item, dict) or "modifierExtension" in item:
-                        return True
-                nxt += value
-            elif isinstance(value, dict) and "modifierExtension" not in value:
-                nxt.append(value)
-            else:
-                return True
-        objects = nxt
-    for obj in objects:
-        for leaf in check.leaves:
-            if leaf.key in obj and (_verdict(leaf, obj[leaf.key]) is not None or _modified(obj[leaf.key])):
-                return True
-    return False
-
-
-def _modified(value: Any) -> bool:
-    """A read element (or an item of it) that carries a modifierExtension."""
-    if isinstance(value, dict):
-        return "modifierExtension" in value
-    return isinstance(value, list) and any(isinstance(v, dict) and "modifierExtension" in v for v in value)
+    Only a shallow check (a name R4B defines, an array where R4B wants one and only there), walked
+    along the elements that facts read; the content of unread elements is never validated."""
+    return Counter(walk(resource, rtype)[1])
 
 
 def _locate(resource: dict[str, Any], check: _Check) -> str | None:
@@ -400,51 +592,6 @@ def _locate(resource: dict[str, Any], check: _Check) -> str | None:
     return None
 
 
-def ignored_elements(resource: dict[str, Any], rtype: str) -> Counter[tuple[str, str]]:
-    """Elements of a resource no fact reads whose shape is wrong, as (element path, reason) counts.
-
-    Only a shallow check (a name R4B defines, an array where R4B wants one and only there), walked
-    along the elements that facts read; the content of unread elements is never validated."""
-    try:
-        model = _model(rtype)
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return Counter()
-    found: list[tuple[str, str]] = []
-    _shallow(resource, model, _READ_TREE.get(rtype, {}), "", found, top=True)
-    if "modifierExtension" in resource:
-        found.append(("modifierExtension", "not understood"))
-    return Counter(found) if found else _NOTHING
-
-
-_NOTHING: Counter[tuple[str, str]] = Counter()  # what most resources give (never changed: callers read it)
-
-
-# (model, read tree) -> JSON key -> None (a leaf facts read: skip) or (is an array, model to look
-# inside or None, subtree); a key missing from the table is not an element of the model.
-_ACTIONS: dict[tuple[Any, int], dict[str, Any]] = {}
-_SKIP = object()
-
-
-def _actions(model: Any, tree: dict[str, Any]) -> dict[str, Any]:
-    key = (model, id(tree))
-    table = _ACTIONS.get(key)
-    if table is None:
-        table = {}
-        for k, f in fields_of(model).items():
-            sub = tree.get(k, False)
-            if sub is None:
-                table[k] = _SKIP
-            else:
-                inner = f.model if sub else None
-                memo: dict[bytes, tuple[tuple[str, str], ...]] | None = None
-                if inner is not None and inner.__name__ in _REPEATING:
-                    memo = {}
-                    _STEP_VERDICTS.append(memo)  # type: ignore[arg-type]  (emptied with the verdicts)
-                table[k] = (f.many, inner, sub or {}, memo)
-        _ACTIONS[key] = table
-    return table
-
-
 _ELEMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -452,53 +599,3 @@ def _name(key: str) -> str:
     """An unknown key as reported: FHIR-name-shaped keys as they are, anything else (free text that
     might carry data) replaced, so a report never repeats what a sender put in a key."""
     return key if _ELEMENT_NAME.fullmatch(key) else "(a key that is not an element name)"
-
-
-def _shallow(
-    obj: dict[str, Any],
-    model: Any,
-    tree: dict[str, Any],
-    prefix: str,
-    out: list[tuple[str, str]],
-    top: bool,
-) -> None:
-    table = _actions(model, tree)
-    for key, value in obj.items():
-        act = table.get(key)
-        if act is _SKIP:
-            continue  # a leaf a fact reads: validated when read
-        if act is None:
-            if not (top and key == "resourceType"):
-                out.append((f"{prefix}{_name(key)}", "not an element of R4B " + model.__name__))
-            continue
-        if value is None:
-            continue
-        many, inner, sub, memo = act
-        if isinstance(value, list) != many:
-            out.append((f"{prefix}{key}", _SHAPE[many]))
-            continue
-        if inner is None:
-            continue
-        # an element on the way to what facts read: look inside (a dosage: by its content, once)
-        content = _content(value) if memo is not None else None
-        found = memo.get(content) if memo is not None and content is not None else None
-        if found is None:
-            inside: list[tuple[str, str]] = []
-            for item in value if many else (value,):
-                if isinstance(item, dict):
-                    _shallow(item, inner, sub, "", inside, top=False)
-            found = tuple(inside)
-            if memo is not None and content is not None:
-                _count_verdict()
-                memo[content] = found
-        for path, reason in found:
-            out.append((f"{prefix}{key}.{path}", reason))
-
-
-def _content(value: Any) -> bytes | None:
-    """An element's JSON as a table key, unless it holds a patient's own dates (timing bounds)."""
-    try:
-        content = orjson.dumps(value)
-    except (TypeError, ValueError, orjson.JSONEncodeError):
-        return None
-    return None if b'"bounds' in content else content

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..services import PREFETCH_TYPES
-from .elements import Reads, first_error, ignored_elements
+from .elements import Reads, error_for, walk
 from .fhir_client import is_error_outcome
 
 IGNORED_LIMIT = 50  # distinct ignored element paths reported per request (hostile input stays small)
@@ -43,8 +43,8 @@ class PatientRecord:
     #: prefetch keys that could not be read (fetch mode), and why: the facts resting on them are
     #: unknown, never "absent" (engine/unread.py)
     unread: dict[str, str] = field(default_factory=dict)
-    _checked: dict[tuple[int, int], bool] = field(default_factory=dict, repr=False)
-    _shallow_checked: set[int] = field(default_factory=set, repr=False)
+    _failing: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)  # walk() by id
+    _unreadable: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -109,26 +109,41 @@ class PatientRecord:
     def readable(self, resource: dict[str, Any], reads: Reads) -> bool:
         """Whether every element ``reads`` names is valid R4B in this resource (absent counts as
         valid: the fact has no value for it). If not, the resource is reported once per element
-        set and the caller must treat its fact as unknown. Memoised per request."""
+        set and the caller must treat its fact as unknown.
+
+        Each resource is walked once (:func:`~.elements.walk`), for every element any fact reads
+        in its type, and what it ignored is counted then; later reads of it, by this or another
+        fact, only compare node numbers."""
+        failing = self._failing.get(id(resource))
+        if failing is None:
+            failing, ignored = walk(resource, reads.rtype)
+            self._failing[id(resource)] = failing
+            for path, reason in ignored:
+                self.ignored[(reads.rtype, path, reason)] += 1
+        if (
+            (not failing or failing.isdisjoint(reads.nodes))
+            and (reads.modifiers_ok or "modifierExtension" not in resource)
+            and resource.get("resourceType") == reads.rtype
+        ):
+            return True
+        return self._report(resource, reads, failing)
+
+    def _report(self, resource: dict[str, Any], reads: Reads, failing: frozenset[int]) -> bool:
+        """The slow path of :meth:`readable`: the message, and the problem said once."""
         key = (id(resource), id(reads))
-        verdict = self._checked.get(key)
-        if verdict is None:
-            error = (
-                first_error(resource, reads)
-                if resource.get("resourceType") == reads.rtype
-                else (f"expected {reads.rtype}, got {resource.get('resourceType')!r}")
-            )
-            verdict = error is None
-            self._checked[key] = verdict
-            if error is not None:
-                problem = Problem(self._origin.get(id(resource), "?"), _ref(resource), error)
-                if problem not in self.problems:  # one resource, one reason: said once
-                    self.problems.append(problem)
-            if id(resource) not in self._shallow_checked:
-                self._shallow_checked.add(id(resource))
-                for (path, reason), n in ignored_elements(resource, reads.rtype).items():
-                    self.ignored[(reads.rtype, path, reason)] += n
-        return verdict
+        if key in self._unreadable:
+            return False
+        if resource.get("resourceType") != reads.rtype:
+            error: str | None = f"expected {reads.rtype}, got {resource.get('resourceType')!r}"
+        else:
+            error = error_for(resource, reads, failing)
+        if error is None:  # cannot happen (the nodes said it fails); never claim what was not checked
+            error = f"{reads.paths[0] if reads.paths else reads.rtype}: invalid"
+        self._unreadable[key] = error
+        problem = Problem(self._origin.get(id(resource), "?"), _ref(resource), error)
+        if problem not in self.problems:  # one resource, one reason: said once
+            self.problems.append(problem)
+        return False
 
     def ignored_counts(self) -> dict[str, int]:
         """``{"MedicationRequest.category": 1}``: the ignored elements by path, for the call log
