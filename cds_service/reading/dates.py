@@ -21,10 +21,12 @@ def parse_date(value: Any) -> date | None:
 
 
 def parse_datetime(value: Any) -> datetime | None:
+    """A FHIR dateTime/instant as an aware datetime (UTC when it has no zone); a date or a partial
+    date as the start of its first day, in UTC. Python 3.11 reads the "Z" zone itself."""
     if not isinstance(value, str):
         return None
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(value)
     except ValueError:
         d = parse_date(value)
         return datetime(d.year, d.month, d.day, tzinfo=UTC) if d else None

@@ -20,6 +20,8 @@ tables; a date, a reference or a note is checked afresh every time.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -85,16 +87,16 @@ class Kept:
     __slots__ = ("data", "limit")
 
     def __init__(self, limit: int = VERDICT_LIMIT) -> None:
-        self.data: OrderedDict[bytes, Any] = OrderedDict()
+        self.data: OrderedDict[Any, Any] = OrderedDict()
         self.limit = limit
 
-    def get(self, key: bytes) -> Any:
+    def get(self, key: Any) -> Any:
         hit = self.data.get(key, MISS)
         if hit is not MISS:
             self.data.move_to_end(key)
         return hit
 
-    def put(self, key: bytes, value: Any) -> None:
+    def put(self, key: Any, value: Any) -> None:
         self.data[key] = value
         if len(self.data) > self.limit:
             self.data.popitem(last=False)
@@ -115,9 +117,14 @@ class _Leaf:
     shareable: bool  # content patients share (a kept type, or a code): may join a resource's key
     modifiable: bool  # its type allows a modifierExtension (which makes it unreadable)
     ok: Callable[[Any], bool]  # the walk's test of a present (non-null) value: _verdict(...) is None
+    present: datatypes.Check  # ``fast`` for a present (non-null) value, without the null test
+
+    def model_ok(self, value: Any) -> bool:
+        return _model_verdict(self, value) is None
 
 
 _LEAVES: dict[tuple[str, int], _Leaf] = {}
+_BY_OK: dict[Callable[[Any], bool], _Leaf] = {}
 _ADAPTERS: dict[int, TypeAdapter[Any]] = {}
 
 
@@ -134,10 +141,13 @@ def _leaf(key: str, field: _Field) -> _Leaf:
         holder: list[_Leaf] = []
         many, item_ok = datatypes.item_check(field.annotation)
         ok = _ok_function(holder, fast if many else item_ok, kept, modifiable)  # never given None
-        shareable = kept is not None or datatypes.kind_of(field.annotation) in _SHARED_PRIMITIVES
-        found = _Leaf(key, field.annotation, fast, kept, shareable, modifiable, ok)
+        shareable = kept is not None or (
+            datatypes.kind_of(field.annotation) in _SHARED_PRIMITIVES and not key.startswith("value")
+        )
+        found = _Leaf(key, field.annotation, fast, kept, shareable, modifiable, ok, fast if many else item_ok)
         holder.append(found)
         _LEAVES[(key, id(field.annotation))] = found
+        _BY_OK[ok] = found
     return found
 
 
@@ -293,7 +303,7 @@ class _Table:
     reads, the leaves to check there and the table to walk below it; for any other key of the
     model, a shape check; a key the model lacks is reported."""
 
-    __slots__ = ("actions", "dated", "kept", "name", "report", "rest", "shared")
+    __slots__ = ("actions", "kept", "name", "plans", "report", "shared")
 
     def __init__(self, model: Any, report: bool, memo: bool) -> None:
         self.name = model.__name__
@@ -302,10 +312,9 @@ class _Table:
         if memo:
             self.kept = Kept()
         # a resource's keys whose content patients share (status, drug code, days supply, a
-        # dosage without dates): walked as one, kept by their JSON (see :func:`walk`)
-        self.shared: tuple[str, ...] = ()
-        self.dated: tuple[int, ...] = ()  # places in ``shared`` of dosages (which may hold dates)
-        self.rest: dict[str, Any] = {}  # ``actions`` less the shared keys (walked apart)
+        # dosage without dates): walked as one, kept by their JSON (see :func:`_walk_planned`)
+        self.shared: frozenset[str] = frozenset()
+        self.plans = Kept(1024)  # by the resource's shape: (keys, JSON types)
         # key -> whether it is an array, for an element no fact reads; for one a fact reads:
         # (leaves: ((ok, node), ...), step: (node, many, table) or None); no key: not an element
         self.actions: dict[str, bool | tuple[tuple[tuple[Callable[[Any], bool], int], ...], Any]] = {
@@ -382,9 +391,7 @@ def _compiled(rtype: str) -> _Compiled | None:
             leaves, step = act
             if all(ok in shareable for ok, _ in leaves) and (step is None or step[2].kept is not None):
                 shared.append(key)
-    root.shared = tuple(shared)
-    root.dated = tuple(i for i, k in enumerate(shared) if root.read(k)[1] is not None)
-    root.rest = {k: ((), None) if k in shared else a for k, a in root.actions.items()}
+    root.shared = frozenset(shared)
     root.kept = Kept()
     done = _TYPES[rtype] = _Compiled(root, list(reads))
     return done
@@ -396,59 +403,139 @@ _NOTHING: tuple[frozenset[int], list[tuple[str, str]]] = (frozenset(), [])  # ne
 def walk(resource: dict[str, Any], rtype: str) -> tuple[frozenset[int], list[tuple[str, str]]]:
     """One pass over a resource: (the nodes, of any :class:`Reads` of ``rtype``, that fail; the
     ignored elements as (path, reason), a modifierExtension on the resource included)."""
-    done = _compiled(rtype)
+    done = _TYPES.get(rtype) or _compiled(rtype)
     if done is None:
         return _NOTHING
-    fail: list[int] = []
-    out: list[tuple[str, str]] = []
     table = done.table
-    if not _walk_shared(resource, table, fail, out):
+    found = _walk_planned(resource, table)
+    if found is None:
+        fail: list[int] = []
+        out: list[tuple[str, str]] = []
         _walk(resource, table, "", fail, out, True, table.actions)
+        found = (fail, out)
+    fails, ignored = found
     if "modifierExtension" in resource:
-        out.append(("modifierExtension", "not understood"))
-    if not fail and not out:
+        ignored = (*ignored, ("modifierExtension", "not understood"))
+    if not fails and not ignored:
         return _NOTHING
-    return frozenset(fail), out
+    return frozenset(fails), list(ignored)
 
 
-_DATED = "(a dosage with the patient's own dates: walked apart)"
+_NONE = type(None)
+_DATES = re.compile(rb'"(?:bounds[A-Z]|event")')  # a dosage's own dates, in its JSON
 
 
-def _walk_shared(
-    resource: dict[str, Any], table: _Table, fail: list[int], out: list[tuple[str, str]]
-) -> bool:
-    """The walk of a resource in two parts: the elements whose content patients share, looked up
-    by their JSON as one (a dispense's status, drug code, days supply and usual sig: one probe),
-    then the rest (its id, dates, references). False when the first part has no key."""
-    kept = table.kept
-    if not table.shared or kept is None:
-        return False
-    values = [resource.get(k) for k in table.shared]
-    apart = []
-    for i in table.dated:
-        if values[i] is not None and _dated(values[i]):
-            apart.append(table.shared[i])
-            values[i] = _DATED
-    try:
-        content = orjson.dumps(values)
-    except (TypeError, ValueError, orjson.JSONEncodeError):
-        return False
-    found = kept.data.get(content, MISS)
-    if found is MISS:
-        part = {k: v for k, v in zip(table.shared, values, strict=True) if v is not None and v is not _DATED}
-        inner_fail: list[int] = []
-        inner_out: list[tuple[str, str]] = []
-        _walk(part, table, "", inner_fail, inner_out, True, table.actions)
-        found = (tuple(inner_fail), tuple(inner_out))
-        kept.put(content, found)
+class _Plan:
+    """How to walk resources of one shape (the same keys, in order, with the same JSON types): an
+    EHR writes every patient's resources the same way, so this is worked out once per shape.
+
+    It holds what the shape check alone finds (an array where one value goes), the keys whose
+    content patients share (looked up together by their JSON), and the other keys facts read."""
+
+    __slots__ = ("dated", "ignored", "number", "rest", "shared", "values")
+
+    def __init__(self) -> None:
+        self.ignored: tuple[tuple[str, str], ...] = ()
+        self.shared: tuple[str, ...] = ()
+        self.values: Callable[[dict[str, Any]], Any] | None = None  # the shared keys' values
+        self.dated = False  # a dosage is among them (which may hold the patient's dates)
+        # (key, fast check, model check, node, action): the other keys facts read; the checks
+        # are None for a key with more than one plain leaf (the action is walked then)
+        self.rest: tuple[tuple[str, Any, Any, int, Any], ...] = ()
+        self.number = next(_PLAN_NUMBERS)
+
+
+_PLAN_NUMBERS = itertools.count()
+
+
+def _plan_of(table: _Table, keys: tuple[str, ...], types: tuple[type, ...]) -> _Plan | None:
+    """The plan for one shape; None when a key is not an element of R4B (such a key may be free
+    text: never kept, the full walk reports it)."""
+    plan = _Plan()
+    ignored, shared, rest = [], [], []
+    actions = table.actions
+    for key, kind in zip(keys, types, strict=True):
+        act = actions.get(key)
+        if act is None:
+            if key == "resourceType":
+                continue
+            return None
+        if kind is _NONE:
+            continue
+        if act is True or act is False:
+            if (kind is list) is not act:
+                ignored.append((key, _SHAPE[act]))
+        elif key in table.shared:
+            plan.dated = plan.dated or act[1] is not None
+            shared.append(key)
+        else:
+            leaves, step = act
+            leaf = _BY_OK[leaves[0][0]] if len(leaves) == 1 and step is None else None
+            if leaf is not None and not leaf.modifiable and leaf.kept is None:
+                rest.append((key, leaf.present, leaf.model_ok, leaves[0][1], act))
+            else:
+                rest.append((key, None, None, -1, act))
+    plan.ignored, plan.shared, plan.rest = tuple(ignored), tuple(shared), tuple(rest)
+    if len(shared) > 1:
+        plan.values = operator.itemgetter(*shared)
+    elif shared:
+        plan.values = lambda r, k=shared[0]: (r[k],)
+    return plan
+
+
+def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | None:
+    """(failing nodes, ignored) by the plan of the resource's shape: the shape check is the plan's;
+    the elements whose content patients share (a dispense's status, drug code, days supply and
+    usual sig) are looked up as one by their JSON; the rest (dates, references) are checked one
+    by one. None when the resource has a key R4B does not define (the full walk reports it)."""
+    shape = (tuple(resource), tuple(map(type, resource.values())))
+    plans = table.plans.data
+    plan = plans.get(shape)
+    if plan is None:
+        plan = _plan_of(table, *shape)
+        if plan is None:
+            return None
+        table.plans.put(shape, plan)
     else:
-        kept.data.move_to_end(content)
-    fail.extend(found[0])
-    out.extend(found[1])
-    _walk(resource, table, "", fail, out, True, table.rest)
-    for key in apart:
-        _walk({key: resource[key]}, table, "", fail, out, True, table.actions)
-    return True
+        plans.move_to_end(shape)
+    fails: tuple[int, ...] = ()
+    out: tuple[tuple[str, str], ...] = plan.ignored
+    if plan.values is not None:
+        try:
+            content = orjson.dumps(plan.values(resource))
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            return None
+        if plan.dated and _DATES.search(content):
+            return None  # the patient's own dates in a dosage: never a key, the full walk
+        key = (plan.number, content)
+        kept = table.kept.data  # type: ignore[union-attr]
+        found = kept.get(key)
+        if found is None:
+            inner_fail: list[int] = []
+            inner_out: list[tuple[str, str]] = []
+            part = {k: resource[k] for k in plan.shared}
+            _walk(part, table, "", inner_fail, inner_out, True, table.actions)
+            found = (tuple(inner_fail), tuple(inner_out))
+            table.kept.put(key, found)  # type: ignore[union-attr]
+        else:
+            kept.move_to_end(key)
+        fails, inner = found
+        if inner:
+            out = (*out, *inner)
+    for key, fast, model_ok, n, act in plan.rest:
+        value = resource[key]
+        if fast is not None:
+            if not fast(value) and not model_ok(value):
+                fails = (*fails, n)
+            continue
+        more_fail: list[int] = []
+        more_out: list[tuple[str, str]] = []
+        _read(key, value, act, "", more_fail, more_out)
+        if more_fail:
+            fails = (*fails, *more_fail)
+        if more_out:
+            out = (*out, *more_out)
+    return fails, out
 
 
 def _walk(
@@ -472,37 +559,42 @@ def _walk(
             if (type(value) is list) is not act and table.report:
                 out.append((f"{prefix}{key}", _SHAPE[act]))
             continue
-        leaves, step = act  # type: ignore[misc]
-        for ok, n in leaves:
-            if not ok(value):
-                fail.append(n)
-        if step is None:
-            continue
-        n, many, below = step
-        if (type(value) is list) is not many:
+        _read(key, value, act, prefix, fail, out)
+
+
+def _read(key: str, value: Any, act: Any, prefix: str, fail: list[int], out: list[tuple[str, str]]) -> None:
+    """Check an element some fact reads: its leaves, then what is read below it."""
+    leaves, step = act
+    for ok, n in leaves:
+        if not ok(value):
             fail.append(n)
-            if below.report:  # not when the element is also read as a whole: validated as such
-                out.append((f"{prefix}{key}", _SHAPE[many]))
-            continue
-        kept = below.kept
-        if kept is not None and not _dated(value):
-            try:
-                content = orjson.dumps(value)
-            except (TypeError, ValueError, orjson.JSONEncodeError):
-                content = b""
-            if content:
-                found = kept.data.get(content, MISS)
-                if found is MISS:
-                    found = _kept_walk(value, n, many, below)
-                    kept.put(content, found)
-                else:
-                    kept.data.move_to_end(content)
-                inner_fail, inner_out = found
-                fail.extend(inner_fail)
-                for path, reason in inner_out:
-                    out.append((f"{prefix}{key}.{path}", reason))
-                continue
-        _walk_step(value, n, many, below, f"{prefix}{key}.", fail, out)
+    if step is None:
+        return
+    n, many, below = step
+    if (type(value) is list) is not many:
+        fail.append(n)
+        if below.report:  # not when the element is also read as a whole: validated as such
+            out.append((f"{prefix}{key}", _SHAPE[many]))
+        return
+    kept = below.kept
+    if kept is not None and not _dated(value):
+        try:
+            content = orjson.dumps(value)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            content = b""
+        if content:
+            found = kept.data.get(content, MISS)
+            if found is MISS:
+                found = _kept_walk(value, n, many, below)
+                kept.put(content, found)
+            else:
+                kept.data.move_to_end(content)
+            inner_fail, inner_out = found
+            fail.extend(inner_fail)
+            for path, reason in inner_out:
+                out.append((f"{prefix}{key}.{path}", reason))
+            return
+    _walk_step(value, n, many, below, f"{prefix}{key}.", fail, out)
 
 
 def _walk_step(

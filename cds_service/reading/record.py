@@ -54,6 +54,7 @@ class PatientRecord:
         record = cls()
         seen: set[tuple[str, str]] = set()
         patient_id = context.get("patientId")
+        by_type, origin = record.by_type, record._origin  # the loop runs once per resource: locals
         for key, items in resources.items():
             expected = PREFETCH_TYPES.get(key)
             for res in items:
@@ -61,14 +62,7 @@ class PatientRecord:
                 # Medications come along with any key (``_include=…:medication``) for the records
                 # that reference them.
                 if expected and rtype != expected and rtype != "Medication":
-                    if rtype == "OperationOutcome":
-                        if is_error_outcome(res):  # the search may have left records out: say so,
-                            record.problems.append(Problem(key, "OperationOutcome", INCOMPLETE))
-                            record.unread[key] = "outcome-error"  # and what rests on it is unknown
-                    else:
-                        record.problems.append(
-                            Problem(key, _ref(res), f"expected {expected}, got {rtype or 'no resourceType'}")
-                        )
+                    record._unexpected(key, expected, res, rtype)
                     continue
                 rid = res.get("id")
                 if isinstance(rid, str):
@@ -78,10 +72,14 @@ class PatientRecord:
                 if rtype == "Patient":
                     if record.patient is None and (not patient_id or rid in (None, patient_id)):
                         record.patient = res
-                        record._origin[id(res)] = key
+                        origin[id(res)] = key
                     continue
-                record.by_type.setdefault(rtype, []).append(res)
-                record._origin[id(res)] = key
+                group = by_type.get(rtype)
+                if group is None:
+                    by_type[rtype] = [res]
+                else:
+                    group.append(res)
+                origin[id(res)] = key
         bundle = context.get("draftOrders") or {}
         for entry in bundle.get("entry") or []:
             res = entry.get("resource") if isinstance(entry, dict) else None
@@ -96,6 +94,17 @@ class PatientRecord:
                 record._origin[id(res)] = "context.draftOrders"
         record.selections = [s for s in context.get("selections") or [] if isinstance(s, str)]
         return record
+
+    def _unexpected(self, key: str, expected: str, res: Any, rtype: Any) -> None:
+        """A resource of another type under a prefetch key: said, and an error outcome makes what
+        rests on the key unknown (the search may have left records out)."""
+        if rtype == "OperationOutcome":
+            if is_error_outcome(res):
+                self.problems.append(Problem(key, "OperationOutcome", INCOMPLETE))
+                self.unread[key] = "outcome-error"
+        else:
+            got = rtype or "no resourceType"
+            self.problems.append(Problem(key, _ref(res), f"expected {expected}, got {got}"))
 
     def add(self, resource: dict[str, Any], where: str) -> None:
         """Add a resource read after the prefetch (e.g. a referenced Medication fetched by id)."""
