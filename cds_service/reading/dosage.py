@@ -107,6 +107,9 @@ _DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
 _DOSINGS_LIMIT = 20_000
 
 
+_BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing.repeat.bounds[x]
+
+
 def _dosage_key(element: Any) -> bytes | None:
     """The dosage's content as a key: its JSON with ``timing.repeat.bounds[x]`` left out (the
     reading never uses them); None when dates remain elsewhere in it, or it is not JSON."""
@@ -114,8 +117,8 @@ def _dosage_key(element: Any) -> bytes | None:
         return None
     timing = element.get("timing")
     repeat = timing.get("repeat") if isinstance(timing, dict) else None
-    if isinstance(repeat, dict) and any(k.startswith("bounds") for k in repeat):
-        repeat = {k: v for k, v in repeat.items() if not k.startswith("bounds")}
+    if isinstance(repeat, dict) and not _BOUNDS.isdisjoint(repeat):
+        repeat = {k: v for k, v in repeat.items() if k not in _BOUNDS}
         element = {**element, "timing": {**timing, "repeat": repeat}}  # type: ignore[dict-item]
     try:
         content = orjson.dumps(element)

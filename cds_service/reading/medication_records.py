@@ -11,14 +11,15 @@ list are only ever asked whether they are in effect.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any
 
 from .dates import parse_date
 from .dosage import FORM_ROUTE, Dosing, dosing_of
 from .elements import Reads
 from .raw import add_days, as_dict, as_float, as_list
-from .record import PatientRecord
+from .record import PatientRecord, ref
 from .terminology import DrugMatch, concept_text
 
 _DOSAGE = ("doseAndRate", "timing", "route", "text")
@@ -78,10 +79,11 @@ class MedUse:
     """One medication record (request, statement, dispense, administration or draft order).
 
     ``record`` (with ``dosage_reads``) is where the dosage is validated when first asked for; the
-    record never refers back to its uses, so a use kept by the facts makes no reference cycle."""
+    record never refers back to its uses, so a use kept by the facts makes no reference cycle.
+    Its reference (``ref``) is written out when first asked for (evidence, mostly)."""
 
     __slots__ = (
-        "ref",
+        "_ref",
         "kind",
         "drug",
         "status",
@@ -96,7 +98,7 @@ class MedUse:
 
     def __init__(
         self,
-        ref: str,
+        ref: str | None,
         kind: str,
         drug: DrugMatch,
         status: str,
@@ -107,7 +109,7 @@ class MedUse:
         record: PatientRecord | None = None,
         dosage_reads: Reads | None = None,
     ) -> None:
-        self.ref = ref
+        self._ref = ref
         self.kind = kind
         self.drug = drug
         self.status = status
@@ -121,6 +123,13 @@ class MedUse:
 
     def __repr__(self) -> str:
         return f"MedUse({self.ref!r}, {self.kind!r}, {self.status!r}, {self.start}, {self.end})"
+
+    @property
+    def ref(self) -> str:
+        r = self._ref
+        if r is None:
+            r = self._ref = ref(self.resource)
+        return r
 
     @property
     def dosing(self) -> Dosing:
@@ -202,8 +211,16 @@ def _dispense_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
     if start is None:
         return None, None
     supply = res.get("daysSupply")
-    days = as_float(supply.get("value"), limit=3650) if isinstance(supply, dict) else None
+    value = supply.get("value") if isinstance(supply, dict) else None
+    if type(value) is int and 0 <= value <= 3650:  # most supplies: whole days
+        return start, start + _days(value)
+    days = as_float(value, limit=3650)
     return start, (add_days(start, days) or start) if days is not None else start
+
+
+@lru_cache(maxsize=4096)
+def _days(n: int) -> timedelta:
+    return timedelta(days=n)
 
 
 def _administration_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from .dosage import ROUTES, Dosing, infusion_minutes, minutes, per_day, route_of
@@ -19,7 +21,7 @@ from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, stop_reaso
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology
-from .timeline import NEVER_TAKEN_MED_STATUS, in_effect
+from .timeline import ENDED_MED_STATUS, NEVER_TAKEN_MED_STATUS, in_effect
 
 __all__ = [
     "READS",
@@ -59,12 +61,7 @@ class Trial:
         return self.days // 7
 
 
-def _place(item: tuple[int, MedUse]) -> int:
-    return item[0]
-
-
-def _start(u: MedUse) -> date:
-    return u.start or date.min
+_start = attrgetter("start")  # a sort key for records that all have a start
 
 
 # -- the medication half of Facts -------------------------------------------------------------------
@@ -175,7 +172,8 @@ class MedicationFacts:
                     self.unresolved_meds.append(res)
                 return None
         status = res.get("status")
-        status = status if isinstance(status, str) else str(status or "")
+        if not isinstance(status, str):
+            status = str(status or "")
         record = self.record
         if kind == "draft":
             if not record.readable(res, DRAFT_IDENTITY):
@@ -183,8 +181,8 @@ class MedicationFacts:
                 return None
             core, dosage_reads = READS["MedicationRequest"]
             if not record.readable(res, core):
-                return MedUse(ref(res), kind, drug, "", None, None, "", res, record, dosage_reads)
-            rtype = "MedicationRequest"
+                return MedUse(None, kind, drug, "", None, None, "", res, record, dosage_reads)
+            start, end = DATES["MedicationRequest"](res)
         else:
             if (
                 status in ("entered-in-error", "draft")
@@ -196,9 +194,9 @@ class MedicationFacts:
             if not record.readable(res, core):
                 self.malformed_meds.append((ref(res), drug))
                 return None
-            rtype = kind
-        start, end = DATES[rtype](res)
-        return MedUse(ref(res), kind, drug, status, start, end, stop_reason(res), res, record, dosage_reads)
+            start, end = DATES[kind](res)
+        reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
+        return MedUse(None, kind, drug, status, start, end, reason, res, record, dosage_reads)
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
         """Drafts of the value set in the request, the one ``excluding`` aside: orders signed
@@ -224,7 +222,7 @@ class MedicationFacts:
             if len(parts) == 1:
                 hit = [u for _, u in parts[0]]
             else:
-                hit = [u for _, u in sorted((x for g in parts for x in g), key=_place)]
+                hit = [u for _, u in sorted(chain.from_iterable(parts))]  # places are unique
             self._uses_in[valueset] = hit
         return hit
 
@@ -233,10 +231,7 @@ class MedicationFacts:
         uses = self.uses_in(valueset)
         if not uses:
             return []
-        by_ingredient: dict[str, list[MedUse]] = {}
-        for v in uses:
-            for ing in v.drug.ingredients:
-                by_ingredient.setdefault(ing, []).append(v)
+        by_ingredient: dict[str, list[MedUse]] | None = None
         today = self.today
         window = max(grace_days, 1)
         out = []
@@ -245,8 +240,15 @@ class MedicationFacts:
                 if u.status not in NEVER_TAKEN_MED_STATUS and u.start and (today - u.start).days <= window:
                     out.append(u)
                 continue
-            # records of the same drug, read only when a stopped record needs its last supply
-            same = (v for ing in u.drug.ingredients for v in by_ingredient.get(ing, ()))
+            same: list[MedUse] = []
+            if u.status in ENDED_MED_STATUS and u.kind != "MedicationDispense":
+                # records of the same drug: a stopped record counts until its last supply
+                if by_ingredient is None:
+                    by_ingredient = {}
+                    for v in uses:
+                        for ing in v.drug.ingredients:
+                            by_ingredient.setdefault(ing, []).append(v)
+                same = [v for ing in u.drug.ingredients for v in by_ingredient.get(ing, ())]
             if in_effect(u, same, today, grace_days):
                 out.append(u)
         return out
