@@ -213,7 +213,10 @@ def _dispense_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
     supply = res.get("daysSupply")
     value = supply.get("value") if isinstance(supply, dict) else None
     if type(value) is int and 0 <= value <= 3650:  # most supplies: whole days
-        return start, start + _days(value)
+        try:
+            return start, start + _days(value)
+        except OverflowError:  # handed over on 9999-12-31
+            return start, start
     days = as_float(value, limit=3650)
     return start, (add_days(start, days) or start) if days is not None else start
 
