@@ -16,7 +16,8 @@ from typing import Any
 import jinja2
 
 from .engine.evaluate import Evaluation, Outcome
-from .engine.loader import TEMPLATES, Panel, Rule
+from .engine.loader import Panel, Rule
+from .engine.templating import TEMPLATES, render
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,12 @@ def _base_context(ev: Evaluation) -> dict[str, Any]:
 
 
 def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str) -> str:
-    """``template.render(ctx)`` without its two copies of the context (``render`` copies it, then
-    merges it into the globals): the context is built per card already, and carries the
-    environment's globals itself (:func:`_base_context`). A template's own ``{% set %}`` writes to
-    the Jinja context's locals, never into ``ctx``."""
+    """The template's text for this card's context (:func:`~.engine.templating.render`);
+    a template error is logged and gives no text."""
     if template is None:
         return ""
     try:
-        return "".join(template.root_render_func(template.new_context(ctx, shared=True))).strip()
+        return render(template, ctx).strip()
     except jinja2.TemplateError as exc:  # a rule test catches these; never fail the request
         log.error("template error in rule %s: %s", rule_id, exc)
         return ""
@@ -185,6 +184,8 @@ def _shorten(text: str, limit: int) -> str:
 
 def _rule_context(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
     bind = o.result.bind if o.result else {}
+    if type(bind) is not dict:  # a shared constant's read-only mapping: templates see a dict
+        bind = dict(bind)
     return {
         **base,
         **bind,
@@ -268,6 +269,27 @@ def evidence_words(evidence: str, verified: bool = True) -> str:
 
 
 def _with_citation(detail: str, rule: Rule) -> str:
+    cite = _citation(rule)
+    return f"{detail}\n\n{cite}" if detail else cite
+
+
+#: id of a rule → (the rule, kept so its id stays its own; its citation line): rules are read-only
+#: once loaded, so each rule's line is built once per process (bounded: reloads make new rules)
+_CITATIONS: dict[int, tuple[Rule, str]] = {}
+
+
+def _citation(rule: Rule) -> str:
+    hit = _CITATIONS.get(id(rule))
+    if hit is not None and hit[0] is rule:
+        return hit[1]
+    if len(_CITATIONS) >= 4096:
+        _CITATIONS.clear()
+    cite = _citation_of(rule)
+    _CITATIONS[id(rule)] = (rule, cite)
+    return cite
+
+
+def _citation_of(rule: Rule) -> str:
     src = rule.source
     parts = [src.get("guideline") or src["label"]]
     if src.get("section"):
@@ -277,7 +299,7 @@ def _with_citation(detail: str, rule: Rule) -> str:
     cite = f"Source: [{', '.join(parts)}]({src['url']}) — evidence: {evidence}"
     for extra in rule.also_cites:
         cite += f"; [{extra['label']}]({extra['url']}) ({evidence_words(extra['evidence'])})"
-    return f"{detail}\n\n{cite}" if detail else cite
+    return cite
 
 
 def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +420,8 @@ Memo = dict[int, tuple[Any, Any]]
 
 
 def _jsonable(value: Any, memo: Memo | None = None) -> Any:
+    """The JSON form of a bound fact: dict keys as strings, tuples as lists, other objects as
+    their text; a dict's None, ``[]`` and ``""`` values left out (an empty dict or tuple stays)."""
     t = type(value)
     if t in _SCALARS:  # exact types first: most values are (this runs for every bound fact)
         return value
@@ -406,13 +430,27 @@ def _jsonable(value: Any, memo: Memo | None = None) -> Any:
         if hit is not None:
             return hit[1]
     if t is dict or isinstance(value, dict):
-        out: Any = {
-            k if type(k) is str else str(k): v if type(v) in _SCALARS else _jsonable(v, memo)
-            for k, v in value.items()
-            if v is not None and v != [] and v != ""
-        }
+        out: Any = {}
+        for k, v in value.items():
+            tv = type(v)
+            if tv is str:
+                if not v:
+                    continue
+            elif tv is int or tv is float or tv is bool:
+                pass
+            elif v is None:
+                continue
+            elif tv is list:
+                if not v:
+                    continue
+                v = _jsonable(v, memo)
+            elif v != [] and v != "":
+                v = _jsonable(v, memo)
+            else:
+                continue
+            out[k if type(k) is str else str(k)] = v
     elif isinstance(value, list | tuple):
-        out = [_jsonable(v, memo) for v in value]
+        out = [v if type(v) in _SCALARS else _jsonable(v, memo) for v in value]
     elif isinstance(value, _SCALARS):
         return value
     else:

@@ -1,15 +1,23 @@
-"""Evaluates a compiled rule set against one request's facts, recording every rule's outcome."""
+"""Evaluates a compiled rule set against one request's facts, recording every rule's outcome.
+
+Which rules apply to a hook and jurisdiction (site switches, ``hooks``, ``jurisdictions``) and
+each rule's severity there are worked out once per rule set and (hook, jurisdiction)
+(:func:`plan`); per call only the applicable rules' compiled conditions run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..reading.facts import Facts
 from .loader import Rule, RuleSet
 from .predicates import Env, Result
 
+MAX_PLANS = 32  # hooks × jurisdictions a process serves: a handful
 
-@dataclass
+
+@dataclass(slots=True)
 class Outcome:
     """What one rule did: fired, not-fired, unknown (data missing) or skipped (does not apply)."""
 
@@ -32,38 +40,69 @@ class Evaluation:
         return [o for o in self.outcomes if o.status == "fired"]
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rule in a plan: skipped with ``skip`` as the reason, or evaluated by ``when``."""
+
+    rule: Rule
+    skip: str | None
+    when: Callable[[Env], Result] | None
+    requirement: bool
+    ask: bool
+    indicator: str
+
+
+def plan(ruleset: RuleSet, hook: str, jurisdiction: str) -> tuple[Step, ...]:
+    """The rules in order, each skipped (and why) or with its evaluator, for one hook/jurisdiction."""
+    key = (hook, jurisdiction)
+    steps = ruleset.plans.get(key)
+    if steps is None:
+        steps = tuple(_step(rule, hook, jurisdiction) for rule in ruleset.rules)
+        if len(ruleset.plans) >= MAX_PLANS:  # a caller choosing jurisdictions freely cannot grow it
+            ruleset.plans.clear()
+        ruleset.plans[key] = steps
+    return steps
+
+
+def _step(rule: Rule, hook: str, jurisdiction: str) -> Step:
+    skip = None
+    if not rule.enabled:
+        skip = "disabled in site configuration"
+    elif hook not in rule.hooks:
+        skip = f"not for hook {hook}"
+    elif "all" not in rule.jurisdictions and jurisdiction not in rule.jurisdictions:
+        skip = f"not for jurisdiction {jurisdiction}"
+    return Step(
+        rule,
+        skip,
+        None if skip else rule.when.evaluator(),
+        rule.kind == "requirement",
+        rule.on_unknown == "ask",
+        rule.indicator_for(jurisdiction),
+    )
+
+
 def evaluate(ruleset: RuleSet, facts: Facts, *, jurisdiction: str | None = None) -> Evaluation:
     jurisdiction = jurisdiction or ruleset.jurisdiction
-    env = Env(facts, jurisdiction, ruleset.definitions)
+    env = Env(facts, jurisdiction, ruleset.evaluators)
     ev = Evaluation(ruleset, facts, jurisdiction)
-    for rule in ruleset.rules:
-        if not rule.enabled:
-            ev.outcomes.append(Outcome(rule, "skipped", "disabled in site configuration"))
+    outcomes = ev.outcomes
+    append = outcomes.append
+    for step in plan(ruleset, facts.hook, jurisdiction):
+        rule = step.rule
+        if step.when is None:
+            append(Outcome(rule, "skipped", step.skip or ""))
             continue
-        if facts.hook not in rule.hooks:
-            ev.outcomes.append(Outcome(rule, "skipped", f"not for hook {facts.hook}"))
-            continue
-        if "all" not in rule.jurisdictions and jurisdiction not in rule.jurisdictions:
-            ev.outcomes.append(Outcome(rule, "skipped", f"not for jurisdiction {jurisdiction}"))
-            continue
-        result = rule.when(env)
-        if result.value is True:
-            if rule.kind == "requirement":
-                ev.outcomes.append(Outcome(rule, "not-fired", "requirement met", result))
+        result = step.when(env)
+        value = result.value
+        if value is True:
+            if step.requirement:
+                append(Outcome(rule, "not-fired", "requirement met", result))
             else:
-                ev.outcomes.append(
-                    Outcome(
-                        rule,
-                        "fired",
-                        result.reason or "condition true",
-                        result,
-                        rule.indicator_for(jurisdiction),
-                    )
-                )
-        elif result.value is None:
+                append(Outcome(rule, "fired", result.reason or "condition true", result, step.indicator))
+        elif value is None:
             missing = ", ".join(dict.fromkeys(m.label for m in result.missing)) or "unknown"
-            status = "unknown" if rule.on_unknown == "ask" else "not-fired"
-            ev.outcomes.append(Outcome(rule, status, f"missing: {missing}", result))
+            append(Outcome(rule, "unknown" if step.ask else "not-fired", f"missing: {missing}", result))
         else:
-            ev.outcomes.append(Outcome(rule, "not-fired", result.reason or "condition false", result))
+            append(Outcome(rule, "not-fired", result.reason or "condition false", result))
     return ev

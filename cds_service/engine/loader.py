@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from ..reading.terminology import Terminology
 from ..validation import schema_validator
-from .predicates import CompileContext, CompileError, Node, compile_node
+from .predicates import CompileContext, CompileError, Evaluator, Node, compile_node
+from .templating import TEMPLATES
 from .yamlio import YamlError, line_of, load_with_lines
 
 SPECIAL_FILES = {"common.yaml", "site.yaml"}
@@ -30,23 +30,6 @@ class RuleLoadError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__(f"{len(problems)} problem(s) in the rule set:\n" + "\n".join(problems))
         self.problems = problems
-
-
-def _escape_markdown(value: Any) -> Any:
-    """Text from the record must not inject HTML or break a Markdown table."""
-    if isinstance(value, str):
-        return value.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return "" if value is None else value
-
-
-TEMPLATES = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-    finalize=_escape_markdown,
-)
 
 
 @dataclass
@@ -113,6 +96,15 @@ class RuleSet:
     jurisdiction: str
     rules_dir: Path
     fingerprint: str  # content SHA-256, see fingerprint()
+    #: the definitions' compiled evaluators (what ``ref`` calls)
+    evaluators: dict[str, Evaluator] = field(init=False, repr=False, compare=False)
+    #: per (hook, jurisdiction): which rules apply, with their evaluators (engine/evaluate.py)
+    plans: dict[tuple[str, str], tuple[Any, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self.evaluators = {name: node.evaluator() for name, node in self.definitions.items()}
 
     @property
     def version(self) -> str:

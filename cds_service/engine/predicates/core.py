@@ -8,15 +8,16 @@ explanation of why a card fired.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ...reading.facts import Facts
-from ..unread import unread_keys
+from ..unread import keys_read, unread_keys
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Missing:
     """A piece of data a predicate needed and did not find (``id`` keys ``rules/data-needs.yaml``)."""
 
@@ -24,13 +25,25 @@ class Missing:
     label: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
+    """A predicate's answer. Read-only once returned: logic nodes and the per-request memo share
+    a child's containers instead of copying them."""
+
     value: bool | None
     bind: dict[str, Any] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
     reason: str = ""
+
+
+def constant(value: bool | None, reason: str = "") -> Result:
+    """A shared answer with nothing bound (what logic nodes return instead of a new one): its
+    containers are immutable, so no consumer can change it for the next request."""
+    return Result(value, MappingProxyType({}), (), (), reason)  # type: ignore[arg-type]
+
+
+TRUE, FALSE = constant(True), constant(False)
 
 
 def not_read(keys: list[str]) -> Result:
@@ -48,21 +61,39 @@ class CompileError(Exception):
         self.message, self.path = message, path
 
 
-@dataclass
+@dataclass(slots=True)
 class Env:
-    """What predicates see during one evaluation."""
+    """What predicates see during one evaluation. ``refs``: the named definitions (nodes or
+    their compiled evaluators); ``cache``: the request's memo of leaves and definitions."""
 
     facts: Facts
     jurisdiction: str
-    refs: dict[str, Node]
+    refs: Mapping[str, Callable[[Env], Result]]
     cache: dict[str, Result] = field(default_factory=dict)
 
 
-class Node:
-    name = ""
+#: A compiled condition: one plain function call per node, no dispatch through ``__call__``.
+Evaluator = Callable[[Env], Result]
 
-    def __call__(self, env: Env) -> Result:  # pragma: no cover - interface
+
+class Node:
+    """A condition. :meth:`compile` builds its evaluator once (closures over the children's
+    evaluators and the compiled arguments); calling the node runs that evaluator."""
+
+    name = ""
+    _evaluator: Evaluator | None = None
+
+    def compile(self) -> Evaluator:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def evaluator(self) -> Evaluator:
+        fn = self._evaluator
+        if fn is None:
+            fn = self._evaluator = self.compile()
+        return fn
+
+    def __call__(self, env: Env) -> Result:
+        return self.evaluator()(env)
 
     def needs(self) -> set[str]:
         """Value sets and observation kinds this node refers to (for lint and the catalogue)."""
@@ -169,13 +200,33 @@ class Leaf(Node):
         self.name, self.fn, self.args, self._needs = name, fn, args, needs
         self._key = f"{name}\x00{sorted(args.items())!r}"  # one string: its hash is computed once
 
-    def __call__(self, env: Env) -> Result:
-        r = env.cache.get(self._key)
-        if r is None:
-            result = self.fn(env, self.args)
-            unread = unread_keys(self.name, self.args, result.value, env.facts.record.unread)
-            r = env.cache[self._key] = not_read(unread) if unread else result
-        return r
+    def compile(self) -> Evaluator:
+        key, fn, args, name = self._key, self.fn, self.args, self.name
+        if keys_read(name, args) == ():  # reads no prefetch key: an unread one cannot matter
+
+            def leaf(env: Env) -> Result:
+                cache = env.cache
+                r = cache.get(key)
+                if r is None:
+                    r = cache[key] = fn(env, args)
+                return r
+
+            return leaf
+
+        def leaf_reading(env: Env) -> Result:
+            cache = env.cache
+            r = cache.get(key)
+            if r is None:
+                r = fn(env, args)
+                unread = env.facts.record.unread
+                if unread:
+                    keys = unread_keys(name, args, r.value, unread)
+                    if keys:
+                        r = not_read(keys)
+                cache[key] = r
+            return r
+
+        return leaf_reading
 
     def needs(self) -> set[str]:
         return self._needs

@@ -1,65 +1,136 @@
-"""Logic over conditions: all, any, not, assess and named definitions (ref)."""
+"""Logic over conditions: all, any, not, assess and named definitions (ref).
+
+Each node compiles to a closure over its children's evaluators (:meth:`Node.compile`), so a
+rule's tree costs one plain call per node. Results are read-only: a node passes a child's
+``bind``/``evidence``/``missing`` on as they are when only that child contributes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .core import CompileContext, CompileError, Env, Node, Result, compile_node, predicate
+from .core import (
+    FALSE,
+    TRUE,
+    CompileContext,
+    CompileError,
+    Env,
+    Evaluator,
+    Missing,
+    Node,
+    Result,
+    compile_node,
+    predicate,
+)
 
 
 class All(Node):
     def __init__(self, children: list[Node]) -> None:
         self.children = children
 
-    def __call__(self, env: Env) -> Result:
-        value: bool | None = True
-        bind: dict[str, Any] = {}
-        evidence: list[str] = []
-        missing: list[Any] = []
-        for child in self.children:
-            r = child(env)
-            v = r.value
-            if v is False:
-                return Result(False, {}, [], [], r.reason)
-            if v is None:
-                value = None
-                missing += r.missing
-            if r.bind:
-                bind.update(r.bind)
-            if r.evidence:
-                evidence += r.evidence
-        return Result(value, bind, evidence, missing)
+    def compile(self) -> Evaluator:
+        fns = tuple(c.evaluator() for c in self.children)
+        if len(fns) == 2:  # the common shape (a gate, then the condition): no loop
+            first, second = fns
+
+            def all_2(env: Env) -> Result:
+                r1 = first(env)
+                if r1.value is False:
+                    return FALSE if not r1.reason else Result(False, {}, [], [], r1.reason)
+                r2 = second(env)
+                if r2.value is False:
+                    return FALSE if not r2.reason else Result(False, {}, [], [], r2.reason)
+                return _merge_all((r1, r2))
+
+            return all_2
+
+        def all_(env: Env) -> Result:
+            results = []
+            for fn in fns:
+                r = fn(env)
+                if r.value is False:
+                    return FALSE if not r.reason else Result(False, {}, [], [], r.reason)
+                results.append(r)
+            return _merge_all(results)
+
+        return all_
 
     def needs(self) -> set[str]:
         return set().union(*(c.needs() for c in self.children))
+
+
+def _merge_all(results: tuple[Result, ...] | list[Result]) -> Result:
+    """All of children none of which is false: true, or unknown if any is unknown; what they
+    bound and found, and what the unknown ones miss."""
+    value: bool | None = True
+    bind: dict[str, Any] | None = None
+    evidence: list[str] | None = None
+    missing: list[Missing] | None = None
+    only: Result | None = None  # the one child that contributed anything, if only one did
+    contributors = 0
+    for r in results:
+        contributed = False
+        if r.value is None:
+            value = None
+            if r.missing:
+                missing = r.missing if missing is None else [*missing, *r.missing]
+                contributed = True
+        if r.bind:
+            bind = r.bind if bind is None else bind | r.bind
+            contributed = True
+        if r.evidence:
+            evidence = r.evidence if evidence is None else [*evidence, *r.evidence]
+            contributed = True
+        if contributed:
+            contributors += 1
+            only = r
+    if contributors == 0:
+        return TRUE if value else Result(None, {}, [], [])
+    if (  # what All would build from its one contributor is equal to that result
+        contributors == 1
+        and only is not None
+        and only.value is value
+        and not only.reason
+        and (value is None or not only.missing)
+    ):
+        return only
+    return Result(
+        value,
+        {} if bind is None else bind,
+        [] if evidence is None else evidence,
+        [] if missing is None else missing,
+    )
 
 
 class Any_(Node):
     def __init__(self, children: list[Node]) -> None:
         self.children = children
 
-    def __call__(self, env: Env) -> Result:
-        unknown: list[Result] = []
-        hits: list[Result] = []
-        misses: list[Result] = []
-        for child in self.children:
-            r = child(env)
-            if r.value is True:
-                hits.append(r)
-            elif r.value is None:
-                unknown.append(r)
-            else:
-                misses.append(r)
-        if hits:
-            bind: dict[str, Any] = {}
-            for r in hits + misses:  # what the false branches found is context too (e.g. the other BP value)
-                for k, v in r.bind.items():
-                    bind.setdefault(k, v)  # the first branch to bind a name wins
-            evidence = [e for r in hits for e in r.evidence]
-            return Result(True, bind, evidence, [])
-        if unknown:
-            return Result(None, {}, [], [m for r in unknown for m in r.missing])
-        return Result(False, {}, [], [])
+    def compile(self) -> Evaluator:
+        fns = tuple(c.evaluator() for c in self.children)
+
+        def any_(env: Env) -> Result:
+            results = [fn(env) for fn in fns]  # every branch: what the false ones find is context too
+            hits = [r for r in results if r.value is True]
+            if hits:
+                # the first branch to bind a name wins: hits first, then the false branches (e.g.
+                # the other BP value)
+                found = [r for r in results if r.value is False and r.bind]
+                if len(hits) == 1 and not found:
+                    (hit,) = hits
+                    if not hit.reason and not hit.missing:  # what Any would build equals it
+                        return hit
+                bind: dict[str, Any] = {}
+                for r in hits + found:
+                    for k, v in r.bind.items():
+                        bind.setdefault(k, v)
+                return Result(True, bind, [e for r in hits for e in r.evidence], [])
+            unknown = [r for r in results if r.value is None]
+            if unknown:
+                return Result(None, {}, [], [m for r in unknown for m in r.missing])
+            return FALSE
+
+        return any_
 
     def needs(self) -> set[str]:
         return set().union(*(c.needs() for c in self.children))
@@ -69,11 +140,18 @@ class Not(Node):
     def __init__(self, child: Node) -> None:
         self.child = child
 
-    def __call__(self, env: Env) -> Result:
-        r = self.child(env)
-        if r.value is None:
-            return Result(None, missing=r.missing)
-        return Result(not r.value, bind=r.bind, evidence=r.evidence)
+    def compile(self) -> Evaluator:
+        fn = self.child.evaluator()
+
+        def not_(env: Env) -> Result:
+            r = fn(env)
+            if r.value is None:
+                return Result(None, missing=r.missing)
+            if not r.bind and not r.evidence:
+                return FALSE if r.value else TRUE
+            return Result(not r.value, bind=r.bind, evidence=r.evidence)
+
+        return not_
 
     def needs(self) -> set[str]:
         return self.child.needs()
@@ -109,11 +187,16 @@ class Assess(Node):
     def __init__(self, child: Node) -> None:
         self.child = child
 
-    def __call__(self, env: Env) -> Result:
-        r = self.child(env)
-        if r.value is None:
-            return Result(None, missing=r.missing)
-        return Result(True, bind=r.bind, evidence=r.evidence, reason=r.reason)
+    def compile(self) -> Evaluator:
+        fn = self.child.evaluator()
+
+        def assess(env: Env) -> Result:
+            r = fn(env)
+            if r.value is None:
+                return Result(None, missing=r.missing)
+            return Result(True, bind=r.bind, evidence=r.evidence, reason=r.reason)
+
+        return assess
 
     def needs(self) -> set[str]:
         return self.child.needs()
@@ -133,11 +216,17 @@ class Ref(Node):
         self.ref = name
         self._key = f"\x01ref\x00{name}"  # never a Leaf's key (those start with a predicate name)
 
-    def __call__(self, env: Env) -> Result:
-        r = env.cache.get(self._key)
-        if r is None:
-            r = env.cache[self._key] = env.refs[self.ref](env)
-        return r
+    def compile(self) -> Evaluator:
+        key, name = self._key, self.ref
+
+        def ref(env: Env) -> Result:
+            cache = env.cache
+            r = cache.get(key)
+            if r is None:
+                r = cache[key] = env.refs[name](env)
+            return r
+
+        return ref
 
 
 @predicate("ref", "A named condition from rules/common.yaml `definitions` (evaluated once per request).")
