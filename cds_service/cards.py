@@ -10,7 +10,7 @@ it in ``extension``.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from typing import Any
 
 import jinja2
@@ -33,7 +33,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     base_ctx = _base_context(ev)
     memo: Memo = {}  # bound facts shared by several rules (the TRD picture, the order) converted once
     # Within one indicator: the file's `order` (TRD before frameworks before …), then rule order.
-    order = {r.id: (r.file_order, i) for i, r in enumerate(rs.rules)}
+    order = rs.rule_order
     entries: list[tuple[int, tuple[int, int], dict[str, Any]]] = []
 
     fired = ev.fired
@@ -79,10 +79,8 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
             lctx = _rule_context(lo, base_ctx)
             ctx.update(lo.result.bind if lo.result else {})
             ctx["lead"] = {
-                "summary": summary_text(
-                    _render(lo.rule.templates.get("summary"), lctx, lo.rule.id), lo.rule.title
-                ),
-                "detail": _with_citation(_render(lo.rule.templates.get("detail"), lctx, lo.rule.id), lo.rule),
+                "summary": summary_text(_rule_text(lo, "summary", lctx), lo.rule.title),
+                "detail": _with_citation(_rule_text(lo, "detail", lctx), lo.rule),
             }
         card = _panel_card(panel, indicator, ctx, [*led, *outcomes], patient_id, ev, memo)
         entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in [*led, *outcomes]), card))
@@ -125,6 +123,16 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     return [c for _, _, c in entries]
 
 
+def _uuid() -> str:
+    """``str(uuid.uuid4())`` without building a UUID object: 122 random bits, version 4,
+    RFC 4122 variant."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _safety_gap(gaps: list[Outcome]) -> bool:
     """A gap blocks a safety check (a rule that would warn or stop) rather than an info rule."""
     return any(o.rule.indicator in ("warning", "critical") for o in gaps)
@@ -153,6 +161,20 @@ def _render(template: jinja2.Template | None, ctx: dict[str, Any], rule_id: str)
     except jinja2.TemplateError as exc:  # a rule test catches these; never fail the request
         log.error("template error in rule %s: %s", rule_id, exc)
         return ""
+
+
+def _rule_text(o: Outcome, key: str, ctx: dict[str, Any], group: str = "") -> str:
+    """The text of one of the rule's templates (``summary``, ``detail``; ``group="row:"`` for a
+    row's): rendered for this card, or the rule's fixed text when the template reads only the
+    rule's own values (:func:`~.engine.templating.fixed_text`) that no binding shadows."""
+    rule = o.rule
+    fixed = rule.fixed.get(group + key)
+    if fixed is not None:
+        bind = o.result.bind if o.result else None
+        if not bind or not fixed.names & bind.keys():
+            return fixed.text
+    templates = rule.row if group else rule.templates
+    return _render(templates.get(key), ctx, rule.id)
 
 
 def summary_text(text: str, fallback: str) -> str:
@@ -207,21 +229,20 @@ def _rule_card(
     ctx = _rule_context(o, base)
     indicator = o.indicator or rule.indicator
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
-        "summary": summary_text(_render(rule.templates.get("summary"), ctx, rule.id), rule.title),
+        "uuid": _uuid(),
+        "summary": summary_text(_rule_text(o, "summary", ctx), rule.title),
         "indicator": indicator,
         "source": _source(rule),
     }
-    detail = _render(rule.templates.get("detail"), ctx, rule.id)
-    detail = _with_citation(detail, rule)
+    detail = _with_citation(_rule_text(o, "detail", ctx), rule)
     if others:
         also = []
         for x in others:
             xctx = _rule_context(x, base)
-            text = summary_text(_render(x.rule.templates.get("summary"), xctx, x.rule.id), "")
+            text = summary_text(_rule_text(x, "summary", xctx), "")
             also.append(f"- {text or x.rule.title} ({x.indicator})")
             if indicator == "info":  # information folded into one card keeps its detail
-                more = _render(x.rule.templates.get("detail"), xctx, x.rule.id)
+                more = _rule_text(x, "detail", xctx)
                 also += [f"  {line}" if line.strip() else "" for line in more.splitlines()]
         detail += "\n\n**Also found:**\n" + "\n".join(also)
     card["detail"] = detail
@@ -304,7 +325,7 @@ def _citation_of(rule: Rule) -> str:
 
 def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
     ctx = _rule_context(o, base)
-    view = {key: " ".join(_render(t, ctx, o.rule.id).split()) for key, t in o.rule.row.items()}
+    view = {key: " ".join(_rule_text(o, key, ctx, "row:").split()) for key in o.rule.row}
     src = o.rule.source
     view.update(
         rule=o.rule.id,
@@ -327,7 +348,7 @@ def _panel_card(
     memo: Memo | None = None,
 ) -> dict[str, Any]:
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": _uuid(),
         "summary": summary_text(_render(panel.summary, ctx, panel.id), panel.title),
         "indicator": indicator,
         "detail": _render(panel.detail, ctx, panel.id),
@@ -374,7 +395,7 @@ def _suggestion_code(spec: dict[str, Any], ev: Evaluation) -> dict[str, Any] | N
 def _suggestion(
     label: str, code: dict[str, Any] | None, patient_id: str | None, *, recommended: bool
 ) -> dict[str, Any]:
-    suggestion: dict[str, Any] = {"label": label[:120], "uuid": str(uuid.uuid4())}
+    suggestion: dict[str, Any] = {"label": label[:120], "uuid": _uuid()}
     if recommended:
         suggestion["isRecommended"] = True
     if code:

@@ -42,10 +42,10 @@ class Evaluation:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One rule in a plan: skipped with ``skip`` as the reason, or evaluated by ``when``."""
+    """One rule in a plan: ``skipped`` (its outcome), or evaluated by ``when``."""
 
     rule: Rule
-    skip: str | None
+    skipped: Outcome | None  # the same read-only outcome every call (nothing per patient in it)
     when: Callable[[Env], Result] | None
     requirement: bool
     ask: bool
@@ -74,7 +74,7 @@ def _step(rule: Rule, hook: str, jurisdiction: str) -> Step:
         skip = f"not for jurisdiction {jurisdiction}"
     return Step(
         rule,
-        skip,
+        None if skip is None else Outcome(rule, "skipped", skip),
         None if skip else rule.when.evaluator(),
         rule.kind == "requirement",
         rule.on_unknown == "ask",
@@ -90,10 +90,11 @@ def evaluate(ruleset: RuleSet, facts: Facts, *, jurisdiction: str | None = None)
     append = outcomes.append
     for step in plan(ruleset, facts.hook, jurisdiction):
         rule = step.rule
-        if step.when is None:
-            append(Outcome(rule, "skipped", step.skip or ""))
+        when = step.when
+        if when is None:
+            append(step.skipped)
             continue
-        result = step.when(env)
+        result = when(env)
         value = result.value
         if value is True:
             if step.requirement:

@@ -18,7 +18,7 @@ import jinja2
 from ..reading.terminology import Terminology
 from ..validation import schema_validator
 from .predicates import CompileContext, CompileError, Evaluator, Node, compile_node
-from .templating import TEMPLATES
+from .templating import TEMPLATES, Fixed, fixed_text
 from .yamlio import YamlError, line_of, load_with_lines
 
 SPECIAL_FILES = {"common.yaml", "site.yaml"}
@@ -52,6 +52,8 @@ class Rule:
     card: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, jinja2.Template] = field(default_factory=dict)
     row: dict[str, jinja2.Template] = field(default_factory=dict)
+    #: texts rendered once at load ("summary", "detail", "row:<key>"): see templating.fixed_text
+    fixed: dict[str, Fixed] = field(default_factory=dict)
     evaluate_last: bool = False
     reassuring: bool = False
     quiet_when_critical: bool = False
@@ -103,8 +105,12 @@ class RuleSet:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    #: rule id → (its file's ``order``, its place): how cards of one severity are ordered
+    rule_order: dict[str, tuple[int, int]] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         self.evaluators = {name: node.evaluator() for name, node in self.definitions.items()}
+        self.rule_order = {r.id: (r.file_order, i) for i, r in enumerate(self.rules)}
 
     @property
     def version(self) -> str:
@@ -510,6 +516,13 @@ def _compile_rule(
             problems.add(path, line_of(lines, (*base, "params", key)), f"parameter {key!r} is not used", rid)
     if len(problems.items) > start or when is None:
         return None
+    rule_params = {**shared_params, **params}
+    values = {"params": rule_params, "rule": {"id": rid, "title": spec["title"]}}
+    fixed = {}
+    for key, template in templates.items():
+        fixed[key] = fixed_text(card[key], template, values)
+    for key, template in row.items():
+        fixed[f"row:{key}"] = fixed_text(spec["row"][key], template, values)
     return Rule(
         id=rid,
         title=spec["title"],
@@ -518,7 +531,7 @@ def _compile_rule(
         source=spec["source"],
         hooks=tuple(spec["hooks"]),
         jurisdictions=tuple(spec.get("jurisdictions") or ["all"]),
-        params={**shared_params, **params},
+        params=rule_params,
         when=when,
         indicator=spec["indicator"],
         kind=kind,
@@ -529,6 +542,7 @@ def _compile_rule(
         card=card,
         templates=templates,
         row=row,
+        fixed={k: v for k, v in fixed.items() if v is not None},
         evaluate_last=bool(spec.get("evaluate_last")),
         reassuring=bool(spec.get("reassuring")),
         quiet_when_critical=bool(spec.get("quiet_when_critical")),

@@ -8,15 +8,21 @@ attribute and per render are done more directly here, with the same results:
   first when the name is not one of dict's own attributes (``x.items`` stays the method);
 * :func:`render` builds the template's context directly from a context the caller made for
   this render (no copy, no merge with the globals, which the caller includes).
+
+A template that reads only its rule's own values (``params``, ``rule``) is rendered once, when
+the rule set is compiled (:func:`fixed_text`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2.runtime import Context
+from jinja2 import meta, nodes
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Namespace
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
@@ -31,10 +37,12 @@ def _escape_markdown(value: Any) -> Any:
 
 
 class CardTemplates(SandboxedEnvironment):
-    """The sandbox, reading a plain dict's items without first failing an attribute lookup."""
+    """The sandbox, with the answers its checks give for the objects card templates use most
+    given directly (each branch returns what :class:`SandboxedEnvironment` would)."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict:
+        t = type(obj)
+        if t is dict:
             if attribute not in _DICT_ATTRIBUTES:
                 try:
                     return obj[attribute]
@@ -42,7 +50,20 @@ class CardTemplates(SandboxedEnvironment):
                     return self.undefined(obj=obj, name=attribute)
             if not attribute.startswith("_"):  # dict's methods: safe, and never str.format
                 return getattr(obj, attribute)
+        elif t is LoopContext and not attribute.startswith("_"):
+            # loop.last, loop.index …: public attributes of a loop are safe and never str.format
+            try:
+                return getattr(obj, attribute)
+            except AttributeError:
+                pass
         return super().getattr(obj, attribute)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if __obj is Namespace:  # namespace(...): a safe callable that takes no context
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            return Namespace(*args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 TEMPLATES = CardTemplates(
@@ -63,3 +84,35 @@ def render(template: jinja2.Template, ctx: dict[str, Any]) -> str:
     this environment does not have.)"""
     context = Context(TEMPLATES, ctx, template.name, template.blocks)
     return "".join(template.root_render_func(context))
+
+
+#: Globals whose use does not make a text vary (``lipsum`` is random, so it does).
+_STEADY_GLOBALS = frozenset({"range", "dict", "namespace", "cycler", "joiner"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A template's text rendered once: it reads nothing but ``names`` (the rule's own values),
+    so it is the same for every patient unless a binding of the same name shadows one."""
+
+    text: str
+    names: frozenset[str]
+
+
+def fixed_text(source: str, template: jinja2.Template, values: dict[str, Any]) -> Fixed | None:
+    """The template's stripped text when it reads only ``values`` (and steady globals) and
+    renders without error; None otherwise (it is then rendered per card)."""
+    try:
+        ast = TEMPLATES.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return None
+    names = frozenset(meta.find_undeclared_variables(ast))
+    if not names <= set(values) | _STEADY_GLOBALS:
+        return None
+    if any(f.name == "random" for f in ast.find_all(nodes.Filter)):
+        return None
+    try:
+        text = render(template, {**TEMPLATES.globals, **values}).strip()
+    except Exception:  # noqa: BLE001 - it fails per card as it did, and is logged there
+        return None
+    return Fixed(text, names)

@@ -64,12 +64,15 @@ class CompileError(Exception):
 @dataclass(slots=True)
 class Env:
     """What predicates see during one evaluation. ``refs``: the named definitions (nodes or
-    their compiled evaluators); ``cache``: the request's memo of leaves and definitions."""
+    their compiled evaluators); ``cache``: the request's memo of leaves and definitions;
+    ``views``: of records (a drug ordered is shown by several rules, converted once)."""
 
     facts: Facts
     jurisdiction: str
     refs: Mapping[str, Callable[[Env], Result]]
     cache: dict[str, Result] = field(default_factory=dict)
+    #: views of records built for card templates this request: id → (record, view)
+    views: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
 
 #: A compiled condition: one plain function call per node, no dispatch through ``__call__``.

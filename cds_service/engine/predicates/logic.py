@@ -110,30 +110,43 @@ class Any_(Node):
         fns = tuple(c.evaluator() for c in self.children)
 
         def any_(env: Env) -> Result:
-            results = [fn(env) for fn in fns]  # every branch: what the false ones find is context too
-            hits = [r for r in results if r.value is True]
+            results = []  # every branch: what the false ones find is context too
+            hits = 0
+            unknown = False
+            for fn in fns:
+                r = fn(env)
+                results.append(r)
+                v = r.value
+                if v is True:
+                    hits += 1
+                elif v is None:
+                    unknown = True
             if hits:
-                # the first branch to bind a name wins: hits first, then the false branches (e.g.
-                # the other BP value)
-                found = [r for r in results if r.value is False and r.bind]
-                if len(hits) == 1 and not found:
-                    (hit,) = hits
-                    if not hit.reason and not hit.missing:  # what Any would build equals it
-                        return hit
-                bind: dict[str, Any] = {}
-                for r in hits + found:
-                    for k, v in r.bind.items():
-                        bind.setdefault(k, v)
-                return Result(True, bind, [e for r in hits for e in r.evidence], [])
-            unknown = [r for r in results if r.value is None]
+                return _merge_any(results, hits)
             if unknown:
-                return Result(None, {}, [], [m for r in unknown for m in r.missing])
+                return Result(None, {}, [], [m for r in results if r.value is None for m in r.missing])
             return FALSE
 
         return any_
 
     def needs(self) -> set[str]:
         return set().union(*(c.needs() for c in self.children))
+
+
+def _merge_any(results: list[Result], hits: int) -> Result:
+    """Any with a true branch: what the true branches bound, then the false ones (the first
+    branch to bind a name wins; e.g. the other BP value), and what the true ones found."""
+    true = [r for r in results if r.value is True]
+    found = [r for r in results if r.value is False and r.bind]
+    if hits == 1 and not found:
+        (hit,) = true
+        if not hit.reason and not hit.missing:  # what Any would build equals it
+            return hit
+    bind: dict[str, Any] = {}
+    for r in true + found:
+        for k, v in r.bind.items():
+            bind.setdefault(k, v)
+    return Result(True, bind, [e for r in true for e in r.evidence], [])
 
 
 class Not(Node):

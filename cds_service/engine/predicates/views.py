@@ -92,16 +92,25 @@ def drug_name(u: MedUse) -> str:
 
 
 def med_view(env: Env, u: MedUse) -> dict[str, Any]:
+    """What templates see of a medication record; one view per record and request (read-only:
+    several rules' bindings share it)."""
+    hit = env.views.get(id(u))
+    if hit is not None and hit[0] is u:
+        return hit[1]
     t = env.facts.t
-    return {
-        "name": drug_name(u),
-        "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
-        "dose": clinical_number(u.dose, u.dose_unit),
-        "dose_unit": u.dose_unit,
-        "route": u.route,
-        "infusion_minutes": u.infusion_minutes,
-        "matched_by": u.drug.matched_by,
-        "ref": u.ref,
-        "start": u.start.isoformat() if u.start else None,
-        "ordered_together": u.kind == "draft",
-    }
+    view = env.views[id(u)] = (
+        u,
+        {
+            "name": drug_name(u),
+            "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
+            "dose": clinical_number(u.dose, u.dose_unit),
+            "dose_unit": u.dose_unit,
+            "route": u.route,
+            "infusion_minutes": u.infusion_minutes,
+            "matched_by": u.drug.matched_by,
+            "ref": u.ref,
+            "start": u.start.isoformat() if u.start else None,
+            "ordered_together": u.kind == "draft",
+        },
+    )
+    return view[1]
