@@ -106,7 +106,10 @@ def fixed_text(source: str, template: jinja2.Template, values: dict[str, Any]) -
         ast = TEMPLATES.parse(source)
     except jinja2.TemplateSyntaxError:
         return None
-    names = frozenset(meta.find_undeclared_variables(ast))
+    # what it reads from its context: names it does not set itself, and the globals it uses
+    # (which find_undeclared_variables leaves out, but a binding of the same name would shadow)
+    used_globals = {n.name for n in ast.find_all(nodes.Name) if n.name in TEMPLATES.globals}
+    names = frozenset(meta.find_undeclared_variables(ast) | used_globals)
     if not names <= set(values) | _STEADY_GLOBALS:
         return None
     if any(f.name == "random" for f in ast.find_all(nodes.Filter)):
