@@ -190,3 +190,19 @@ def test_a_prefetched_vital_signs_bundle_is_not_paged_past_the_rules_window(app,
 
 def texts(cards: list[dict]) -> list[tuple[str, str, str, str]]:
     return [(c["source"]["topic"]["code"], c["indicator"], c["summary"], c.get("detail", "")) for c in cards]
+
+
+def test_a_narrowed_search_never_asks_for_less_than_it_can_say() -> None:
+    """Codes are replaced only where the template has exactly one ``code``; otherwise the template
+    is asked as is (more data, never less)."""
+    history = Narrowed(codes="44261-6")
+    assert (
+        history.apply("Observation?patient=p&code=a,b&_count=200")
+        == "Observation?patient=p&code=44261-6&_count=200"
+    )
+    assert history.apply("Observation?patient=p&category=survey") == "Observation?patient=p&category=survey"
+    assert history.apply("Observation?patient=p&code=a&code=b") == "Observation?patient=p&code=a&code=b"
+    assert Narrowed(params="date=ge2026-04-03").apply("Observation?patient=p") == (
+        "Observation?patient=p&date=ge2026-04-03"
+    )
+    assert Narrowed(params="date=ge2026-04-03").apply("Patient/p") == "Patient/p"
