@@ -22,6 +22,12 @@ from loadgen import run_load
 from server import Server, server_cpu
 
 
+def _ratios(echo: dict[str, Any], service: dict[str, Any]) -> tuple[float, float]:
+    rps = service["throughput_rps"] / max(echo["throughput_rps"], 1e-9)
+    cpu = echo["server_cpu_ms_per_request"] / max(service["server_cpu_ms_per_request"], 1e-9)
+    return round(rps, 3), round(cpu, 3)
+
+
 def bench_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     say(
         f"\n== echo floor: gunicorn, {args.workers} workers, same `serve` settings; order-sign, "
@@ -47,7 +53,11 @@ def bench_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             cwd=code,
         )
         say(f"  other = the service of {code}")
-    out: dict[str, Any] = {"rounds": args.floor_rounds, "runs": {name: [] for name in servers}}
+    out: dict[str, Any] = {
+        "rounds": args.floor_rounds,
+        "runs": {name: [] for name in servers},
+        "round_ratios": [],  # (by req/s, by CPU per request) of each round's echo/service pair
+    }
     try:
         for s in servers.values():
             s.wait_ready()
@@ -68,6 +78,12 @@ def bench_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     f"{r['latency_ms']['p99']:7.2f} {r['error_count']:6} "
                     f"{r['server_cpu_ms_per_request']:10.2f}"
                 )
+            echo_r, service_r = out["runs"]["echo"][-1], out["runs"]["service"][-1]
+            out["round_ratios"].append(_ratios(echo_r, service_r))
+            say(
+                f"{'':6} ratio {out['round_ratios'][-1][0]:.2f}× by req/s, "
+                f"{out['round_ratios'][-1][1]:.2f}× by CPU per request"
+            )
     finally:
         for s in servers.values():
             s.stop()
@@ -87,10 +103,13 @@ def bench_floor(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         out["other_cpu_ms"] = round(mean("other", "server_cpu_ms_per_request"), 2)
         out["other_ratio"] = round(out["other_rps"] / max(out["echo_rps"], 1e-9), 3)
     out["loadavg"] = os.getloadavg()[0]
+    by_rps = [r for r, _ in out["round_ratios"]] or [0.0]
     say(
         f"  mean: echo {out['echo_rps']:.1f} req/s ({out['echo_cpu_ms']:.2f} ms CPU/req), service "
-        f"{out['service_rps']:.1f} req/s ({out['service_cpu_ms']:.2f} ms CPU/req) → ratio "
-        f"{out['ratio']:.2f}× (by server CPU per request: {out['cpu_ratio']:.2f}×)"
+        f"{out['service_rps']:.1f} req/s ({out['service_cpu_ms']:.2f} ms CPU/req)\n"
+        f"  RATIO service/echo = {out['ratio']:.2f}× by req/s (rounds {min(by_rps):.2f}–{max(by_rps):.2f}×), "
+        f"{out['cpu_ratio']:.2f}× by server CPU per request · target ≥ 0.50× · load average "
+        f"{out['loadavg']:.1f} on {os.cpu_count()} CPUs"
     )
     if "other" in servers:
         say(
