@@ -3,6 +3,7 @@ stop: one transaction for many calls, flushed by time, by count, by close, at ex
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -126,3 +127,21 @@ def test_a_gunicorn_stop_right_after_the_calls_loses_no_shown_card(tmp_path: Pat
         server.stop()
     assert server.proc.returncode == 0, server.log()
     assert returned and _rows(db) == returned, server.log()
+
+
+def test_a_forked_child_starts_empty_and_writes_its_own_rows(tmp_path: Path) -> None:
+    """gunicorn forks after create_app: the child has its own rows and thread, none of the parent's."""
+    written: list[tuple] = []
+    buffer = ShownCardBuffer(written.extend, max_delay=3600)
+    buffer.add([("parent",)])
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if it starts empty and flushes its own row
+        ok = buffer.pending() == 0
+        buffer.add([("child",)])
+        buffer.flush()
+        os._exit(0 if ok and written == [("child",)] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert buffer.pending() == 1
+    buffer.close()
+    assert written == [("parent",)]

@@ -70,8 +70,6 @@ class ShownCardBuffer:
     def add(self, rows: list[Row]) -> None:
         if not rows:
             return
-        if self._pid != os.getpid():
-            self._reset()
         with self._lock:
             self._pending.extend(rows)
             count = len(self._pending)
@@ -131,3 +129,13 @@ def _flush_all() -> None:
     for buffer in list(_LIVE):
         if buffer._pid == os.getpid():
             buffer.flush()
+
+
+def _after_fork() -> None:
+    """In a forked child (a gunicorn worker): no thread, no rows of the parent's, fresh locks —
+    before any of its threads can add a row."""
+    for buffer in list(_LIVE):
+        buffer._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
