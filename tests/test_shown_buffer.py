@@ -43,11 +43,16 @@ def test_many_rows_are_written_at_once_and_close_writes_the_rest() -> None:
     writes: list[int] = []
     buffer = ShownCardBuffer(lambda rows: writes.append(len(rows)), max_delay=60, max_rows=4)
     buffer.add([("a",)] * 3)
-    buffer.add([("b",)] * 2)
+    buffer.add([("b",)] * 2)  # 5 ≥ max_rows: the thread writes without waiting a minute
+    deadline = time.monotonic() + 10
+    while not writes and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert writes == [5]
-    buffer.add([("c",)])
+    buffer.add([("c",)] * 17)  # ≥ 4 × max_rows pending: written by this call
+    assert writes == [5, 17]
+    buffer.add([("d",)])
     buffer.close()
-    assert writes == [5, 1] and buffer.pending() == 0
+    assert writes == [5, 17, 1] and buffer.pending() == 0
 
 
 def test_a_failed_write_is_kept_for_the_next_flush() -> None:

@@ -5,7 +5,8 @@ feedback entry is joined to). Committing that per call cost a SQLite write trans
 statements, a WAL append, ~0.1 ms of CPU and ~0.4 ms during which a gevent worker serves nobody)
 or a PostgreSQL round trip. The rows are now kept in memory and written by a background thread
 (a greenlet under gevent) in one transaction when ``max_delay`` seconds have passed since the
-first pending row, or at once when ``max_rows`` are pending.
+first pending row, or as soon as ``max_rows`` are pending (a call adding rows beyond four times
+that, when the database is slower than the calls, writes them itself).
 
 Durability (what was chosen and why): the rows survive a graceful stop — ``close()``, interpreter
 exit (gunicorn's SIGTERM/SIGHUP/max-requests restarts end a worker with ``sys.exit``) — and a
@@ -23,7 +24,6 @@ import atexit
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +39,8 @@ MAX_DELAY_SECONDS = 0.5
 #: Rows kept while the database cannot be written; beyond this the oldest are dropped (and logged).
 MAX_PENDING = 20_000
 
+#: Pending rows beyond this many times ``max_rows`` are written by the call that adds them.
+BACKLOG_FACTOR = 4
 #: A flusher thread with nothing to write for this long ends (a test suite builds many apps).
 IDLE_EXIT_SECONDS = 30.0
 
@@ -64,7 +66,8 @@ class ShownCardBuffer:
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # one writer at a time; rows keep their order
         self._pending: list[Row] = []
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # rows are pending
+        self._full = threading.Event()  # max_rows are pending: write without waiting out max_delay
         self._thread: threading.Thread | None = None
 
     def add(self, rows: list[Row]) -> None:
@@ -76,10 +79,12 @@ class ShownCardBuffer:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="shown-cards", daemon=True)
                 self._thread.start()
-        if count >= self.max_rows or self._closed:
-            self.flush()
-        else:
-            self._wake.set()
+        if self._closed or count >= BACKLOG_FACTOR * self.max_rows:
+            self.flush()  # closed, or the thread cannot keep up: this call writes
+            return
+        if count >= self.max_rows:
+            self._full.set()
+        self._wake.set()
 
     def pending(self) -> int:
         return len(self._pending)
@@ -90,6 +95,7 @@ class ShownCardBuffer:
             with self._lock:
                 rows, self._pending = self._pending, []
                 self._wake.clear()
+                self._full.clear()
             if not rows:
                 return
             try:
@@ -114,13 +120,14 @@ class ShownCardBuffer:
                     if not self._pending:  # idle: end; the next add() starts a new thread
                         self._thread = None
                         return
-            time.sleep(self.max_delay)  # let the rows of the next calls join this transaction
+            self._full.wait(self.max_delay)  # let the rows of the next calls join this transaction
             self.flush()
 
     def close(self) -> None:
         self._closed = True
         self.flush()
-        self._wake.set()  # the thread sees _closed and ends after its (empty) flush
+        self._full.set()  # the thread sees _closed and ends after its (empty) flush
+        self._wake.set()
 
 
 @atexit.register
