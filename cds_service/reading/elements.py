@@ -74,9 +74,9 @@ def fields_of(model: Any) -> dict[str, _Field]:
 # a date: their verdicts are kept by content. Everything else (dates, periods, references, notes,
 # an observation's value) is checked afresh every time.
 _SHARED = frozenset(
-    {"CodeableConcept", "Coding", "Quantity", "Duration", "Ratio", "Range", "DosageDoseAndRate"}
+    {"CodeableConcept", "Coding", "Quantity", "Duration", "Ratio", "Range", "DosageDoseAndRate", "Timing"}
 )
-_SHARED_PRIMITIVES = frozenset({"code", "boolean"})  # statuses, intents: what every patient has
+_SHARED_PRIMITIVES = frozenset({"code", "boolean"})  # statuses, intents, yes/no: what every patient has
 VERDICT_LIMIT = 4096  # entries per LRU table
 
 
@@ -135,15 +135,16 @@ def _leaf(key: str, field: _Field) -> _Leaf:
         modifiable = field.model is not None and "modifierExtension" in fields_of(field.model)
         fast = datatypes.compiled(field.annotation)
         kept = None
-        if name in _SHARED and not key.startswith("value"):  # a value: the patient's own measurement
+        # an observation's measured value is the patient's own (a coded answer is not)
+        measured = key.startswith("value") and name not in ("CodeableConcept", "Coding")
+        if name in _SHARED and not measured:
             kept = Kept()
             _ALL_KEPT.append(kept)
         holder: list[_Leaf] = []
         many, item_ok = datatypes.item_check(field.annotation)
-        ok = _ok_function(holder, fast if many else item_ok, kept, modifiable)  # never given None
-        shareable = kept is not None or (
-            datatypes.kind_of(field.annotation) in _SHARED_PRIMITIVES and not key.startswith("value")
-        )
+        # never given None; a Timing may hold dates (event, repeat.bounds[x]): checked per value
+        ok = _ok_function(holder, fast if many else item_ok, kept, modifiable, name == "Timing")
+        shareable = kept is not None or datatypes.kind_of(field.annotation) in _SHARED_PRIMITIVES
         found = _Leaf(key, field.annotation, fast, kept, shareable, modifiable, ok, fast if many else item_ok)
         holder.append(found)
         _LEAVES[(key, id(field.annotation))] = found
@@ -152,7 +153,7 @@ def _leaf(key: str, field: _Field) -> _Leaf:
 
 
 def _ok_function(
-    holder: list[_Leaf], fast: datatypes.Check, kept: Kept | None, modifiable: bool
+    holder: list[_Leaf], fast: datatypes.Check, kept: Kept | None, modifiable: bool, dated: bool = False
 ) -> Callable[[Any], bool]:
     """The walk's test of one element, with as few calls in between as it can: the kept verdict
     by content, or the fast check of :mod:`.datatypes`; the model only when neither answers."""
@@ -160,6 +161,8 @@ def _ok_function(
         data, move = kept.data, kept.data.move_to_end
 
         def ok(v: Any) -> bool:
+            if dated and _dated_timing(v):  # a timing with the patient's own dates: never kept
+                return fast(v) or _model_verdict(holder[0], v) is None
             try:
                 content = orjson.dumps(v)
             except (TypeError, ValueError, orjson.JSONEncodeError):
@@ -210,16 +213,21 @@ def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
 def _dated(value: Any) -> bool:
     """A dosage whose timing holds the patient's own dates (``event``, ``repeat.bounds[x]``)."""
     for item in value if type(value) is list else (value,):
-        timing = item.get("timing") if type(item) is dict else None
-        if type(timing) is dict:
-            if "event" in timing:
-                return True
-            repeat = timing.get("repeat")
-            if type(repeat) is dict:
-                for k in repeat:
-                    if k.startswith("bounds"):
-                        return True
+        if type(item) is dict and _dated_timing(item.get("timing")):
+            return True
     return False
+
+
+def _dated_timing(timing: Any) -> bool:
+    """A Timing (or anything in its place) that holds the patient's own dates, or may."""
+    if type(timing) is not dict:
+        return timing is not None  # not a Timing at all: never kept (the model will say why)
+    if "event" in timing:
+        return True
+    repeat = timing.get("repeat")
+    return type(repeat) is dict and (
+        "boundsPeriod" in repeat or "boundsDuration" in repeat or "boundsRange" in repeat
+    )
 
 
 def _modified(value: Any) -> bool:
@@ -422,7 +430,7 @@ def walk(resource: dict[str, Any], rtype: str) -> tuple[frozenset[int], list[tup
 
 
 _NONE = type(None)
-_DATES = re.compile(rb'"(?:bounds[A-Z]|event")')  # a dosage's own dates, in its JSON
+_APART = "(read apart)"  # in a key, where a dosage with the patient's own dates was
 
 
 class _Plan:
@@ -438,7 +446,7 @@ class _Plan:
         self.ignored: tuple[tuple[str, str], ...] = ()
         self.shared: tuple[str, ...] = ()
         self.values: Callable[[dict[str, Any]], Any] | None = None  # the shared keys' values
-        self.dated = False  # a dosage is among them (which may hold the patient's dates)
+        self.dated: tuple[str, ...] = ()  # dosages among them (which may hold the patient's dates)
         # (key, fast check, model check, node, action): the other keys facts read; the checks
         # are None for a key with more than one plain leaf (the action is walked then)
         self.rest: tuple[tuple[str, Any, Any, int, Any], ...] = ()
@@ -466,7 +474,8 @@ def _plan_of(table: _Table, keys: tuple[str, ...], types: tuple[type, ...]) -> _
             if (kind is list) is not act:
                 ignored.append((key, _SHAPE[act]))
         elif key in table.shared:
-            plan.dated = plan.dated or act[1] is not None
+            if act[1] is not None:
+                plan.dated += (key,)
             shared.append(key)
         else:
             leaves, step = act
@@ -500,20 +509,27 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
         plans.move_to_end(shape)
     fails: tuple[int, ...] = ()
     out: tuple[tuple[str, str], ...] = plan.ignored
+    apart: tuple[tuple[str, Any, Any, int, Any], ...] = ()
     if plan.values is not None:
+        for k in plan.dated:  # the patient's own dates in a dosage: never in a key, read apart
+            if _dated(resource[k]):
+                apart += ((k, None, None, -1, table.actions[k]),)
+        if apart:
+            aside = {k for k, *_ in apart}
+            values: Any = tuple(_APART if k in aside else resource[k] for k in plan.shared)
+        else:
+            values = plan.values(resource)
         try:
-            content = orjson.dumps(plan.values(resource))
+            content = orjson.dumps(values)
         except (TypeError, ValueError, orjson.JSONEncodeError):
             return None
-        if plan.dated and _DATES.search(content):
-            return None  # the patient's own dates in a dosage: never a key, the full walk
         key = (plan.number, content)
         kept = table.kept.data  # type: ignore[union-attr]
         found = kept.get(key)
         if found is None:
             inner_fail: list[int] = []
             inner_out: list[tuple[str, str]] = []
-            part = {k: resource[k] for k in plan.shared}
+            part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not _APART}
             _walk(part, table, "", inner_fail, inner_out, True, table.actions)
             found = (tuple(inner_fail), tuple(inner_out))
             table.kept.put(key, found)  # type: ignore[union-attr]
@@ -522,7 +538,7 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
         fails, inner = found
         if inner:
             out = (*out, *inner)
-    for key, fast, model_ok, n, act in plan.rest:
+    for key, fast, model_ok, n, act in (*plan.rest, *apart) if apart else plan.rest:
         value = resource[key]
         if fast is not None:
             if not fast(value) and not model_ok(value):
