@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import jinja2
@@ -123,10 +124,18 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     return [c for _, _, c in entries]
 
 
+_RANDOM = bytearray()  # os.urandom bytes not yet used: one system call per 256 uuids
+_RANDOM_LOCK = threading.Lock()
+
+
 def _uuid() -> str:
-    """``str(uuid.uuid4())`` without building a UUID object: 122 random bits, version 4,
-    RFC 4122 variant."""
-    b = bytearray(os.urandom(16))
+    """``str(uuid.uuid4())`` without building a UUID object: 122 random bits from
+    ``os.urandom``, version 4, RFC 4122 variant."""
+    with _RANDOM_LOCK:
+        if len(_RANDOM) < 16:
+            _RANDOM.extend(os.urandom(4096))
+        b = _RANDOM[-16:]
+        del _RANDOM[-16:]
     b[6] = b[6] & 0x0F | 0x40
     b[8] = b[8] & 0x3F | 0x80
     h = b.hex()

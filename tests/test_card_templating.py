@@ -49,6 +49,11 @@ TEMPLATES_TO_COMPARE = [
     "{{ ns.n | unique | join(', ') | truncate(50) }}",
     "{{ namespace(a=1).a }} {{ namespace({'b': 2}).b }}",
     "{{ s.upper() }} {{ '%s mg' % m.dose }} {{ '{} mg'.format(m.dose) }}",
+    "{{ bound.meds | selectattr('ingredients', 'ne', 'b') | list | length }}"
+    " {{ bound.meds | rejectattr('ingredients', 'eq', 'a') | map(attribute='ingredients') | first }}",
+    "{{ xs | select('odd') | list }} {{ xs | reject('odd') | list }} {{ xs | sum }} {{ xs | first }}",
+    "{% for g in bound.meds | groupby('ingredients') %}{{ g.grouper }}={{ g.list | length }};{% endfor %}"
+    " {{ xs | slice(2) | list }} {{ xs | map('string') | join }}",
 ]
 REFUSED = [
     "{{ m.__class__ }}",
@@ -134,3 +139,15 @@ def test_rules_with_fixed_texts_and_a_binding_that_shadows_a_global():
             "rule": {"id": rule.id, "title": rule.title},
         }
         assert _rule_text(o, key, ctx) == render(rule.templates[key], ctx).strip()
+
+
+def test_card_ids_are_random_version_4_uuids():
+    import uuid
+
+    from cds_service.cards import _uuid
+
+    ids = {_uuid() for _ in range(5000)}
+    assert len(ids) == 5000
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122

@@ -6,6 +6,7 @@ attribute and per render are done more directly here, with the same results:
 * ``x.name`` on a plain dict (what every bound fact is): a dict has no attribute ``name``, so
   the sandbox's ``getattr`` would fail, then fall back to ``x['name']``; here the item is read
   first when the name is not one of dict's own attributes (``x.items`` stays the method);
+* filters are called without their async dispatcher (below);
 * :func:`render` builds the template's context directly from a context the caller made for
   this render (no copy, no merge with the globals, which the caller includes).
 
@@ -74,6 +75,15 @@ TEMPLATES = CardTemplates(
     keep_trailing_newline=False,
     finalize=_escape_markdown,
 )
+
+
+# Filters with an async variant (map, join, list, unique, selectattr …) are registered wrapped in
+# a dispatcher that asks, per call, whether the environment is async; this one never is, so each
+# is registered as its synchronous function (the dispatcher's own answer, with the same context,
+# environment or eval-context argument, which the compiled template passes by the function's mark).
+for _name, _filter in list(TEMPLATES.filters.items()):
+    if getattr(_filter, "jinja_async_variant", False) and hasattr(_filter, "__wrapped__"):
+        TEMPLATES.filters[_name] = _filter.__wrapped__
 
 
 def render(template: jinja2.Template, ctx: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ explanation of why a card fired.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -180,15 +181,22 @@ def check_args(args: Any, allowed: set[str], required: set[str] = frozenset()) -
     return args
 
 
+_COMPARISONS = (
+    ("gt", operator.gt),
+    ("gte", operator.ge),
+    ("lt", operator.lt),
+    ("lte", operator.le),
+    ("eq", operator.eq),
+)
+
+
 def compare(value: float, args: dict[str, Any]) -> bool:
-    checks = {
-        "gt": lambda a, b: a > b,
-        "gte": lambda a, b: a >= b,
-        "lt": lambda a, b: a < b,
-        "lte": lambda a, b: a <= b,
-        "eq": lambda a, b: a == b,
-    }
-    return all(fn(value, args[k]) for k, fn in checks.items() if args.get(k) is not None)
+    """Every bound given in ``args`` (gt, gte, lt, lte, eq) holds for ``value``."""
+    for key, holds in _COMPARISONS:
+        bound = args.get(key)
+        if bound is not None and not holds(value, bound):
+            return False
+    return True
 
 
 COMPARATORS = {"gt", "gte", "lt", "lte", "eq"}
