@@ -296,9 +296,11 @@ def test_vital_signs_are_fetched_for_the_rules_window_only(app: Flask, proxy: Fa
     resp, _ = call(app, "v08-phenelzine", proxy)
     assert resp.status_code == 200
     vitals = [r for r in proxy.requests_to("/Observation") if r.param("category") == "vital-signs"]
-    assert len(vitals) == 1
-    assert vitals[0].query["date"] == ["ge2026-04-03"]
-    assert vitals[0].param("_count") == "1000"
+    assert sorted(r.param("date") or f"missing={r.param('date:missing')}" for r in vitals) == [
+        "ge2026-04-03",
+        "missing=true",  # effective[x] absent: dated by `issued`, or undated
+    ]
+    assert {r.param("_count") for r in vitals} == {"1000"}
     full = app.test_client().post("/cds-services/order-sign", json=load_example("v08-phenelzine"))
     assert topics(resp.get_json()["cards"]) == topics(full.get_json()["cards"])
 
@@ -313,11 +315,11 @@ def test_medication_history_and_score_history_are_never_narrowed(app: Flask, pro
     searches = {}
     for r in proxy.requests:
         if r.path == "/Observation" and r.param("category") != "vital-signs" and "82810-3" not in r.target:
-            searches[r.param("date")] = set(r.param("code").split(","))
+            searches[r.param("date") or r.param("date:missing")] = set(r.param("code").split(","))
         elif r.path != "/Observation":
             assert "date" not in r.query, r.target
-    assert searches.keys() == {None, "ge2026-04-03"}, searches
-    assert searches["ge2026-04-03"] == template
+    assert searches.keys() == {None, "ge2026-04-03", "true"}, searches
+    assert searches["ge2026-04-03"] == searches["true"] == template
     assert scores <= searches[None] < template and "93246-7" not in searches[None]
 
 

@@ -24,7 +24,10 @@ NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 def test_bundled_rules_read_vital_signs_of_the_last_30_days_at_most() -> None:
     ruleset = load_ruleset(RULES)
     assert vital_signs_window(ruleset) == 30
-    assert fetch_narrowing(ruleset, NOW)["vitalSigns"] == (Narrowed(params="date=ge2026-04-03"),)
+    assert fetch_narrowing(ruleset, NOW)["vitalSigns"] == (
+        Narrowed(params="date=ge2026-04-03"),
+        Narrowed(params="date:missing=true"),  # dated by `issued` only, or not at all
+    )
 
 
 def _rules_with(tmp_path: Path, extra_rule: str) -> Path:
@@ -60,7 +63,7 @@ def test_a_rule_with_a_longer_window_widens_it(tmp_path: Path) -> None:
         _rules_with(tmp_path, UNBOUNDED.replace("{kind: weight}", "{kind: weight, within_days: 90}"))
     )
     assert vital_signs_window(ruleset) == 90
-    assert fetch_narrowing(ruleset, NOW)["vitalSigns"] == (Narrowed(params="date=ge2026-02-02"),)
+    assert fetch_narrowing(ruleset, NOW)["vitalSigns"][0] == Narrowed(params="date=ge2026-02-02")
 
 
 def test_page_size_is_raised_never_lowered() -> None:
@@ -84,15 +87,16 @@ def test_bundled_rules_read_scores_over_the_history_and_screens_for_30_days() ->
     assert window.days == 30 and window.history == ("madrs", "phq9")
     parts = fetch_narrowing(ruleset, NOW)["assessments"]
     assert parts[0] == Narrowed(params="date=ge2026-04-03")  # every assessment code, 31 days
-    history = set(parts[1].codes.split(","))
+    assert parts[1] == Narrowed(params="date:missing=true")  # every code, no effective[x]
+    history = set(parts[2].codes.split(","))
     madrs = "http://ketamine-cds.local/CodeSystem/assessment|madrs-total"
-    assert parts[1].params == "" and history == {"44261-6", "89204-2", madrs}  # PHQ-9 (2 codes), MADRS
+    assert parts[2].params == "" and history == {"44261-6", "89204-2", madrs}  # PHQ-9 (2 codes), MADRS
 
 
 def test_a_rule_reading_a_screen_without_a_window_keeps_its_history(tmp_path: Path) -> None:
     ruleset = load_ruleset(_rules_with(tmp_path, UNBOUNDED.replace("{kind: weight}", "{kind: gad7}")))
     assert key_windows(ruleset)["assessments"].history == ("gad7", "madrs", "phq9")
-    assert "70274-6" in fetch_narrowing(ruleset, NOW)["assessments"][1].codes.split(",")
+    assert "70274-6" in fetch_narrowing(ruleset, NOW)["assessments"][2].codes.split(",")
 
 
 def test_a_predicate_whose_reads_are_not_declared_turns_every_narrowing_off(
@@ -160,6 +164,49 @@ def test_fetch_mode_keeps_the_score_history_and_narrows_the_screens(fhir_server)
     assert result.origin["assessments"] == "fetched"
 
 
+def test_fetch_mode_finds_observations_dated_only_when_issued(fhir_server) -> None:
+    """The reading layer dates an observation by effective[x], else by ``issued``; FHIR's ``date``
+    search parameter matches effective[x] only. A C-SSRS answered today and a blood pressure taken
+    today that carry only ``issued`` (or no date at all) must still be fetched when the searches are
+    narrowed, as the whole template would fetch them: the narrowing asks for them by
+    ``date:missing=true``."""
+    loinc = "http://loinc.org"
+
+    def undated(oid: str, code: str, **when: str) -> dict:
+        o = observation(oid, loinc, code, "")
+        del o["effectiveDateTime"]
+        return {**o, **subject, **when}
+
+    subject = {"subject": {"reference": "Patient/win2"}}
+    bp = undated("win2-bp-issued", "85354-9", issued="2026-05-01T09:00:00Z")
+    category = "http://terminology.hl7.org/CodeSystem/observation-category"
+    bp["category"] = [{"coding": [{"system": category, "code": "vital-signs"}]}]
+    fhir_server.put_resources(
+        [
+            {"resourceType": "Patient", "id": "win2", "gender": "female", "birthDate": "1980-01-01"},
+            undated("win2-cssrs-issued", "93246-7", issued="2026-05-01T09:00:00Z"),
+            undated("win2-cssrs-undated", "93246-7"),
+            {**observation("win2-cssrs-old", loinc, "93246-7", "2026-03-01T10:00:00Z"), **subject},
+            bp,
+        ]
+    )
+    ruleset = load_ruleset(RULES)
+    request = {
+        "hook": "patient-view",
+        "context": {"patientId": "win2", "userId": "Practitioner/1"},
+        "fhirServer": fhir_server.base_url,
+    }
+    result = resolve_prefetch(
+        request,
+        templates=prefetch_for(ruleset.observation_kinds),
+        narrowing=fetch_narrowing(ruleset, NOW),
+        policy=LOCAL_FHIR,
+    )
+    got = sorted(r["id"] for r in result.resources["assessments"])
+    assert got == ["win2-cssrs-issued", "win2-cssrs-undated"]
+    assert [r["id"] for r in result.resources["vitalSigns"]] == ["win2-bp-issued"]
+
+
 # -- a prefetched bundle with a next link ------------------------------------------------------------------
 def test_a_prefetched_vital_signs_bundle_is_not_paged_past_the_rules_window(app, fault_fhir) -> None:
     """The EHR prefetched a first page of vital signs and links to years more. The service does not
@@ -182,8 +229,9 @@ def test_a_prefetched_vital_signs_bundle_is_not_paged_past_the_rules_window(app,
     resp = app.test_client().post("/cds-services/order-sign", json=body)
     assert resp.status_code == 200, resp.get_json()
     asked = [r for r in fault_fhir.requests if r.path == "/Observation"]
-    assert [r.param("page") for r in asked] == [None], [r.target for r in asked]
-    assert asked[0].query["date"] == ["ge2026-04-03"] and asked[0].param("category") == "vital-signs"
+    assert [r.param("page") for r in asked] == [None, None], [r.target for r in asked]
+    assert {r.param("date") or r.param("date:missing") for r in asked} == {"ge2026-04-03", "true"}
+    assert {r.param("category") for r in asked} == {"vital-signs"}
     expected = app.test_client().post("/cds-services/order-sign", json=full).get_json()["cards"]
     assert texts(resp.get_json()["cards"]) == texts(expected)
 

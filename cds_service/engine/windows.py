@@ -8,9 +8,10 @@ a large record) buys nothing, so the service's own fetch adds ``date=ge<start>``
 query-subset date parameter), ``start`` being the longest window any rule uses before the
 evaluation time, plus a day:
 
-* ``vitalSigns``: one search, narrowed;
-* ``assessments``: the template's search (every code), narrowed, and a second search, not narrowed,
-  for the codes of the kinds read over the whole history.
+* ``vitalSigns``: one search, narrowed, and one for those without effective[x] (``date`` matches
+  effective[x] only; the reading layer dates such a reading by ``issued``);
+* ``assessments``: the template's search (every code), narrowed, the same for those without
+  effective[x], and a search not narrowed for the codes of the kinds read over the whole history.
 
 The windows are derived from the compiled rule set, site parameters included. Which keys a
 predicate reads is ``engine/unread.py``'s declaration: one that reads a key and is not known here
@@ -38,6 +39,10 @@ from .unread import OBSERVATION_PREDICATES, key_of_kind, keys_read
 
 VITAL_KINDS = SEPARATELY_RETRIEVED_KINDS - {"pregnancy_status"}
 NARROWED_KEYS = ("vitalSigns", "assessments")
+#: The searchable observations a ``date=ge`` search cannot return: no effective[x] at all (FHIR
+#: ``:missing``, defined for every search parameter). A server that refuses the modifier makes the key
+#: not read (said in a card); one that ignores it returns the whole history: neither loses a reading.
+UNDATED = "date:missing=true"
 MARGIN_DAYS = 1  # time zones and the day boundary: ask for a day more than the rules look at
 #: Predicates that read the observation kinds named in these compiled arguments, over the whole
 #: history (trd: trials' score changes and remission; course: baseline and response).
@@ -156,7 +161,9 @@ def fetch_narrowing(ruleset: RuleSet, now: datetime) -> dict[str, tuple[Narrowed
         if window.days is None:
             continue
         start = (now - timedelta(days=window.days + MARGIN_DAYS)).date()
-        parts = [Narrowed(params=f"date=ge{start.isoformat()}")]
+        # `date` searches effective[x] only; the reading layer dates an observation by `issued`
+        # when it has no effective[x] (and reports an undated one): those are asked for apart.
+        parts = [Narrowed(params=f"date=ge{start.isoformat()}"), Narrowed(params=UNDATED)]
         codes = kind_codes(ruleset.observation_kinds, window.history)
         if codes:
             parts.append(Narrowed(codes=code_tokens(codes)))
