@@ -96,7 +96,8 @@ def test_missing_keys_are_fetched_with_the_bearer_token(client, v1):
         body["fhirAuthorization"] = AUTH
         resp = post(client, body)
         assert resp.status_code == 200, resp.get_json()
-        assert len(srv.requests) == len(missing) + 1  # scores: the history and the screens' window
+        # vital signs: the window and readings without effective[x]; scores: the history too
+        assert len(srv.requests) == len(missing) + 3
         for r in srv.requests:
             assert r.headers["Authorization"] == f"Bearer {TOKEN}"
             assert r.headers.get("X-Request-ID")
