@@ -48,7 +48,7 @@ class ConditionFacts:
     def _condition_codes(self) -> frozenset[tuple[str, str]]:
         """Every code of the record's Conditions: most value sets share none of them, and a set
         intersection says so without visiting a Condition."""
-        return frozenset(code for _, cs in self._coded_conditions for code in cs)
+        return frozenset({code for _, cs in self._coded_conditions for code in cs})
 
     def _condition_fact(self, c: dict[str, Any]) -> ConditionFact | None:
         """The validated fact of a Condition (None if unreadable, refuted or entered in error)."""
@@ -102,7 +102,8 @@ class ConditionFacts:
 
     def unreadable_conditions_in(self, valueset: str) -> list[str]:
         """References of unreadable Conditions whose code is in the value set."""
-        self.conditions_in(valueset)
+        if (valueset, False) not in self._conditions_by_valueset:
+            self.conditions_in(valueset)  # reads (and so finds the unreadable ones of) the value set
         if not self.malformed_conditions:
             return []
         return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]

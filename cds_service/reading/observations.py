@@ -224,10 +224,12 @@ class ObservationFacts:
         for o, element in self._observations_by_kind.get(kind, ()):
             if o.get("status") in _NOT_READINGS:
                 continue
-            key = id(o)
-            when = whens.get(key, _UNREAD)
-            if when is _UNREAD:
-                when = whens[key] = _observed_at(o)
+            if element is o:
+                when = parse_datetime(o.get("effectiveDateTime")) or _observed_otherwise(o)
+            else:
+                when = whens.get(id(o), _UNREAD)
+                if when is _UNREAD:
+                    when = whens[id(o)] = _observed_at(o)
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue
@@ -268,12 +270,13 @@ class ObservationFacts:
     def _newest(self) -> dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]:
         return {}
 
-    def _newest_in(
-        self, kind: str, within_days: float | None
+    def newest(
+        self, kind: str, within_days: float | None = None
     ) -> tuple[list[ObservationFact], ObservationFact | None]:
         """(the preliminary readings newer than the latest final one, that final one) among the
         readable observations of a kind in the window (none future-dated), read once per request
-        and window: newest first, so the walk stops at the first final one."""
+        and window: newest first, so the walk stops at the first final one (memoised: the caller
+        must not change the list)."""
         key = (kind, within_days)
         hit = self._newest.get(key)
         if hit is not None:
@@ -301,11 +304,11 @@ class ObservationFacts:
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
         """The newest readable *final* observation of a kind, optionally no older than ``within_days``
         (preliminary ones never clear a check: see :meth:`preliminary`)."""
-        return self._newest_in(kind, within_days)[1]
+        return self.newest(kind, within_days)[1]
 
     def preliminary(self, kind: str, *, within_days: float | None = None) -> list[ObservationFact]:
         """Preliminary readings newer than the latest final one in the window (safety signals)."""
-        return list(self._newest_in(kind, within_days)[0])
+        return list(self.newest(kind, within_days)[0])
 
     @cached_property
     def _series(self) -> dict[str, list[ObservationFact]]:
@@ -368,16 +371,18 @@ def _display_words(answers: Any) -> tuple[frozenset[str], ...]:
 def _observed_at(o: dict[str, Any]) -> datetime | None:
     """When an observation was made: ``effective[x]`` (the usual ``effectiveDateTime`` first),
     else when it was issued."""
-    when = parse_datetime(o.get("effectiveDateTime"))
-    if when is None:
-        period = as_dict(o.get("effectivePeriod"))
-        when = (
-            parse_datetime(o.get("effectiveInstant"))
-            or parse_datetime(period.get("start"))
-            or parse_datetime(period.get("end"))
-            or parse_datetime(o.get("issued"))
-        )
-    return when
+    return parse_datetime(o.get("effectiveDateTime")) or _observed_otherwise(o)
+
+
+def _observed_otherwise(o: dict[str, Any]) -> datetime | None:
+    """The time of an observation without a readable ``effectiveDateTime``."""
+    period = as_dict(o.get("effectivePeriod"))
+    return (
+        parse_datetime(o.get("effectiveInstant"))
+        or parse_datetime(period.get("start"))
+        or parse_datetime(period.get("end"))
+        or parse_datetime(o.get("issued"))
+    )
 
 
 def _absent(element: dict[str, Any]) -> bool:

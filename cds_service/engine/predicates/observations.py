@@ -53,10 +53,10 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         # A preliminary reading newer than the latest final one is a signal: it can make the
         # condition true (and says it is preliminary), never false.
-        for p in env.facts.preliminary(kind, within_days=window):
+        prelims, obs = env.facts.newest(kind, window)
+        for p in prelims:
             if holds(env, p):
                 return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
-        obs = env.facts.latest(kind, within_days=window)
         if obs is None:
             return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
         verdict = holds(env, obs)

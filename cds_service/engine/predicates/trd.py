@@ -104,7 +104,6 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         best: dict[str, Any] | None = None
         reasons: list[str] = []
         for t in trials:
-            view = _trial_view(facts, t)
             if t.end < episode_start:
                 if earlier_episode is not None:
                     reasons.append(
@@ -138,6 +137,7 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                     f"{change['kind']} improved {change['improvement_pct']:.0f}% (response, not failure)"
                 )
                 continue
+            view = _trial_view(facts, t)  # a counted trial: the ones left out show only their last
             view["dose_assessed"] = minimum is not None and t.max_daily_dose is not None
             view["dose_note"] = (
                 f"dose ≥ {num(minimum)} mg/day ({s['doses_source']})"
