@@ -195,6 +195,55 @@ def test_a_final_reading_after_a_preliminary_one_decides():
     assert "ci-blood-pressure-severe" not in fired(request)
 
 
+def bp_as_text(text: str, status: str = "final") -> dict[str, Any]:
+    """A BP panel as some EHRs send it: no components, the reading written out in ``valueString``."""
+    panel = bp_panel(0, 0, status, TODAY, oid="bp-text")
+    del panel["component"]
+    panel["valueString"] = text
+    return panel
+
+
+def test_bp_written_as_text_with_its_unit_is_read_and_the_card_says_so():
+    request = add(without_bp(ketamine_request()), "vitalSigns", bp_as_text("188/108 mmHg"))
+    assert "ci-blood-pressure-severe" in fired(request)
+    summaries = [c["summary"] for c in run_request(request).response["cards"]]
+    assert any("188/108" in s and "read from text" in s for s in summaries), summaries
+
+
+def test_bp_written_as_text_in_kpa_is_converted():
+    request = add(without_bp(ketamine_request()), "vitalSigns", bp_as_text("25/14.4 kPa"))
+    r = run_predicate(
+        {"observation": {"kind": "systolic_bp", "gte": 180, "within_hours": 24}}, facts_of(request)
+    )
+    assert r.value is True and r.bind["systolic_bp"]["value"] == 188
+
+
+def test_bp_written_as_text_without_a_unit_is_not_assumed_to_be_mmhg():
+    request = add(without_bp(ketamine_request()), "vitalSigns", bp_as_text("168/102"))
+    r = run_predicate(
+        {"observation": {"kind": "systolic_bp", "gte": 140, "within_hours": 24}}, facts_of(request)
+    )
+    assert r.value is None and r.missing  # still asked for, never read as a number in an assumed unit
+
+
+def test_a_normal_bp_written_as_text_clears_the_check():
+    request = add(without_bp(ketamine_request()), "vitalSigns", bp_as_text("128/80 mm[Hg]"))
+    assert not {"ci-blood-pressure-severe", "ci-blood-pressure"} & fired(request)
+    r = run_predicate(
+        {"observation": {"kind": "diastolic_bp", "gt": 90, "within_hours": 24}}, facts_of(request)
+    )
+    assert r.value is False
+
+
+def test_text_that_is_not_a_bp_reading_is_not_read():
+    for text in ("see note", "168/102/99 mmHg", "168 mmHg", "1680/1020 mmHg"):
+        request = add(without_bp(ketamine_request()), "vitalSigns", bp_as_text(text))
+        r = run_predicate(
+            {"observation": {"kind": "systolic_bp", "gte": 140, "within_hours": 24}}, facts_of(request)
+        )
+        assert r.value is None and r.missing, text
+
+
 def test_effective_instant_and_period_feed_the_timeline():
     for when in (
         {"effectiveInstant": "2026-05-04T08:40:00.000Z"},

@@ -42,6 +42,7 @@ class ObservationFact:
     code: tuple[str, str] | None = None  # coded answer (system, code)
     text: str = ""
     preliminary: bool = False  # status preliminary/unknown: a signal, never a clearance
+    from_text: bool = False  # read from a panel's value written out as text ("168/102 mmHg")
 
 
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
@@ -85,6 +86,14 @@ class ObservationKinds:
                     {norm_code(c["system"], str(c["code"])) for c in known},
                     _display_words(known),
                 )
+        # panels whose value may be written out as text ("168/102 mmHg"): (kind, which number)
+        self.text_parts: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for kind, spec in observation_kinds.items():
+            in_text = spec.get("in_text_of") or {}
+            for c in in_text.get("codes") or []:
+                self.text_parts.setdefault(norm_code(c["system"], str(c["code"])), []).append(
+                    (kind, int(in_text["part"]))
+                )
         self.code_keys = frozenset(code_key(code) for _, code in self.codes)
         # the kinds of each coding list, by its (system, code) pairs (or JSON): content that
         # different patients' records share (the same few codes), bounded, never patient data
@@ -101,6 +110,25 @@ class ObservationKinds:
             return True
         codes = self.unknown_answers.get(kind)
         return bool(codes) and _answers_one_of(element, codes, self.unknown_words[kind])
+
+    def read_from_text(self, o: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, element) for each kind a panel without components holds in its ``valueString``
+        ("168/102 mmHg" → systolic 168 and diastolic 102 in the unit written): the element is
+        made here, as a component would carry it. A text of another shape is not a reading; one
+        without a unit is a reading whose value is unknown (a unit is never assumed)."""
+        parts = [p for c in codings(o.get("code")) for p in self.text_parts.get(c, ())]
+        text = o.get("valueString")
+        found = _PAIR.fullmatch(text) if parts and isinstance(text, str) else None
+        if found is None:
+            return []
+        unit = found.group(3)
+        out = []
+        for kind, part in parts:
+            quantity: dict[str, Any] = {"value": float(found.group(part))}
+            if unit:
+                quantity["unit"] = unit
+            out.append((kind, TextReading(valueQuantity=quantity)))
+        return out
 
     @classmethod
     def of(cls, observation_kinds: dict[str, dict[str, Any]]) -> ObservationKinds:
@@ -186,6 +214,7 @@ class ObservationFacts:
         out: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
         kinds_of = self._kinds.of_concept
         known = self._kinds._by_coding  # of_concept's first probe, inlined: this loop sees every reading
+        text_parts = self._kinds.text_parts
         for o in self.record.resources("Observation"):
             code = o.get("code")
             try:
@@ -201,6 +230,10 @@ class ObservationFacts:
                 for comp in listed:
                     if type(comp) is dict and (ck := kinds_of(comp.get("code"))):
                         out.setdefault(ck[0], []).append((o, comp))
+                        kinds = ck
+            if not kinds and text_parts and "valueString" in o:  # a panel written out as text
+                for kind, element in self._kinds.read_from_text(o):
+                    out.setdefault(kind, []).append((o, element))
         return out
 
     @cached_property
@@ -262,6 +295,7 @@ class ObservationFacts:
                 element,
                 self._obs_units.get(kind),
                 resource.get("status") in PRELIMINARY_OBS_STATUS,
+                type(element) is TextReading,
             )
         memo[key] = fact
         return fact
@@ -353,6 +387,14 @@ def _answers_one_of(
 
 _WORD = re.compile(r"[a-z]+")
 
+# "168/102 mmHg", "168 / 102", "25/14.4 kPa": two numbers and, optionally, a unit (no digits, no "/")
+_PAIR = re.compile(r"\s*(\d{1,3}(?:\.\d+)?)\s*/\s*(\d{1,3}(?:\.\d+)?)\s*([^\d/\s][^\d/]*?)?\s*")
+
+
+class TextReading(dict):  # type: ignore[type-arg]
+    """An element made from a panel's text (:meth:`ObservationKinds.read_from_text`): a type of
+    its own, so no element sent in a record can pass for one."""
+
 
 def says_only(text: str, answers: tuple[frozenset[str], ...]) -> bool:
     """An answer written out ("Pregnant", valueString "pregnant", a local code displayed "PREGNANT")
@@ -404,6 +446,7 @@ def _obs_fact(
     element: dict[str, Any],
     unit: str | None,
     preliminary: bool = False,
+    from_text: bool = False,
 ) -> ObservationFact:
     """The value of an observation (or component). A kind with a unit (weight in kg, BP in mm[Hg])
     gets its value converted to that unit, or no value when the recorded unit is missing, unknown or
@@ -414,7 +457,13 @@ def _obs_fact(
         if value is not None and unit_code(q) != unit:
             value = round(value, 1)  # converted: no more precision than the recording had
         return ObservationFact(
-            reference, kind, when, value, unit if value is not None else None, preliminary=preliminary
+            reference,
+            kind,
+            when,
+            value,
+            unit if value is not None else None,
+            preliminary=preliminary,
+            from_text=from_text,
         )
     for number in (
         as_float(q.get("value")),

@@ -73,6 +73,7 @@ def obs_view(o: ObservationFact) -> dict[str, Any]:
         "text": once(o.text),
         "ref": o.ref,
         "preliminary": o.preliminary,
+        "from_text": o.from_text,  # read from a panel written out as text ("168/102 mmHg")
     }
 
 
