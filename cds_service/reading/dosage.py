@@ -102,17 +102,21 @@ class Dosing:
 
 
 # Readings by (administration?, the dosage's JSON without timing bounds); values only, so no
-# request is kept alive, and no patient's dates. Bounded.
+# request is kept alive, and no patient's dates or words. Bounded.
 _DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
 _DOSINGS_LIMIT = 20_000
 
 
 _BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing.repeat.bounds[x]
+# Free text can say anything about the patient (a sig's text, instructions, a route or reason
+# written out, a note, an extension's value): a dosage holding any is read afresh, never kept.
+_FREE_TEXT = (b'"text"', b'"patientInstruction"', b'"note"', b'xtension"', b'"comment"')
 
 
 def _dosage_key(element: Any) -> bytes | None:
     """The dosage's content as a key: its JSON with ``timing.repeat.bounds[x]`` left out (the
-    reading never uses them); None when dates remain elsewhere in it, or it is not JSON."""
+    reading never uses them); None when dates remain elsewhere in it, when it holds free text
+    (:data:`_FREE_TEXT`), or when it is not JSON."""
     if not isinstance(element, dict):
         return None
     timing = element.get("timing")
@@ -124,7 +128,9 @@ def _dosage_key(element: Any) -> bytes | None:
         content = orjson.dumps(element)
     except (TypeError, ValueError, orjson.JSONEncodeError):
         return None
-    return None if b'"bounds' in content else content
+    if b'"bounds' in content or any(word in content for word in _FREE_TEXT):
+        return None
+    return content
 
 
 def _read_administered(adm: dict[str, Any]) -> Dosing:
