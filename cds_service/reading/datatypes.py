@@ -48,6 +48,7 @@ _ZONE = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 _DATE = re.compile(f"{_YEAR}(?:{_MONTH}(?:{_DAY})?)?")
 _DATETIME = re.compile(f"{_YEAR}(?:{_MONTH}(?:{_DAY}(?:{_CLOCK}{_ZONE})?)?)?")
 _INSTANT = re.compile(f"{_YEAR}{_MONTH}{_DAY}{_CLOCK}{_ZONE}")
+_FULL_DATE = re.compile(f"{_YEAR}{_MONTH}{_DAY}")  # YYYY-MM-DD alone
 _TIME = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?")
 _DECIMAL = _Decimal.pattern
 _INT32 = (-(2**31), 2**31 - 1)
@@ -59,11 +60,19 @@ def _calendar_day(value: str) -> bool:
 
 
 def _date(v: Any) -> bool:
-    return type(v) is str and _DATE.fullmatch(v) is not None and (len(v) < 10 or _calendar_day(v))
+    if type(v) is not str:
+        return False
+    if len(v) == 10:
+        return _FULL_DATE.fullmatch(v) is not None and _calendar_day(v)
+    return _DATE.fullmatch(v) is not None and len(v) < 10
 
 
 def _datetime(v: Any) -> bool:
-    return type(v) is str and _DATETIME.fullmatch(v) is not None and (len(v) < 10 or _calendar_day(v))
+    if type(v) is not str:
+        return False
+    if len(v) == 10:  # a date alone, the most common dateTime (a dispense's whenHandedOver)
+        return _FULL_DATE.fullmatch(v) is not None and _calendar_day(v)
+    return _DATETIME.fullmatch(v) is not None and (len(v) < 10 or _calendar_day(v))
 
 
 def _instant(v: Any) -> bool:

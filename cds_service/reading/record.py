@@ -52,7 +52,7 @@ class PatientRecord:
         cls, resources: dict[str, list[dict[str, Any]]], context: dict[str, Any]
     ) -> PatientRecord:
         record = cls()
-        seen: set[tuple[str, str]] = set()
+        seen: dict[str, set[str]] = {}  # ids by resource type: a resource sent twice is read once
         patient_id = context.get("patientId")
         by_type, origin = record.by_type, record._origin  # the loop runs once per resource: locals
         for key, items in resources.items():
@@ -66,9 +66,13 @@ class PatientRecord:
                     continue
                 rid = res.get("id")
                 if isinstance(rid, str):
-                    if (rtype, rid) in seen:
+                    ids = seen.get(rtype)
+                    if ids is None:
+                        seen[rtype] = {rid}
+                    elif rid in ids:
                         continue
-                    seen.add((rtype, rid))
+                    else:
+                        ids.add(rid)
                 if rtype == "Patient":
                     if record.patient is None and (not patient_id or rid in (None, patient_id)):
                         record.patient = res

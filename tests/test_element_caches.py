@@ -1,0 +1,80 @@
+"""What the element layer keeps across calls: content patients share, never a patient's dates.
+
+Verdicts kept by content make a new patient cheap only when real patients share that content
+(codes, units, a drug's usual sig). A date is the patient's own: a cache keyed on it hits only when
+a benchmark repeats a record with new ids, and it would keep the patient's dates in the process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import sys
+import types
+from typing import Any
+
+from .conftest import load_example
+from .test_tolerant_reading import run
+
+_MARKED = re.compile(r"1917-\d{2}-\d{2}")
+
+
+def _kept_by_the_service() -> list[str]:
+    """Every string or bytes reachable from the service's modules that holds a marked date."""
+    stack: list[Any] = [m.__dict__ for n, m in list(sys.modules.items()) if n.startswith("cds_service") and m]
+    seen: set[int] = set()
+    found: list[str] = []
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, types.ModuleType | type):
+            continue
+        seen.add(id(o))
+        if isinstance(o, str | bytes):
+            text = o.decode("latin-1") if isinstance(o, bytes) else o
+            if _MARKED.search(text):
+                found.append(text[:60])
+        elif isinstance(o, dict):
+            stack += [*o.keys(), *o.values()]
+        elif isinstance(o, list | tuple | set | frozenset):
+            stack += list(o)
+        else:
+            stack += gc.get_referents(o)  # closures, lru_cache tables, instances
+    return found
+
+
+def test_no_cache_keeps_a_patients_dates() -> None:
+    # a record whose every date is one no other test uses: after the call, none of them may be
+    # reachable from the service (main kept each date string and every Period's JSON as a key)
+    text = json.dumps(load_example("v08-phenelzine"))
+    request = json.loads(re.sub(r'"\d{4}-(\d{2}-\d{2})', r'"1917-\1', text))
+    out = run(request)
+    assert out.evaluation.facts.record.size > 5
+    del out, request
+    gc.collect()
+    assert _kept_by_the_service() == []
+
+
+def test_kept_verdicts_are_a_bounded_lru() -> None:
+    from cds_service.reading.elements import VERDICT_LIMIT, Kept
+
+    kept = Kept(limit=3)
+    for k in (b"a", b"b", b"c"):
+        kept.put(k, k)
+    assert kept.get(b"a") == b"a"  # used: now the most recent
+    kept.put(b"d", b"d")  # the least recently used (b) leaves, not everything
+    assert list(kept.data) == [b"c", b"a", b"d"]
+    assert VERDICT_LIMIT <= 10_000
+
+
+def test_a_resource_is_walked_once_for_all_the_facts_that_read_it() -> None:
+    from cds_service.reading.elements import Reads
+    from cds_service.reading.record import PatientRecord
+
+    first, second = Reads("Procedure", "status"), Reads("Procedure", "code")
+    res = {"resourceType": "Procedure", "status": "completed", "code": {"coding": "not a list"}}
+    record = PatientRecord(by_type={"Procedure": [res]})
+    assert record.readable(res, first)
+    assert not record.readable(res, second)
+    assert [p.message.split(":")[0] for p in record.problems] == ["code.coding"]
+    assert len(record._failing) == 1  # one walk answered both
