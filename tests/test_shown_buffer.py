@@ -150,3 +150,29 @@ def test_a_forked_child_starts_empty_and_writes_its_own_rows(tmp_path: Path) -> 
     assert buffer.pending() == 1
     buffer.close()
     assert written == [("parent",)]
+
+
+def test_an_unexpected_write_error_keeps_the_rows_and_the_writer(caplog) -> None:
+    """Not only StorageUnavailable: any failed write keeps its rows, logs no row content, and
+    the writer thread goes on (a dead thread with ``_thread`` still set would write nothing again)."""
+    written: list[tuple] = []
+    fail = [True]
+
+    def write(rows: list[tuple]) -> None:
+        if fail[0]:
+            fail[0] = False
+            raise ValueError("row ('secret-uuid', 'rule-a')")
+        written.extend(rows)
+
+    buffer = ShownCardBuffer(write, max_delay=0.05)
+    buffer.add([("a",)])
+    deadline = time.monotonic() + 10
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert buffer.pending() == 1
+    assert "ValueError" in caplog.text and "secret-uuid" not in caplog.text
+    buffer.add([("b",)])  # the same thread (or a new one) writes both
+    while len(written) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert written == [("a",), ("b",)]
+    buffer.close()

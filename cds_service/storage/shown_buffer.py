@@ -100,28 +100,35 @@ class ShownCardBuffer:
                 return
             try:
                 self._write(rows)
-            except StorageUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the rows are kept, the thread lives
                 with self._lock:
                     self._pending[:0] = rows
                     dropped = len(self._pending) - MAX_PENDING
                     if dropped > 0:
                         del self._pending[:dropped]
+                # StorageUnavailable's text names the backend and the error class only; another
+                # error's text could quote a row, so only its class
+                reason = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
                 log.error(
                     "shown cards not recorded yet (%d rows kept for the next attempt%s): %s",
                     min(len(rows), MAX_PENDING),
                     f", {dropped} oldest dropped" if dropped > 0 else "",
-                    exc,
+                    reason,
                 )
 
     def _run(self) -> None:
-        while not self._closed:
-            if not self._wake.wait(IDLE_EXIT_SECONDS):
-                with self._lock:
-                    if not self._pending:  # idle: end; the next add() starts a new thread
-                        self._thread = None
-                        return
-            self._full.wait(self.max_delay)  # let the rows of the next calls join this transaction
-            self.flush()
+        try:
+            while not self._closed:
+                if not self._wake.wait(IDLE_EXIT_SECONDS):
+                    with self._lock:
+                        if not self._pending:  # idle: end; the next add() starts a new thread
+                            return
+                self._full.wait(self.max_delay)  # let the rows of the next calls join this transaction
+                self.flush()
+        finally:  # however this thread ends, the next add() starts another
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def close(self) -> None:
         self._closed = True
