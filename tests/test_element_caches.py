@@ -20,8 +20,8 @@ from .test_tolerant_reading import run
 _MARKED = re.compile(r"1917-\d{2}-\d{2}")
 
 
-def _kept_by_the_service() -> list[str]:
-    """Every string or bytes reachable from the service's modules that holds a marked date."""
+def _kept_by_the_service(marked: re.Pattern[str] = _MARKED) -> list[str]:
+    """Every string or bytes reachable from the service's modules that holds a marked text."""
     stack: list[Any] = [m.__dict__ for n, m in list(sys.modules.items()) if n.startswith("cds_service") and m]
     seen: set[int] = set()
     found: list[str] = []
@@ -32,7 +32,7 @@ def _kept_by_the_service() -> list[str]:
         seen.add(id(o))
         if isinstance(o, str | bytes):
             text = o.decode("latin-1") if isinstance(o, bytes) else o
-            if _MARKED.search(text):
+            if marked.search(text):
                 found.append(text[:60])
         elif isinstance(o, dict):
             stack += [*o.keys(), *o.values()]
@@ -53,6 +53,45 @@ def test_no_cache_keeps_a_patients_dates() -> None:
     del out, request
     gc.collect()
     assert _kept_by_the_service() == []
+
+
+# matched by a pattern that does not match itself, and built in the test (not a module global), so
+# that only the words a record carried can be found
+_SAID = re.compile(r"Zebulon\sQuarkworth")
+
+
+def _say(resource: dict[str, Any], words: str) -> None:
+    """Free text in every place a record carries it: the resource's own, its codes', its sig's."""
+    for key in ("code", "medicationCodeableConcept", "statusReason", "category", "reasonCode"):
+        for concept in resource.get(key) if isinstance(resource.get(key), list) else [resource.get(key)]:
+            if isinstance(concept, dict):
+                concept["text"] = f"{words} {concept.get('text', '')}"
+    resource.setdefault("statusReason", {"text": words})
+    resource["note"] = [{"text": words}]
+    resource["extension"] = [{"url": "http://example.org/said", "valueString": words}]
+    for key in ("dosageInstruction", "dosage"):
+        dosages = resource.get(key)
+        for d in dosages if isinstance(dosages, list) else [dosages] if isinstance(dosages, dict) else []:
+            d["text"], d["patientInstruction"] = words, words
+            d["additionalInstruction"] = [{"text": words}]
+
+
+def test_no_cache_keeps_a_patients_words() -> None:
+    # free text can say anything about the patient: after the call, none of it may be reachable
+    # from the service (main kept statusReason, sig and note texts as verdict keys)
+    words = " ".join(["Zebulon", "Quarkworth", "said"])
+    request = load_example("v08-phenelzine")
+    for value in request["prefetch"].values():
+        for entry in (value or {}).get("entry") or []:
+            if entry["resource"]["resourceType"] != "Patient":
+                _say(entry["resource"], words)
+    for order in request["context"]["draftOrders"]["entry"]:
+        _say(order["resource"], words)
+    out = run(request)
+    assert out.evaluation.facts.record.size > 5 and out.response["cards"]
+    del out, request, words
+    gc.collect()
+    assert _kept_by_the_service(_SAID) == []
 
 
 def test_kept_verdicts_are_a_bounded_lru() -> None:

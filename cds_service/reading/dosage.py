@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .raw import as_dict, as_float, as_list
+from .raw import as_dict, as_float, as_list, holds_free_text
 from .terminology import concept_text
 from .units import dose as dose_of
 from .units import rate as rate_of
@@ -38,12 +38,19 @@ _ROUTE_PATTERNS = [
 
 
 def route_of(concept: Any) -> str | None:
-    return _route_in(concept_text(concept))
+    if isinstance(concept, dict) and concept.get("text"):  # written out: the patient's words
+        return _route_in(concept_text(concept))
+    return _route_of_names(concept_text(concept))
 
 
 @lru_cache(maxsize=4096)
+def _route_of_names(names: str) -> str | None:
+    """Memoised for codes' display names only: orders repeat a few routes."""
+    return _route_in(names)
+
+
 def _route_in(text: str) -> str | None:
-    """The route a text names ("IV infusion" → iv); memoised: orders repeat a few route texts."""
+    """The route a text names ("IV infusion" → iv)."""
     text = text.lower()
     if not text:
         return None
@@ -108,15 +115,12 @@ _DOSINGS_LIMIT = 20_000
 
 
 _BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing.repeat.bounds[x]
-# Free text can say anything about the patient (a sig's text, instructions, a route or reason
-# written out, a note, an extension's value): a dosage holding any is read afresh, never kept.
-_FREE_TEXT = (b'"text"', b'"patientInstruction"', b'"note"', b'xtension"', b'"comment"')
 
 
 def _dosage_key(element: Any) -> bytes | None:
     """The dosage's content as a key: its JSON with ``timing.repeat.bounds[x]`` left out (the
     reading never uses them); None when dates remain elsewhere in it, when it holds free text
-    (:data:`_FREE_TEXT`), or when it is not JSON."""
+    (:func:`~.raw.holds_free_text`), or when it is not JSON."""
     if not isinstance(element, dict):
         return None
     timing = element.get("timing")
@@ -128,7 +132,7 @@ def _dosage_key(element: Any) -> bytes | None:
         content = orjson.dumps(element)
     except (TypeError, ValueError, orjson.JSONEncodeError):
         return None
-    if b'"bounds' in content or any(word in content for word in _FREE_TEXT):
+    if b'"bounds' in content or holds_free_text(content):
         return None
     return content
 

@@ -33,6 +33,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
 
 from . import datatypes
+from .raw import holds_free_text
 
 # -- the R4B model, per element ---------------------------------------------------------------------
 
@@ -80,9 +81,20 @@ _SHARED_PRIMITIVES = frozenset({"code", "boolean"})  # statuses, intents, yes/no
 VERDICT_LIMIT = 4096  # entries per LRU table
 
 
+def touch(data: OrderedDict[Any, Any], key: Any) -> None:
+    """Marks a hit as recently used. The tables are shared by a worker's threads: another one may
+    have evicted the entry since this one read it, which only means it is no longer kept."""
+    try:  # noqa: SIM105 - on every hit of the walk: contextlib.suppress costs a context manager
+        data.move_to_end(key)
+    except KeyError:
+        pass
+
+
 class Kept:
     """Verdicts by content, a bounded LRU: a hit moves to the end, the least recently used entry
-    leaves first (an ``OrderedDict``; the walk probes ``data`` itself, without a call)."""
+    leaves first (an ``OrderedDict``; the walk probes ``data`` itself, without a call). Shared by
+    the threads of a worker: every step is one atomic dict operation, and a hit another thread
+    evicted meanwhile is still the verdict it was (:func:`touch`)."""
 
     __slots__ = ("data", "limit")
 
@@ -93,7 +105,7 @@ class Kept:
     def get(self, key: Any) -> Any:
         hit = self.data.get(key, MISS)
         if hit is not MISS:
-            self.data.move_to_end(key)
+            touch(self.data, key)
         return hit
 
     def put(self, key: Any, value: Any) -> None:
@@ -158,7 +170,7 @@ def _ok_function(
     """The walk's test of one element, with as few calls in between as it can: the kept verdict
     by content, or the fast check of :mod:`.datatypes`; the model only when neither answers."""
     if kept is not None:
-        data, move = kept.data, kept.data.move_to_end
+        data = kept.data
 
         def ok(v: Any) -> bool:
             if dated and _dated_timing(v):  # a timing with the patient's own dates: never kept
@@ -170,9 +182,10 @@ def _ok_function(
             hit = data.get(content, MISS)
             if hit is MISS:
                 hit = fast(v) or _model_verdict(holder[0], v) is None
-                kept.put(content, hit)
+                if not holds_free_text(content):  # the patient's words are never kept
+                    kept.put(content, hit)
             else:
-                move(content)
+                touch(data, content)
             return hit  # type: ignore[no-any-return]
 
     else:
@@ -506,7 +519,7 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
             return None
         table.plans.put(shape, plan)
     else:
-        plans.move_to_end(shape)
+        touch(plans, shape)
     fails: tuple[int, ...] = ()
     out: tuple[tuple[str, str], ...] = plan.ignored
     apart: tuple[tuple[str, Any, Any, int, Any], ...] = ()
@@ -532,9 +545,10 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
             part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not _APART}
             _walk(part, table, "", inner_fail, inner_out, True, table.actions)
             found = (tuple(inner_fail), tuple(inner_out))
-            table.kept.put(key, found)  # type: ignore[union-attr]
+            if not holds_free_text(content):  # the patient's words are never kept
+                table.kept.put(key, found)  # type: ignore[union-attr]
         else:
-            kept.move_to_end(key)
+            touch(kept, key)
         fails, inner = found
         if inner:
             out = (*out, *inner)
@@ -602,9 +616,10 @@ def _read(key: str, value: Any, act: Any, prefix: str, fail: list[int], out: lis
             found = kept.data.get(content, MISS)
             if found is MISS:
                 found = _kept_walk(value, n, many, below)
-                kept.put(content, found)
+                if not holds_free_text(content):  # the patient's words are never kept
+                    kept.put(content, found)
             else:
-                kept.data.move_to_end(content)
+                touch(kept.data, content)
             inner_fail, inner_out = found
             fail.extend(inner_fail)
             for path, reason in inner_out:

@@ -11,6 +11,16 @@ import math
 from datetime import date, timedelta
 from typing import Any
 
+#: JSON keys of free text, which can say anything about the patient (a sig's text, an instruction,
+#: a reason or code written out, a note, an extension's value): content holding one is never kept
+#: across calls. A Coding's ``display`` is the code's name in its system, so it is not among them.
+FREE_TEXT_KEYS = (b'"text":', b'"patientInstruction":', b'"note":', b'xtension":', b'"comment":')
+
+
+def holds_free_text(content: bytes) -> bool:
+    """Whether a JSON text (``orjson.dumps`` of an element) has a free-text key anywhere."""
+    return any(key in content for key in FREE_TEXT_KEYS)
+
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .raw import as_list
+from .raw import as_list, holds_free_text
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
@@ -208,12 +208,15 @@ class Terminology:
 
     # -- medications ---------------------------------------------------------------------------
     def match_drug(self, concept: Any) -> DrugMatch:
-        """Ingredients of a medication CodeableConcept: by code, else by text (memoised: a record
-        repeats the same few products in every request and dispense)."""
+        """Ingredients of a medication CodeableConcept: by code, else by text (memoised by codes
+        and their names: a record repeats the same few products in every request and dispense; a
+        concept with its own text is read afresh, as the patient's words are never kept)."""
         try:  # the concept's JSON is the key: one C call instead of normalising its codings
             key: Any = orjson.dumps(concept)
         except (TypeError, ValueError, orjson.JSONEncodeError):
-            key = (tuple(codings(concept)), concept_text(concept))
+            return self._match_drug(concept)
+        if holds_free_text(key):
+            return self._match_drug(concept)
         hit = self._match_cache.get(key)
         if hit is None:
             hit = self._match_drug(concept)

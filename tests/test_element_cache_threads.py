@@ -1,0 +1,56 @@
+"""elements.py's cross-call LRU tables (Kept, _Table.plans, _Table.kept) are shared by
+gunicorn's 4 threads, and a hit is ``data.get(key)`` followed by ``data.move_to_end(key)``. Another
+thread's put() may evict that very entry in between (popitem(last=False) of a full table): then
+move_to_end raised KeyError out of walk(), a 500 (a reviewer showed it with real threads); here the
+other thread's eviction is placed between the two calls deterministically."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import cds_service.reading.medication_records  # noqa: F401  (declares the Reads)
+from cds_service.reading import elements
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+class EvictedAfterGet(OrderedDict):  # type: ignore[type-arg]
+    """An LRU table whose entry another thread evicts right after this thread's get() hit it."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = super().get(key, default)
+        if key in self:
+            self.pop(key)  # what Kept.put's popitem(last=False) does in the other thread
+        return value
+
+
+def _resource(i: int) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"m{i}",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "6470"}]},
+        "authoredOn": "2024-01-01",
+    }
+
+
+def test_a_hit_evicted_by_another_thread_is_not_a_500() -> None:
+    elements.walk(_resource(0), "MedicationRequest")  # compiled, the shape's plan and content kept
+    table = elements._TYPES["MedicationRequest"].table
+    saved = table.kept.data, table.plans.data
+    try:
+        table.kept.data = EvictedAfterGet(table.kept.data)
+        elements.walk(_resource(1), "MedicationRequest")  # KeyError on main
+        table.plans.data = EvictedAfterGet(table.plans.data)
+        elements.walk(_resource(2), "MedicationRequest")
+    finally:
+        table.kept.data, table.plans.data = saved
+
+
+def test_kept_get_survives_an_eviction_between_get_and_move() -> None:
+    kept = elements.Kept(limit=4)
+    kept.put("a", True)
+    kept.data = EvictedAfterGet(kept.data)
+    assert kept.get("a") in (True, elements.MISS)  # KeyError on main
