@@ -15,18 +15,11 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from cds_service.engine.loader import load_ruleset
-from cds_service.engine.templating import TEMPLATES, _escape_markdown, fixed_text, render
+from cds_service.engine.templating import OPTIONS, TEMPLATES, fixed_text, render
 
 from .conftest import RULES
 
-PLAIN = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-    finalize=_escape_markdown,
-)
+PLAIN = SandboxedEnvironment(**OPTIONS)
 
 CTX = {
     "m": {"name": "gabapentin <300> | mg", "dose": 300, "items": "shadowed?", "none": None},

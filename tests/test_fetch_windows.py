@@ -6,13 +6,14 @@ import copy
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.windows import fetch_narrowing, key_windows, vital_signs_window
 from cds_service.reading.fhir_client import PAGE_SIZE, with_page_size
-from cds_service.reading.prefetch import Narrowed, resolve_prefetch
+from cds_service.reading.prefetch import Narrowed, PrefetchResult, resolve_prefetch
 from cds_service.services import prefetch_for
 
 from .conftest import RULES, load_example
@@ -126,6 +127,22 @@ def observation(oid: str, system: str, code: str, when: str, **value: object) ->
     }
 
 
+def fetched(fhir_server: Any, patient_id: str) -> PrefetchResult:
+    """Fetch mode for a patient-view of ``patient_id``, narrowed as the bundled rules narrow it."""
+    ruleset = load_ruleset(RULES)
+    request = {
+        "hook": "patient-view",
+        "context": {"patientId": patient_id, "userId": "Practitioner/1"},
+        "fhirServer": fhir_server.base_url,
+    }
+    return resolve_prefetch(
+        request,
+        templates=prefetch_for(ruleset.observation_kinds),
+        narrowing=fetch_narrowing(ruleset, NOW),
+        policy=LOCAL_FHIR,
+    )
+
+
 def test_fetch_mode_keeps_the_score_history_and_narrows_the_screens(fhir_server) -> None:
     """On the real FHIR server: PHQ-9s of two years ago (TRD reads them) and a MADRS under a site's
     code are fetched; a C-SSRS item and a GAD-7 older than the rules look are not."""
@@ -147,18 +164,7 @@ def test_fetch_mode_keeps_the_score_history_and_narrows_the_screens(fhir_server)
             observation("win1-gad7-new", loinc, "70274-6", "2026-04-20T10:00:00Z"),
         ]
     )
-    ruleset = load_ruleset(RULES)
-    request = {
-        "hook": "patient-view",
-        "context": {"patientId": PID, "userId": "Practitioner/1"},
-        "fhirServer": fhir_server.base_url,
-    }
-    result = resolve_prefetch(
-        request,
-        templates=prefetch_for(ruleset.observation_kinds),
-        narrowing=fetch_narrowing(ruleset, NOW),
-        policy=LOCAL_FHIR,
-    )
+    result = fetched(fhir_server, PID)
     got = sorted(r["id"] for r in result.resources["assessments"])
     assert got == ["win1-cssrs-new", "win1-gad7-new", "win1-madrs-old", "win1-phq-new", "win1-phq-old"]
     assert result.origin["assessments"] == "fetched"
@@ -190,18 +196,7 @@ def test_fetch_mode_finds_observations_dated_only_when_issued(fhir_server) -> No
             bp,
         ]
     )
-    ruleset = load_ruleset(RULES)
-    request = {
-        "hook": "patient-view",
-        "context": {"patientId": "win2", "userId": "Practitioner/1"},
-        "fhirServer": fhir_server.base_url,
-    }
-    result = resolve_prefetch(
-        request,
-        templates=prefetch_for(ruleset.observation_kinds),
-        narrowing=fetch_narrowing(ruleset, NOW),
-        policy=LOCAL_FHIR,
-    )
+    result = fetched(fhir_server, "win2")
     got = sorted(r["id"] for r in result.resources["assessments"])
     assert got == ["win2-cssrs-issued", "win2-cssrs-undated"]
     assert [r["id"] for r in result.resources["vitalSigns"]] == ["win2-bp-issued"]

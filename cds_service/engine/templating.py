@@ -67,14 +67,16 @@ class CardTemplates(SandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
 
-TEMPLATES = CardTemplates(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-    finalize=_escape_markdown,
-)
+#: The environment's settings (tests compare the card environment with a plain sandbox of these).
+OPTIONS: dict[str, Any] = {
+    "undefined": jinja2.StrictUndefined,
+    "autoescape": False,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+    "keep_trailing_newline": False,
+    "finalize": _escape_markdown,
+}
+TEMPLATES = CardTemplates(**OPTIONS)
 
 
 # Filters with an async variant (map, join, list, unique, selectattr …) are registered wrapped in
