@@ -117,3 +117,19 @@ def test_a_resource_is_walked_once_for_all_the_facts_that_read_it() -> None:
     assert not record.readable(res, second)
     assert [p.message.split(":")[0] for p in record.problems] == ["code.coding"]
     assert len(record._failing) == 1  # one walk answered both
+
+
+def test_written_text_is_kept_only_as_a_placeholder() -> None:
+    """Two sigs or codes that differ only in what a person wrote share one kept verdict, whose key
+    holds none of the words; a text the string check cannot vouch for, a note or an extension is
+    never a key (checked afresh)."""
+    from cds_service.reading.elements import key_of
+
+    code = {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}
+    a = key_of({**code, "text": "BP taken by Anna after the fall"})
+    b = key_of({**code, "text": "BP"})
+    assert a is not None and a == b and b"Anna" not in a
+    assert key_of({**code, "text": 5}) is None  # not a string: the model judges it, nothing kept
+    assert key_of({**code, "extension": [{"url": "x", "valueString": "Anna"}]}) is None
+    assert key_of({"text": "t", "note": [{"text": "Anna"}]}) is None
+    assert key_of(code) is not None

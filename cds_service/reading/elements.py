@@ -33,7 +33,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
 
 from . import datatypes
-from .raw import holds_free_text
+from .raw import without_words
 
 # -- the R4B model, per element ---------------------------------------------------------------------
 
@@ -88,6 +88,17 @@ def touch(data: OrderedDict[Any, Any], key: Any) -> None:
         data.move_to_end(key)
     except KeyError:
         pass
+
+
+def key_of(v: Any) -> bytes | None:
+    """The JSON an element's verdict is kept by, holding none of the patient's words
+    (:func:`~.raw.without_words`: the verdict depends on a written string through the string check
+    alone); None when that cannot be vouched for or the element is not JSON: it is then checked
+    afresh and nothing is kept."""
+    try:
+        return without_words(orjson.dumps(v))
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return None
 
 
 class Kept:
@@ -175,15 +186,13 @@ def _ok_function(
         def ok(v: Any) -> bool:
             if dated and _dated_timing(v):  # a timing with the patient's own dates: never kept
                 return fast(v) or _model_verdict(holder[0], v) is None
-            try:
-                content = orjson.dumps(v)
-            except (TypeError, ValueError, orjson.JSONEncodeError):
+            content = key_of(v)
+            if content is None:
                 return fast(v) or _model_verdict(holder[0], v) is None
             hit = data.get(content, MISS)
             if hit is MISS:
                 hit = fast(v) or _model_verdict(holder[0], v) is None
-                if not holds_free_text(content):  # the patient's words are never kept
-                    kept.put(content, hit)
+                kept.put(content, hit)
             else:
                 touch(data, content)
             return hit  # type: ignore[no-any-return]
@@ -532,20 +541,17 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
             values: Any = tuple(_APART if k in aside else resource[k] for k in plan.shared)
         else:
             values = plan.values(resource)
-        try:
-            content = orjson.dumps(values)
-        except (TypeError, ValueError, orjson.JSONEncodeError):
-            return None
+        content = key_of(values)
         key = (plan.number, content)
         kept = table.kept.data  # type: ignore[union-attr]
-        found = kept.get(key)
+        found = kept.get(key) if content is not None else None
         if found is None:
             inner_fail: list[int] = []
             inner_out: list[tuple[str, str]] = []
             part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not _APART}
             _walk(part, table, "", inner_fail, inner_out, True, table.actions)
             found = (tuple(inner_fail), tuple(inner_out))
-            if not holds_free_text(content):  # the patient's words are never kept
+            if content is not None:
                 table.kept.put(key, found)  # type: ignore[union-attr]
         else:
             touch(kept, key)
@@ -608,16 +614,12 @@ def _read(key: str, value: Any, act: Any, prefix: str, fail: list[int], out: lis
         return
     kept = below.kept
     if kept is not None and not _dated(value):
-        try:
-            content = orjson.dumps(value)
-        except (TypeError, ValueError, orjson.JSONEncodeError):
-            content = b""
+        content = key_of(value)
         if content:
             found = kept.data.get(content, MISS)
             if found is MISS:
                 found = _kept_walk(value, n, many, below)
-                if not holds_free_text(content):  # the patient's words are never kept
-                    kept.put(content, found)
+                kept.put(content, found)
             else:
                 touch(kept.data, content)
             inner_fail, inner_out = found

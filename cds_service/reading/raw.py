@@ -8,6 +8,7 @@ helpers turn every wrong shape into "no value", so hostile input is skipped, nev
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -20,6 +21,37 @@ FREE_TEXT_KEYS = (b'"text":', b'"patientInstruction":', b'"note":', b'xtension":
 def holds_free_text(content: bytes) -> bool:
     """Whether a JSON text (``orjson.dumps`` of an element) has a free-text key anywhere."""
     return any(key in content for key in FREE_TEXT_KEYS)
+
+
+_OPAQUE = (b'"note":', b'xtension":', b'"comment":')  # free text with more than a string's rules
+_WRITTEN = {  # "key": → (its strings, those the FHIR string check vouches for, the placeholder)
+    b'"' + key + b'":': (
+        re.compile(b'"' + key + rb'":"[^"\\]*"'),
+        re.compile(b'"' + key + rb'":"[^"\\]*?[ !#-\[\]-~]'),
+        b'"' + key + b'":"(written)"',
+    )
+    for key in (b"text", b"patientInstruction")
+}
+
+
+def without_words(content: bytes) -> bytes | None:
+    """An element's JSON (``orjson.dumps``) with every string a person wrote (``text``,
+    ``patientInstruction``) replaced by a placeholder, to key what depends on such a string only
+    through the FHIR string check; None when that cannot be vouched for (a text that is not a plain
+    string, or notes, comments, extensions): then nothing may be kept by it."""
+    if b'"note":' in content or b'xtension":' in content or b'"comment":' in content:  # _OPAQUE
+        return None
+    if b'"text":' not in content and b'"patientInstruction":' not in content:
+        return content
+    for marker, (strings, vouched, placeholder) in _WRITTEN.items():
+        written = content.count(marker)
+        if written:
+            if len(vouched.findall(content)) != written:
+                return None  # not a plain string, an escape, or no printable character
+            content, replaced = strings.subn(placeholder, content)
+            if replaced != written:
+                return None
+    return content
 
 
 def as_list(value: Any) -> list[Any]:

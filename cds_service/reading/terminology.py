@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from .raw import as_list, holds_free_text
+from .raw import as_list, without_words
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
@@ -208,21 +208,30 @@ class Terminology:
 
     # -- medications ---------------------------------------------------------------------------
     def match_drug(self, concept: Any) -> DrugMatch:
-        """Ingredients of a medication CodeableConcept: by code, else by text (memoised by codes
-        and their names: a record repeats the same few products in every request and dispense; a
-        concept with its own text is read afresh, as the patient's words are never kept)."""
+        """Ingredients of a medication CodeableConcept: by code, else by text (memoised: a record
+        repeats the same few products in every request and dispense). What is kept holds none of
+        the patient's words: a concept with its own text is kept by its codes only when they
+        decided (the text given back is the concept's own), and a match made by the words is not."""
         try:  # the concept's JSON is the key: one C call instead of normalising its codings
-            key: Any = orjson.dumps(concept)
+            content = orjson.dumps(concept)
         except (TypeError, ValueError, orjson.JSONEncodeError):
             return self._match_drug(concept)
-        if holds_free_text(key):
+        key = without_words(content)
+        if key is None:
             return self._match_drug(concept)
+        written = key is not content and key != content
         hit = self._match_cache.get(key)
-        if hit is None:
-            hit = self._match_drug(concept)
-            if len(self._match_cache) > 50_000:
-                self._match_cache.clear()
-            self._match_cache[key] = hit
+        if hit is not None:
+            if written:  # the concept's own words, never kept
+                text = concept_text(concept)
+                return DrugMatch(hit.ingredients, hit.products, hit.form, hit.matched_by, text)
+            return hit
+        hit = self._match_drug(concept)
+        if written and hit.matched_by != "code":
+            return hit
+        if len(self._match_cache) > 50_000:
+            self._match_cache.clear()
+        self._match_cache[key] = replace(hit, text="") if written else hit
         return hit
 
     def _match_drug(self, concept: Any) -> DrugMatch:
