@@ -12,10 +12,13 @@ import re
 from datetime import date, timedelta
 from typing import Any
 
+_OPAQUE = (b'"note":', b'xtension":', b'"comment":')  # free text with more than a string's rules
+_WRITTEN_NAMES = (b"text", b"patientInstruction")  # strings a person wrote
+_WRITTEN_KEYS = tuple(b'"' + name + b'":' for name in _WRITTEN_NAMES)
 #: JSON keys of free text, which can say anything about the patient (a sig's text, an instruction,
 #: a reason or code written out, a note, an extension's value): content holding one is never kept
-#: across calls. A Coding's ``display`` is the code's name in its system, so it is not among them.
-FREE_TEXT_KEYS = (b'"text":', b'"patientInstruction":', b'"note":', b'xtension":', b'"comment":')
+#: across calls as it is. A Coding's ``display`` is the code's name in its system, not among them.
+FREE_TEXT_KEYS = _WRITTEN_KEYS + _OPAQUE
 
 
 def holds_free_text(content: bytes) -> bool:
@@ -23,14 +26,13 @@ def holds_free_text(content: bytes) -> bool:
     return any(key in content for key in FREE_TEXT_KEYS)
 
 
-_OPAQUE = (b'"note":', b'xtension":', b'"comment":')  # free text with more than a string's rules
 _WRITTEN = {  # "key": → (its strings, those the FHIR string check vouches for, the placeholder)
-    b'"' + key + b'":': (
-        re.compile(b'"' + key + rb'":"[^"\\]*"'),
-        re.compile(b'"' + key + rb'":"[^"\\]*?[ !#-\[\]-~]'),
-        b'"' + key + b'":"(written)"',
+    marker: (
+        re.compile(marker + rb'"[^"\\]*"'),
+        re.compile(marker + rb'"[^"\\]*?[ !#-\[\]-~]'),
+        marker + b'"(written)"',
     )
-    for key in (b"text", b"patientInstruction")
+    for marker in _WRITTEN_KEYS
 }
 
 
@@ -39,10 +41,9 @@ def without_words(content: bytes) -> bytes | None:
     ``patientInstruction``) replaced by a placeholder, to key what depends on such a string only
     through the FHIR string check; None when that cannot be vouched for (a text that is not a plain
     string, or notes, comments, extensions): then nothing may be kept by it."""
-    if b'"note":' in content or b'xtension":' in content or b'"comment":' in content:  # _OPAQUE
-        return None
-    if b'"text":' not in content and b'"patientInstruction":' not in content:
-        return content
+    for marker in _OPAQUE:  # a loop, not any(): this runs on every kept-verdict lookup
+        if marker in content:
+            return None
     for marker, (strings, vouched, placeholder) in _WRITTEN.items():
         written = content.count(marker)
         if written:

@@ -219,7 +219,7 @@ class Terminology:
         key = without_words(content)
         if key is None:
             return self._match_drug(concept)
-        written = key is not content and key != content
+        written = key is not content  # without_words gives the same object back when none
         hit = self._match_cache.get(key)
         if hit is not None:
             if written:  # the concept's own words, never kept
