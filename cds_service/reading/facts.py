@@ -80,6 +80,14 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         """The Patient resource as sent (its elements are validated by the facts that read them)."""
         return self.record.patient
 
+    def patient_unreadable(self, reads: Reads) -> str | None:
+        """Why the Patient's elements ``reads`` names could not be read ("modifierExtension: …",
+        "birthDate: …": element names, never values); None when they could, or without a Patient."""
+        p = self.record.patient
+        if p is None or self.record.readable(p, reads):
+            return None
+        return self.record.unreadable_because(p, reads)
+
     @cached_property
     def birth_date(self) -> date | None:
         p = self.record.patient

@@ -158,6 +158,11 @@ class PatientRecord:
             self.problems.append(problem)
         return False
 
+    def unreadable_because(self, resource: dict[str, Any], reads: Reads) -> str | None:
+        """Why :meth:`readable` said no for these elements ("birthDate: …"; element names, never
+        values); None when it said yes or was not asked."""
+        return self._unreadable.get((id(resource), id(reads)))
+
     def ignored_counts(self) -> dict[str, int]:
         """``{"MedicationRequest.category": 1}``: the ignored elements by path, for the call log
         (at most :data:`IGNORED_LIMIT` paths; the rest are counted under ``"(more)"``)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...reading.elements import Reads
+from ...reading.facts import BIRTH_DATE, GENDER
 from .core import (
     COMPARATORS,
     CompileContext,
@@ -33,6 +35,16 @@ def _jurisdiction(args: Any, ctx: CompileContext) -> Node:
 
 
 # -- demographics -------------------------------------------------------------------------------
+def patient_gap(env: Env, reads: Reads, what: str, absent: Missing) -> Missing:
+    """``absent`` when the Patient lacks the element; when it holds it but it cannot be read (a
+    ``modifierExtension``, an invalid value), a gap saying what and why, by element name only
+    (``unreadable:Patient``: the data-gaps card groups these apart from missing data)."""
+    why = env.facts.patient_unreadable(reads)
+    if why is None:
+        return absent
+    return Missing("unreadable:Patient", f"{what} — could not be read: Patient.{why.rstrip('.')}")
+
+
 @predicate(
     "age",
     "Age in whole years at the hook's time compared with gt/gte/lt/lte/eq; unknown without a birth date.",
@@ -46,7 +58,8 @@ def _age(args: Any, ctx: CompileContext) -> Node:
         if age is None:
             low, high = env.facts.age_range
             if low is None or high is None:
-                return Result(None, missing=[Missing("birth-date", "date of birth")])
+                gap = patient_gap(env, BIRTH_DATE, "date of birth", Missing("birth-date", "date of birth"))
+                return Result(None, missing=[gap])
             # a partial birth date: a verdict only when both possible ages agree
             verdict = compare(low, a)
             if verdict != compare(high, a):
@@ -63,7 +76,8 @@ def _sex(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, a: dict[str, Any]) -> Result:
         sex = env.facts.sex
         if sex is None:
-            return Result(None, missing=[Missing("sex", "administrative sex")])
+            gap = patient_gap(env, GENDER, "administrative sex", Missing("sex", "administrative sex"))
+            return Result(None, missing=[gap])
         return Result(sex == a["sex"], bind={"sex": sex})
 
     return Leaf("sex", run, {"sex": args}, set())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...reading.facts import DECEASED
 from ...reading.raw import as_dict
 from ...reading.record import ref
+from .context import patient_gap
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
 from .views import med_view, unreadable_missing
 
@@ -119,7 +121,8 @@ def _deceased(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         dead, on = env.facts.deceased
         if dead is None:
-            return Result(None, missing=[Missing("unreadable-record", "a readable Patient.deceased[x]")])
+            gap = Missing("unreadable-record", "a readable Patient.deceased[x]")  # (cannot be absent)
+            return Result(None, missing=[patient_gap(env, DECEASED, "deceased status", gap)])
         patient = env.facts.record.patient
         evidence = [f"Patient/{patient.get('id')}"] if dead and patient else []
         return Result(dead, bind={"deceased_on": on.isoformat() if on else None}, evidence=evidence)
