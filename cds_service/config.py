@@ -21,7 +21,7 @@ class Settings:
     public_base_url: str | None = None
     allow_time_override: bool = False
     fhir_connect_timeout: float = 1.0
-    fhir_read_timeout: float = 2.0
+    fhir_read_timeout: float | None = None  # None: a FHIR read may wait what is left of fhir_deadline
     fhir_deadline: float = 3.0
     fhir_max_pages: int = 50  # per call, all keys together (as the two below)
     fhir_max_bytes: int = 20_000_000
@@ -64,10 +64,16 @@ _BOOL = {
 }
 
 
+#: Settings that default to None but are numbers when set.
+OPTIONAL_FLOATS = frozenset({"fhir_read_timeout"})
+
+
 def _coerce(name: str, raw: str) -> Any:
     default = getattr(Settings(), name)
     if name in ("rules_dir", "site_config", "trusted_issuers"):
         return Path(raw)
+    if name in OPTIONAL_FLOATS:
+        return float(raw)
     if isinstance(default, bool):
         if raw.lower() not in _BOOL:
             raise ValueError(f"KETAMINE_CDS_{name.upper()}: expected true/false, got {raw!r}")

@@ -323,9 +323,12 @@ class FhirClient:
         policy: FetchPolicy | None = None,
         access_token: str | None = None,
         connect_timeout: float = 1.0,
-        read_timeout: float = 2.0,
+        read_timeout: float | None = None,
         request_id: str | None = None,
     ) -> None:
+        """``read_timeout``: how long one read may wait for the server; None (the default) is what
+        is left of the call's deadline, a number an upper bound within it. A shorter fixed timeout
+        would drop a key that a server answering one request after another serves in time."""
         self.policy = policy or FetchPolicy()
         self.base_url = self.policy.check(base_url)
         self._origin = origin_of(self.base_url)
@@ -396,7 +399,8 @@ class FhirClient:
         if self.request_id:
             headers["X-Request-ID"] = self.request_id
         self.budget.charge(requests=1)
-        timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+        read = remaining if self.read_timeout is None else min(self.read_timeout, remaining)
+        timeout = (min(self.connect_timeout, remaining), read)
         try:
             with self.session.get(
                 absolute, headers=headers, timeout=timeout, stream=True, allow_redirects=False

@@ -174,7 +174,7 @@ def fetch_missing(
     *,
     deadline_seconds: float,
     connect_timeout: float = 1.0,
-    read_timeout: float = 2.0,
+    read_timeout: float | None = None,
     request_id: str | None = None,
     policy: FetchPolicy | None = None,
 ) -> set[str]:

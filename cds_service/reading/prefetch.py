@@ -121,7 +121,7 @@ def resolve_prefetch(
     *,
     deadline_seconds: float = 3.0,
     connect_timeout: float = 1.0,
-    read_timeout: float = 2.0,
+    read_timeout: float | None = None,
     max_pages: int = 50,
     max_bytes: int = 20_000_000,
     max_resources: int = 20_000,
@@ -133,11 +133,13 @@ def resolve_prefetch(
     """Resources per key; raises DataUnavailable naming every key that could not be had.
 
     The limits (bytes, pages, resources) and the deadline hold for the whole call, every key
-    together; see :class:`~.fhir_client.CallBudget`. ``narrowing``: the searches the service makes
-    for a key instead of its template (only what the rules read, ``engine/windows.py``). They
-    replace the key's own fetch, and the paging of a prefetched first page: the EHR's ``next``
-    links would lead through the whole history, the narrowed searches ask for what the rules read
-    (the first page is kept). A key without narrowing is fetched, or paged, in full.
+    together; see :class:`~.fhir_client.CallBudget`. Each request may wait what is left of the
+    deadline (``read_timeout``, if given, bounds it further). ``narrowing``: the searches the
+    service makes for a key instead of its template (only what the rules read,
+    ``engine/windows.py``). They replace the key's own fetch, and the paging of a prefetched first
+    page: the EHR's ``next`` links would lead through the whole history, the narrowed searches ask
+    for what the rules read (the first page is kept). A key without narrowing is fetched, or
+    paged, in full.
     """
     prefetch = request.get("prefetch") or {}
     context = request.get("context") or {}

@@ -28,6 +28,9 @@ Modes (`route(path, mode=..., ...)`):
   with `delay` or a more specific route on top, one prefetch key can be made slow or failing
   while the others come from a real server.
 
+``FaultFhirServer(serial=True)`` answers one request at a time (a single-threaded server, such as
+one Node process busy with each search): requests sent together wait in turn, their `delay` too.
+
 Any mode honours `delay` (wait before answering). A route matches the path relative to the base
 (``/Condition`` or ``Condition``; ``*`` globs allowed), optionally only one `method` and only
 requests whose query has the given `query` values; `times=N` makes it apply to the next N matching
@@ -164,8 +167,9 @@ class Route:
 class FaultFhirServer:
     """A scripted fake FHIR server on 127.0.0.1 (free port), served from a background thread."""
 
-    def __init__(self, base_path: str = "/fhir") -> None:
+    def __init__(self, base_path: str = "/fhir", *, serial: bool = False) -> None:
         self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+        self._serial = threading.Lock() if serial else contextlib.nullcontext()
         self.requests: list[RecordedRequest] = []
         self.connections = 0  # TCP connections accepted (keep-alive reuse shows as fewer)
         self._routes: list[Route] = []
@@ -368,16 +372,17 @@ class _Handler(BaseHTTPRequestHandler):
                 route=route.mode if route else None,
             )
         )
-        try:
-            if route is None:
-                self._send_json(404, operation_outcome(404, f"no route for {path} in FaultFhirServer"))
-                return
-            if route.delay and fake._stopping.wait(route.delay):
+        with fake._serial:
+            try:
+                if route is None:
+                    self._send_json(404, operation_outcome(404, f"no route for {path} in FaultFhirServer"))
+                    return
+                if route.delay and fake._stopping.wait(route.delay):
+                    self.close_connection = True
+                    return
+                getattr(self, f"_mode_{route.mode}")(route, split.query, query)
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
                 self.close_connection = True
-                return
-            getattr(self, f"_mode_{route.mode}")(route, split.query, query)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            self.close_connection = True
 
     # -- modes ---------------------------------------------------------------------------------------
 
