@@ -249,3 +249,50 @@ def test_a_narrowed_search_never_asks_for_less_than_it_can_say() -> None:
         "Observation?patient=p&date=ge2026-04-03"
     )
     assert Narrowed(params="date=ge2026-04-03").apply("Patient/p") == "Patient/p"
+
+
+# -- pregnancy status: read within 30 days, narrowed like the vital signs ------------------------------
+def test_bundled_rules_read_pregnancy_status_of_the_last_30_days() -> None:
+    ruleset = load_ruleset(RULES)
+    assert key_windows(ruleset)["pregnancyStatus"].days == 30  # status_within_days
+    assert fetch_narrowing(ruleset, NOW)["pregnancyStatus"] == (
+        Narrowed(params="date=ge2026-04-03"),
+        Narrowed(params="date:missing=true"),  # dated by `issued` only, or not at all
+    )
+
+
+def test_a_rule_reading_pregnancy_status_without_a_window_turns_its_narrowing_off(tmp_path: Path) -> None:
+    ruleset = load_ruleset(
+        _rules_with(tmp_path, UNBOUNDED.replace("{kind: weight}", "{kind: pregnancy_status}"))
+    )
+    assert key_windows(ruleset)["pregnancyStatus"].days is None
+    assert "pregnancyStatus" not in fetch_narrowing(ruleset, NOW)
+    assert "vitalSigns" in fetch_narrowing(ruleset, NOW)  # the other keys keep theirs
+
+
+def test_fetch_mode_asks_for_recent_and_issued_only_pregnancy_status(fhir_server) -> None:
+    """On the real FHIR server: a pregnancy status of two years ago (no rule reads it) is not
+    fetched; one of last week and one dated only by ``issued`` are."""
+    loinc = "http://loinc.org"
+    pregnant = {"valueCodeableConcept": {"coding": [{"system": loinc, "code": "LA15173-0"}]}}
+
+    def status(oid: str, when: str) -> dict:
+        return {
+            **observation(oid, loinc, "82810-3", when, **pregnant),
+            "subject": {"reference": "Patient/win3"},
+        }
+
+    issued = status("win3-preg-issued", "")
+    del issued["effectiveDateTime"]
+    issued["issued"] = "2026-05-01T09:00:00Z"
+    fhir_server.put_resources(
+        [
+            {"resourceType": "Patient", "id": "win3", "gender": "female", "birthDate": "1990-01-01"},
+            status("win3-preg-old", "2024-05-01T10:00:00Z"),
+            status("win3-preg-new", "2026-04-28T10:00:00Z"),
+            issued,
+        ]
+    )
+    result = fetched(fhir_server, "win3")
+    got = sorted(r["id"] for r in result.resources["pregnancyStatus"])
+    assert got == ["win3-preg-issued", "win3-preg-new"]

@@ -11,7 +11,8 @@ evaluation time, plus a day:
 * ``vitalSigns``: one search, narrowed, and one for those without effective[x] (``date`` matches
   effective[x] only; the reading layer dates such a reading by ``issued``);
 * ``assessments``: the template's search (every code), narrowed, the same for those without
-  effective[x], and a search not narrowed for the codes of the kinds read over the whole history.
+  effective[x], and a search not narrowed for the codes of the kinds read over the whole history;
+* ``pregnancyStatus``: as ``vitalSigns`` (the pregnancy check reads a status of the last 30 days).
 
 The windows are derived from the compiled rule set, site parameters included. Which keys a
 predicate reads is ``engine/unread.py``'s declaration: one that reads a key and is not known here
@@ -38,7 +39,7 @@ from .predicates.logic import All, Any_, Assess, Not
 from .unread import OBSERVATION_PREDICATES, key_of_kind, keys_read
 
 VITAL_KINDS = SEPARATELY_RETRIEVED_KINDS - {"pregnancy_status"}
-NARROWED_KEYS = ("vitalSigns", "assessments")
+NARROWED_KEYS = ("vitalSigns", "assessments", "pregnancyStatus")
 #: The searchable observations a ``date=ge`` search cannot return: no effective[x] at all (FHIR
 #: ``:missing``, defined for every search parameter). A server that refuses the modifier makes the key
 #: not read (said in a card); one that ignores it returns the whole history: neither loses a reading.
@@ -127,6 +128,7 @@ def key_windows(ruleset: RuleSet) -> dict[str, KeyWindow]:
     kinds_of = {
         "vitalSigns": frozenset(VITAL_KINDS),
         "assessments": frozenset(assessment_kinds(ruleset.observation_kinds)),
+        "pregnancyStatus": frozenset({"pregnancy_status"}),
     }
     roots = [r.when for r in ruleset.rules] + list(ruleset.definitions.values())
     reads = [read for root in roots for leaf in _leaves(root) for read in _reads(leaf, kinds_of)]
