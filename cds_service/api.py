@@ -135,7 +135,7 @@ def _unexpected(exc: Exception) -> tuple[Response, int]:
 
 # -- endpoints --------------------------------------------------------------------------------------
 @bp.get("/healthz")
-def healthz() -> Response:
+def healthz() -> tuple[Response, int]:
     st = state()
     rs = st.rules.get()
     body: dict[str, Any] = {
@@ -146,7 +146,22 @@ def healthz() -> Response:
     }
     if st.rules.last_errors:
         body["rejected_rule_change"] = len(st.rules.last_errors)
-    return jsonify(body)
+    status = 200
+    db = getattr(st.store, "db", None)  # the store's database (a store given by a test may have none)
+    if db is not None:
+        body["storage"] = {"backend": db.backend, "reachable": True}
+        try:
+            db.ping()
+        except StorageUnavailable as exc:  # names the backend and error class, never the URL's secrets
+            log.error("health check: storage unreachable: %s", exc)
+            body["storage"]["reachable"] = False
+            # Without it, authenticated calls are refused (the jti replay cache lives there): take
+            # this instance out. Without authentication, cards are still served, feedback is not stored.
+            if st.authenticator is not None:
+                body["status"], status = "unavailable", 503
+            else:
+                body["status"] = "degraded"
+    return jsonify(body), status
 
 
 @bp.get("/cds-services")

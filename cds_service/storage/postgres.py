@@ -129,6 +129,10 @@ class PostgresDatabase:
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
 
+    def ping(self, wait: float = 1.0) -> None:
+        """One ``SELECT 1`` on a pooled connection (for /healthz); StorageUnavailable if not."""
+        self.run(lambda conn: conn.execute("SELECT 1").fetchone(), wait=wait)
+
     @staticmethod
     def _applied(conn: psycopg.Connection[Any]) -> set[int]:
         row = conn.execute("SELECT to_regclass('schema_version')").fetchone()

@@ -90,6 +90,11 @@ class SQLiteDatabase:
                     db.execute("ROLLBACK")
                 raise
 
+    def ping(self) -> None:
+        """Read the schema table once (the file, not just a pooled handle); StorageUnavailable if not."""
+        with self.connection() as db:
+            db.execute("SELECT COUNT(*) FROM schema_version").fetchone()
+
     def applied_versions(self) -> set[int]:
         with self.connection() as db:
             exists = db.execute(
