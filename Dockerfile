@@ -33,9 +33,6 @@ LABEL org.opencontainers.image.title="ketamine-cds" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.url="https://ketamine-cds.github.io" \
-      org.opencontainers.image.source="https://github.com/ketamine-cds/ketamine-cds" \
-      org.opencontainers.image.documentation="https://github.com/ketamine-cds/ketamine-cds/tree/main/docs" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
 # /data: the SQLite database (feedback, shown cards, JWT replay cache) - a volume, writable under

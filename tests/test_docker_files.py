@@ -98,7 +98,7 @@ def test_runtime_stage() -> None:
     assert re.search(r"^COPY --from=build /opt/ketamine-cds /opt/ketamine-cds$", runtime, re.M)
     user = re.findall(r"^USER (\S+)$", runtime, re.M)
     assert user and not user[-1].startswith(("0", "root"))
-    for label in ("title", "description", "version", "revision", "created", "licenses", "source", "url"):
+    for label in ("title", "description", "version", "revision", "created", "licenses"):
         assert f"org.opencontainers.image.{label}=" in runtime, label
     assert 'org.opencontainers.image.licenses="Apache-2.0"' in runtime
     assert "KETAMINE_CDS_WORKER_TMP_DIR=/dev/shm" in runtime  # --read-only: /tmp is not writable
@@ -115,3 +115,17 @@ def test_readme_docker_run_works_on_a_fresh_clone() -> None:
     run = next(line for line in section.splitlines() if line.startswith("docker run"))
     assert "--read-only" in run
     assert "/config/trusted-issuers.yaml" in section
+
+
+def test_no_placeholder_project_urls() -> None:
+    """The project's web and source locations are not known to the repository: the package metadata
+    and the image labels name none (they named a made-up GitHub organisation and Pages site)."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "urls" not in meta, meta.get("urls")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for placeholder in ("github.com/ketamine-cds", "ketamine-cds.github.io"):
+        assert placeholder not in dockerfile, placeholder
+    for label in ("url", "source", "documentation"):
+        assert f"org.opencontainers.image.{label}=" not in dockerfile, label
