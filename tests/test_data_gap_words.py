@@ -127,3 +127,14 @@ def test_the_kinds_left_out_are_said():
     rows += [{"id": f"need-{i}", "label": f"reading {i}"} for i in range(3)]
     summary = render_summary(rows)
     assert len(summary) < 140 and summary.endswith("not readable, 3 missing)"), summary
+
+
+def test_a_birth_year_alone_asks_for_the_full_date_not_a_missing_one():
+    """Born "2008", seen on 2026-05-04: 17 or 18. The gap names the full date of birth, since a
+    year is on the chart (the predicate said so, and the generic "date of birth" label hid it)."""
+    request = load_example("v10-age-17")
+    request["prefetch"]["patient"]["birthDate"] = "2008"
+    card = gap_card(run_request(request).response)
+    assert card["summary"] == "Missing before deciding: full date of birth (only part recorded)", card[
+        "summary"
+    ]

@@ -63,7 +63,7 @@ def _age(args: Any, ctx: CompileContext) -> Node:
             # a partial birth date: a verdict only when both possible ages agree
             verdict = compare(low, a)
             if verdict != compare(high, a):
-                partial = Missing("birth-date", "full date of birth (only part recorded)")
+                partial = Missing("birth-date-partial", "full date of birth (only part recorded)")
                 return Result(None, missing=[partial])
             return Result(verdict, bind={"age": f"{low}–{high}"}, reason=f"age {low}–{high}")
         return Result(compare(age, a), bind={"age": age}, reason=f"age {age}")
