@@ -66,9 +66,10 @@ def topics(cards: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def test_a_server_answering_one_request_at_a_time_loses_nothing_within_the_deadline(seeded, tmp_path):
-    """Five keys sent together to the real test server behind a serial proxy, 0.45 s a search: the
-    last is answered at about 2.3 s, inside the default 3 s deadline, so every key is read."""
-    app = create_app(make_settings(tmp_path, fhir_error_detail=True))  # default deadline and timeouts
+    """Five keys sent together to the real test server behind a serial proxy, 0.5 s a search: the
+    last is answered at about 2.5 s, inside a 4 s deadline (1.5 s to spare on a loaded machine), so
+    every key is read. With the old fixed 2 s read timeout the last one or two were not."""
+    app = create_app(make_settings(tmp_path, fhir_deadline=4.0, fhir_error_detail=True))  # default timeouts
     request = load_example("v08-phenelzine")
     body = copy.deepcopy(request)
     for key in FETCHED:
@@ -76,7 +77,7 @@ def test_a_server_answering_one_request_at_a_time_loses_nothing_within_the_deadl
     body["hookInstance"] = str(uuid.uuid4())
     try:
         with FaultFhirServer(serial=True) as proxy:
-            proxy.route("*", "proxy", upstream=seeded.base_url, delay=0.45)
+            proxy.route("*", "proxy", upstream=seeded.base_url, delay=0.5)
             body["fhirServer"] = proxy.base_url
             resp = app.test_client().post(
                 f"/cds-services/{body['hook']}", data=json.dumps(body), content_type="application/json"
