@@ -184,14 +184,16 @@ def _ok_function(
         data = kept.data
 
         def ok(v: Any) -> bool:
+            if fast(v):  # certainly valid: no key to build, nothing kept
+                return True
             if dated and _dated_timing(v):  # a timing with the patient's own dates: never kept
-                return fast(v) or _model_verdict(holder[0], v) is None
+                return _model_verdict(holder[0], v) is None
             content = key_of(v)
             if content is None:
-                return fast(v) or _model_verdict(holder[0], v) is None
+                return _model_verdict(holder[0], v) is None
             hit = data.get(content, MISS)
             if hit is MISS:
-                hit = fast(v) or _model_verdict(holder[0], v) is None
+                hit = _model_verdict(holder[0], v) is None
                 kept.put(content, hit)
             else:
                 touch(data, content)
@@ -232,14 +234,6 @@ def _verdict(leaf: _Leaf, value: Any) -> tuple[str, str] | None:
     return _model_verdict(leaf, value)
 
 
-def _dated(value: Any) -> bool:
-    """A dosage whose timing holds the patient's own dates (``event``, ``repeat.bounds[x]``)."""
-    for item in value if type(value) is list else (value,):
-        if type(item) is dict and _dated_timing(item.get("timing")):
-            return True
-    return False
-
-
 def _dated_timing(timing: Any) -> bool:
     """A Timing (or anything in its place) that holds the patient's own dates, or may."""
     if type(timing) is not dict:
@@ -250,6 +244,14 @@ def _dated_timing(timing: Any) -> bool:
     return type(repeat) is dict and (
         "boundsPeriod" in repeat or "boundsDuration" in repeat or "boundsRange" in repeat
     )
+
+
+_TIMING, _REPEAT = fields_of(get_fhir_model_class("Timing")), fields_of(get_fhir_model_class("TimingRepeat"))
+#: the fast checks of a timing's dates (datatypes.py: True only when certainly valid)
+_EVENTS = datatypes.compiled(_TIMING["event"].annotation)
+_BOUNDS = {
+    k: datatypes.compiled(_REPEAT[k].annotation) for k in ("boundsDuration", "boundsRange", "boundsPeriod")
+}
 
 
 def _modified(value: Any) -> bool:
@@ -323,7 +325,7 @@ def all_reads() -> list[Reads]:
 
 
 # -- the walk, compiled per resource type -----------------------------------------------------------
-# Repeating backbone types (a drug's usual sig): what the walk finds inside is kept by content.
+# Repeating backbone types (a drug's usual sig, the same on every refill): walked with the codes.
 _REPEATING = frozenset({"Dosage", "MedicationAdministrationDosage"})
 _SHAPE = {True: "expected an array", False: "expected a single value, got an array"}
 
@@ -333,16 +335,15 @@ class _Table:
     reads, the leaves to check there and the table to walk below it; for any other key of the
     model, a shape check; a key the model lacks is reported."""
 
-    __slots__ = ("actions", "kept", "name", "plans", "report", "shared")
+    __slots__ = ("actions", "kept", "name", "plans", "repeats", "report", "shared")
 
-    def __init__(self, model: Any, report: bool, memo: bool) -> None:
+    def __init__(self, model: Any, report: bool, repeats: bool) -> None:
         self.name = model.__name__
         self.report = report  # False below an element read as a whole: its validation covers it
-        self.kept: Kept | None = None  # what was found below, by content (a repeating dosage)
-        if memo:
-            self.kept = Kept()
-        # a resource's keys whose content patients share (status, drug code, days supply, a
-        # dosage without dates): walked as one, kept by their JSON (see :func:`_walk_planned`)
+        self.repeats = repeats  # a backbone a record repeats as it is (a drug's usual sig)
+        self.kept: Kept | None = None  # a resource's: what was found in its shared keys, by content
+        # a resource's keys whose content a record repeats (status, drug code, days supply, the
+        # sig): walked as one, remembered for the request by their JSON (see :func:`_walk_planned`)
         self.shared: frozenset[str] = frozenset()
         self.plans = Kept(1024)  # by the resource's shape: (keys, JSON types)
         # key -> whether it is an array, for an element no fact reads; for one a fact reads:
@@ -380,7 +381,7 @@ def _compiled(rtype: str) -> _Compiled | None:
         return nodes.setdefault(path, len(nodes))
 
     # every path any fact reads, as a tree: key -> ({leaf: node}, {step key: subtree} | None)
-    root = _Table(model, report=True, memo=False)
+    root = _Table(model, report=True, repeats=False)
     whole: set[tuple[str, ...]] = set()  # element paths read as a whole
     for r in reads:
         for check in r.checks:
@@ -400,7 +401,7 @@ def _compiled(rtype: str) -> _Compiled | None:
                 if below is None:
                     kind = getattr(step.model, "__name__", "")
                     covered = not table.report or path in whole
-                    sub = _Table(step.model, report=not covered, memo=kind in _REPEATING)
+                    sub = _Table(step.model, report=not covered, repeats=kind in _REPEATING)
                     below = (n, step.many, sub)
                     table.actions[step.key] = (leaves, below)
                 table = below[2]
@@ -419,7 +420,7 @@ def _compiled(rtype: str) -> _Compiled | None:
     for key, act in root.actions.items():
         if isinstance(act, tuple):
             leaves, step = act
-            if all(ok in shareable for ok, _ in leaves) and (step is None or step[2].kept is not None):
+            if all(ok in shareable for ok, _ in leaves) and (step is None or step[2].repeats):
                 shared.append(key)
     root.shared = frozenset(shared)
     root.kept = Kept()
@@ -430,14 +431,20 @@ def _compiled(rtype: str) -> _Compiled | None:
 _NOTHING: tuple[frozenset[int], list[tuple[str, str]]] = (frozenset(), [])  # never changed
 
 
-def walk(resource: dict[str, Any], rtype: str) -> tuple[frozenset[int], list[tuple[str, str]]]:
+def walk(
+    resource: dict[str, Any], rtype: str, memo: dict[Any, Any] | None = None
+) -> tuple[frozenset[int], list[tuple[str, str]]]:
     """One pass over a resource: (the nodes, of any :class:`Reads` of ``rtype``, that fail; the
-    ignored elements as (path, reason), a modifierExtension on the resource included)."""
+    ignored elements as (path, reason), a modifierExtension on the resource included).
+
+    ``memo``: one request's own dict (:class:`~.record.PatientRecord`), where what the walk found in
+    content the record repeats is remembered by that content; it dies with the request, so it
+    may hold anything the record says."""
     done = _TYPES.get(rtype) or _compiled(rtype)
     if done is None:
         return _NOTHING
     table = done.table
-    found = _walk_planned(resource, table)
+    found = _walk_planned(resource, table, memo)
     if found is None:
         fail: list[int] = []
         out: list[tuple[str, str]] = []
@@ -514,51 +521,40 @@ def _plan_of(table: _Table, keys: tuple[str, ...], types: tuple[type, ...]) -> _
     return plan
 
 
-def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | None:
+def _walk_planned(
+    resource: dict[str, Any], table: _Table, memo: dict[Any, Any] | None
+) -> tuple[Any, Any] | None:
     """(failing nodes, ignored) by the plan of the resource's shape: the shape check is the plan's;
-    the elements whose content patients share (a dispense's status, drug code, days supply and
-    usual sig) are looked up as one by their JSON; the rest (dates, references) are checked one
-    by one. None when the resource has a key R4B does not define (the full walk reports it)."""
+    the elements whose content a patient's resources repeat (a dispense's status, drug code, days
+    supply and sig, the same every month) are walked as one and remembered for the request by
+    their JSON in ``memo``; the rest (dates, references) are checked one by one. None when the
+    resource has a key R4B does not define (the full walk reports it)."""
     shape = (tuple(resource), tuple(map(type, resource.values())))
     plans = table.plans.data
     plan = plans.get(shape)
-    if plan is None:
+    if plan is None:  # a hit is not moved up: the shapes a site sends are few (first in, first out)
         plan = _plan_of(table, *shape)
         if plan is None:
             return None
         table.plans.put(shape, plan)
-    else:
-        touch(plans, shape)
     fails: tuple[int, ...] = ()
     out: tuple[tuple[str, str], ...] = plan.ignored
-    apart: tuple[tuple[str, Any, Any, int, Any], ...] = ()
     if plan.values is not None:
-        for k in plan.dated:  # the patient's own dates in a dosage: never in a key, read apart
-            if _dated(resource[k]):
-                apart += ((k, None, None, -1, table.actions[k]),)
-        if apart:
-            aside = {k for k, *_ in apart}
-            values: Any = tuple(_APART if k in aside else resource[k] for k in plan.shared)
-        else:
-            values = plan.values(resource)
-        content = key_of(values)
+        values = plan.values(resource)
+        try:
+            content: bytes | None = orjson.dumps(values)
+        except (TypeError, orjson.JSONEncodeError):
+            content = None  # not JSON (a caller's own dict): walked, nothing remembered
         key = (plan.number, content)
-        kept = table.kept.data  # type: ignore[union-attr]
-        found = kept.get(key) if content is not None else None
+        found = memo.get(key) if memo is not None and content is not None else None
         if found is None:
-            inner_fail: list[int] = []
-            inner_out: list[tuple[str, str]] = []
-            part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not _APART}
-            _walk(part, table, "", inner_fail, inner_out, True, table.actions)
-            found = (tuple(inner_fail), tuple(inner_out))
-            if content is not None:
-                table.kept.put(key, found)  # type: ignore[union-attr]
-        else:
-            touch(kept, key)
+            found = _shared(resource, plan, table, values, content)
+            if memo is not None and content is not None:
+                memo[key] = found
         fails, inner = found
         if inner:
             out = (*out, *inner)
-    for key, fast, model_ok, n, act in (*plan.rest, *apart) if apart else plan.rest:
+    for key, fast, model_ok, n, act in plan.rest:
         value = resource[key]
         if fast is not None:
             if not fast(value) and not model_ok(value):
@@ -572,6 +568,88 @@ def _walk_planned(resource: dict[str, Any], table: _Table) -> tuple[Any, Any] | 
         if more_out:
             out = (*out, *more_out)
     return fails, out
+
+
+def _shared(
+    resource: dict[str, Any], plan: _Plan, table: _Table, values: tuple[Any, ...], content: bytes | None
+) -> tuple[tuple[int, ...], tuple[tuple[str, str], ...]]:
+    """What the walk finds in the keys whose content patients share, kept across calls by their
+    JSON without the patient's words (:func:`~.raw.without_words`); a dosage holding the patient's
+    own dates (a period of use) is left out of that key and walked apart, every time."""
+    apart: list[str] = []
+    if plan.dated:
+        undated: dict[str, Any] = {}
+        for k in plan.dated:
+            if _dated(resource[k]):
+                plain = _undated(resource[k])
+                if plain is None:
+                    apart.append(k)
+                else:
+                    undated[k] = plain
+        if undated or apart:
+            keyed = tuple(
+                _APART if k in apart else undated.get(k, v) for k, v in zip(plan.shared, values, strict=True)
+            )
+            words_free = key_of(keyed)
+            if apart:
+                values = tuple(_APART if k in apart else v for k, v in zip(plan.shared, values, strict=True))
+        else:
+            words_free = None if content is None else without_words(content)
+    else:
+        words_free = None if content is None else without_words(content)
+    kept = table.kept
+    assert kept is not None  # a resource's table (the walk's root)
+    found = MISS if words_free is None else kept.get((plan.number, words_free))
+    if found is MISS:
+        fail: list[int] = []
+        out: list[tuple[str, str]] = []
+        part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not _APART}
+        _walk(part, table, "", fail, out, True, table.actions)
+        found = (tuple(fail), tuple(out))
+        if words_free is not None:
+            kept.put((plan.number, words_free), found)
+    if apart:
+        fail, out = list(found[0]), list(found[1])
+        for k in apart:
+            _read(k, resource[k], table.actions[k], "", fail, out)
+        found = (tuple(fail), tuple(out))
+    return found  # type: ignore[no-any-return]
+
+
+def _undated(value: Any) -> Any | None:
+    """A dosage (or several) with its dates (``timing.event``, ``timing.repeat.bounds[x]``) as
+    placeholders, for a key: when every such date is certainly valid (:mod:`.datatypes`), what the
+    walk finds in the dosage is the same whichever valid dates it holds. None when one is not
+    (the dosage is then walked apart, every time)."""
+    out = []
+    for item in value if type(value) is list else (value,):
+        timing = item.get("timing") if type(item) is dict else None
+        if timing is not None:
+            if type(timing) is not dict:
+                return None
+            if "event" in timing:
+                if not _EVENTS(timing["event"]):
+                    return None
+                timing = {**timing, "event": _APART}
+            repeat = timing.get("repeat")
+            if type(repeat) is dict:
+                for k, ok in _BOUNDS.items():
+                    if k in repeat:
+                        if not ok(repeat[k]):
+                            return None
+                        repeat = {**repeat, k: _APART}
+                timing = {**timing, "repeat": repeat}
+            item = {**item, "timing": timing}
+        out.append(item)
+    return out if type(value) is list else out[0]
+
+
+def _dated(value: Any) -> bool:
+    """A dosage whose timing holds the patient's own dates (``event``, ``repeat.bounds[x]``)."""
+    for item in value if type(value) is list else (value,):
+        if type(item) is dict and _dated_timing(item.get("timing")):
+            return True
+    return False
 
 
 def _walk(
@@ -612,21 +690,6 @@ def _read(key: str, value: Any, act: Any, prefix: str, fail: list[int], out: lis
         if below.report:  # not when the element is also read as a whole: validated as such
             out.append((f"{prefix}{key}", _SHAPE[many]))
         return
-    kept = below.kept
-    if kept is not None and not _dated(value):
-        content = key_of(value)
-        if content:
-            found = kept.data.get(content, MISS)
-            if found is MISS:
-                found = _kept_walk(value, n, many, below)
-                kept.put(content, found)
-            else:
-                touch(kept.data, content)
-            inner_fail, inner_out = found
-            fail.extend(inner_fail)
-            for path, reason in inner_out:
-                out.append((f"{prefix}{key}.{path}", reason))
-            return
     _walk_step(value, n, many, below, f"{prefix}{key}.", fail, out)
 
 
@@ -640,17 +703,6 @@ def _walk_step(
         if "modifierExtension" in item:
             fail.append(n)
         _walk(item, below, prefix, fail, out, False, below.actions)
-
-
-def _kept_walk(
-    value: Any, n: int, many: bool, below: _Table
-) -> tuple[tuple[int, ...], tuple[tuple[str, str], ...]]:
-    """What :func:`_walk_step` finds in an element, to keep by its JSON (a dosage: "300 mg oral
-    three times daily"); paths relative to the element."""
-    fail: list[int] = []
-    out: list[tuple[str, str]] = []
-    _walk_step(value, n, many, below, "", fail, out)
-    return tuple(fail), tuple(out)
 
 
 # -- messages and the older entry points ------------------------------------------------------------

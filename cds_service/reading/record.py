@@ -46,6 +46,9 @@ class PatientRecord:
     _failing: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)  # walk() by id
     _unreadable: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)
+    #: what the walk found in content this record repeats (a monthly refill's drug and sig), by
+    #: that content: per request, so it may hold the record's words (elements.walk)
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_prefetch(
@@ -129,7 +132,7 @@ class PatientRecord:
         fact, only compare node numbers."""
         failing = self._failing.get(id(resource))
         if failing is None:
-            failing, ignored = walk(resource, reads.rtype)
+            failing, ignored = walk(resource, reads.rtype, self._memo)
             self._failing[id(resource)] = failing
             for path, reason in ignored:
                 self.ignored[(reads.rtype, path, reason)] += 1
