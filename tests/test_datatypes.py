@@ -87,6 +87,9 @@ def _dates() -> list[str]:
               "T12:00:00.123456789", "T12:00:00.1234567890", "T12:00:00."]
     zones = ["Z", "+14:00", "+14:01", "-13:59", "+13:60", "", "+0100", "z"]
     out = [*days, "2024", "0000", "2024-02", "2024-13", "24", "2024-1", "２０２４"]
+    # 10 characters that date.fromisoformat (the full-date fast check) might read otherwise
+    out += ["2024-W01-1", "2024W011xx", "20240101ab", "2024-0\u0661-01", "\uff12024-01-01", " 024-01-01",
+            "+024-01-01", "2024-1--01", "2024-01-1 ", "2024-01-1Z", "2024_01_01", "0000-02-29"]
     out += [d + c + z for d in days[::3] for c in clocks for z in zones]
     return out
 

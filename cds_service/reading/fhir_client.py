@@ -520,23 +520,28 @@ def with_page_size(query: str) -> str:
     return f"{query}&_count={PAGE_SIZE}"
 
 
+_MATCH = {"mode": "match"}
+
+
 def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Bundle's resources (the resource itself when it is not a Bundle); a search's notes
+    (``search.mode: outcome``) are left out unless they report an error (results left out), which
+    is kept for the record to say. One comprehension: it runs once per entry of every prefetch key."""
     if bundle.get("resourceType") != "Bundle":
         return [bundle]
-    out = []
-    for entry in as_list(bundle.get("entry")):
-        if isinstance(entry, dict):
-            search = entry.get("search")
-            resource = entry.get("resource")
-            if (
-                isinstance(search, dict)
-                and search.get("mode") == "outcome"
-                and not (isinstance(resource, dict) and is_error_outcome(resource))
-            ):
-                continue  # notes about the search; an error (results left out) is kept for the record to say
-            if isinstance(resource, dict):
-                out.append(entry["resource"])
-    return out
+    return [
+        resource
+        for entry in as_list(bundle.get("entry"))
+        if isinstance(entry, dict)
+        and isinstance(resource := entry.get("resource"), dict)
+        and (
+            (search := entry.get("search")) is None
+            or search == _MATCH  # the usual entry: one comparison, no calls
+            or not isinstance(search, dict)
+            or search.get("mode") != "outcome"
+            or is_error_outcome(resource)  # notes about the search are left out, an error is not
+        )
+    ]
 
 
 def is_error_outcome(resource: dict[str, Any]) -> bool:

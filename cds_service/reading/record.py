@@ -46,6 +46,9 @@ class PatientRecord:
     _failing: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)  # walk() by id
     _unreadable: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
     _origin: dict[int, str] = field(default_factory=dict, repr=False)
+    #: the prefetch's resources by key (each parsed object is its own), until :meth:`origin_of`
+    #: first indexes them: most requests never ask
+    _segments: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list, repr=False)
     #: what the walk found in content this record repeats (a monthly refill's drug and sig), by
     #: that content: per request, so it may hold the record's words (elements.walk)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -57,36 +60,26 @@ class PatientRecord:
         record = cls()
         seen: dict[str, set[str]] = {}  # ids by resource type: a resource sent twice is read once
         patient_id = context.get("patientId")
-        by_type, origin = record.by_type, record._origin  # the loop runs once per resource: locals
+        by_type, segments = record.by_type, record._segments  # once per resource: locals
         for key, items in resources.items():
             expected = PREFETCH_TYPES.get(key)
+            segments.append((key, items))
+            group = by_type.get(expected) if expected else None
+            ids = seen.get(expected) if expected else None
             for res in items:
                 rtype = res.get("resourceType") if isinstance(res, dict) else None
-                # Medications come along with any key (``_include=…:medication``) for the records
-                # that reference them.
-                if expected and rtype != expected and rtype != "Medication":
-                    record._unexpected(key, expected, res, rtype)
+                if rtype != expected or group is None or ids is None:  # the general case
+                    if not record._place(key, expected, res, rtype, seen, patient_id):
+                        continue
+                    group = by_type.get(expected) if expected else None
+                    ids = seen.get(expected) if expected else None
                     continue
                 rid = res.get("id")
                 if isinstance(rid, str):
-                    ids = seen.get(rtype)
-                    if ids is None:
-                        seen[rtype] = {rid}
-                    elif rid in ids:
+                    if rid in ids:
                         continue
-                    else:
-                        ids.add(rid)
-                if rtype == "Patient":
-                    if record.patient is None and (not patient_id or rid in (None, patient_id)):
-                        record.patient = res
-                        origin[id(res)] = key
-                    continue
-                group = by_type.get(rtype)
-                if group is None:
-                    by_type[rtype] = [res]
-                else:
-                    group.append(res)
-                origin[id(res)] = key
+                    ids.add(rid)
+                group.append(res)
         bundle = context.get("draftOrders") or {}
         for entry in bundle.get("entry") or []:
             res = entry.get("resource") if isinstance(entry, dict) else None
@@ -101,6 +94,41 @@ class PatientRecord:
                 record._origin[id(res)] = "context.draftOrders"
         record.selections = [s for s in context.get("selections") or [] if isinstance(s, str)]
         return record
+
+    def _place(
+        self,
+        key: str,
+        expected: str | None,
+        res: Any,
+        rtype: Any,
+        seen: dict[str, set[str]],
+        patient_id: Any,
+    ) -> bool:
+        """One resource of a prefetch key the fast loop of :meth:`from_prefetch` did not take (the
+        key's first of its type, the Patient, another type, a Medication): whether it was kept."""
+        # Medications come along with any key (``_include=…:medication``) for the records that
+        # reference them.
+        if expected and rtype != expected and rtype != "Medication":
+            self._unexpected(key, expected, res, rtype)
+            return False
+        rid = res.get("id")
+        if isinstance(rid, str):
+            ids = seen.get(rtype)
+            if ids is None:
+                seen[rtype] = {rid}
+            elif rid in ids:
+                return False
+            else:
+                ids.add(rid)
+        if rtype == "Patient":
+            if self.patient is None and (not patient_id or rid in (None, patient_id)):
+                self.patient = res
+                return True
+            return False
+        self.by_type.setdefault(rtype, []).append(res)
+        if expected and rtype == expected:
+            seen.setdefault(rtype, set())  # the fast loop's set for this type from now on
+        return True
 
     def _unexpected(self, key: str, expected: str, res: Any, rtype: Any) -> None:
         """A resource of another type under a prefetch key: said, and an error outcome makes what
@@ -120,6 +148,11 @@ class PatientRecord:
 
     def origin_of(self, resource: dict[str, Any]) -> str | None:
         """The prefetch key (or other source) a resource came from."""
+        if self._segments:  # the prefetch's, indexed on the first question (rarely asked)
+            for key, items in self._segments:
+                for res in items:
+                    self._origin.setdefault(id(res), key)
+            self._segments.clear()
         return self._origin.get(id(resource))
 
     def readable(self, resource: dict[str, Any], reads: Reads) -> bool:
@@ -156,7 +189,7 @@ class PatientRecord:
         if error is None:  # cannot happen (the nodes said it fails); never claim what was not checked
             error = f"{reads.paths[0] if reads.paths else reads.rtype}: invalid"
         self._unreadable[key] = error
-        problem = Problem(self._origin.get(id(resource), "?"), _ref(resource), error)
+        problem = Problem(self.origin_of(resource) or "?", _ref(resource), error)
         if problem not in self.problems:  # one resource, one reason: said once
             self.problems.append(problem)
         return False

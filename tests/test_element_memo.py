@@ -1,0 +1,141 @@
+"""What the element walk remembers (reading/elements.py): per request, what it found in content
+the record repeats; across calls, only by content without the patient's words or dates.
+
+A patient's monthly refills repeat the same drug, days supply and sig: the walk checks that
+content once per request and answers every resource from it, each for itself. Across calls a
+dosage's period of use (``timing.repeat.boundsPeriod``, the patient's own dates) is a placeholder
+in the key when it is certainly valid, so the verdict is shared and no date is kept; a bound the
+fast check cannot vouch for is walked apart, every time.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+import cds_service.reading.medication_records  # noqa: F401  (declares the Reads)
+from cds_service.reading import elements
+from cds_service.reading.medication_records import READS
+from cds_service.reading.raw import without_words
+from cds_service.reading.record import PatientRecord
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SIG = {
+    "sequence": 1,
+    "text": "300 mg oral three times daily",
+    "doseAndRate": [
+        {"doseQuantity": {"value": 300, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+    ],
+    "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+    "route": {"text": "oral"},
+}
+
+
+def _dispense(i: int, code: str = "310431") -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationDispense",
+        "id": f"d{i}",
+        "status": "completed",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}], "text": "gabapentin"},
+        "daysSupply": {"value": 30, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"},
+        "whenHandedOver": f"2024-{i % 12 + 1:02d}-02",
+        "dosageInstruction": [copy.deepcopy(SIG)],
+    }
+
+
+def _order(start: str, end: str) -> dict[str, Any]:
+    sig = copy.deepcopy(SIG)
+    sig["timing"]["repeat"]["boundsPeriod"] = {"start": start, "end": end}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"o{start}",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "310431"}]},
+        "authoredOn": start,
+        "dosageInstruction": [sig],
+    }
+
+
+def test_repeated_content_is_walked_once_per_request_and_each_resource_answers_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    walked: list[int] = []
+    real = elements._shared
+    monkeypatch.setattr(elements, "_shared", lambda *a: walked.append(1) or real(*a))
+    refills = [_dispense(i) for i in range(6)]
+    refills[4]["whenHandedOver"] = "2024-02-30"  # its own element, checked for it alone
+    other = _dispense(9, code="31 0431\u00a0")  # another content: its own walk (a code no model allows)
+    record = PatientRecord(by_type={"MedicationDispense": [*refills, other]})
+    reads = READS["MedicationDispense"][0]
+    answers = [record.readable(r, reads) for r in [*refills, other]]
+    assert answers == [True, True, True, True, False, True, False]
+    assert len(walked) == 2  # six refills of one drug and sig: one walk of it; main walked each
+    assert [p.resource for p in record.problems] == ["MedicationDispense/d4", "MedicationDispense/d9"]
+    assert record.problems[0].message.startswith("whenHandedOver")
+    assert record.problems[1].message.startswith("medicationCodeableConcept")
+
+
+def test_a_dosage_period_is_a_placeholder_in_the_kept_key_and_no_date_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = _order("1911-03-04", "1911-09-04"), _order("1912-05-06", "1912-11-06")
+    elements.walk(first, "MedicationRequest")
+    table = elements._TYPES["MedicationRequest"].table
+    before = len(table.kept.data)
+    walked: list[str] = []
+    real = elements._read
+    monkeypatch.setattr(elements, "_read", lambda key, *a: walked.append(key) or real(key, *a))
+    assert elements.walk(second, "MedicationRequest")[0] == frozenset()
+    assert "dosageInstruction" not in walked  # answered from the key the first one made; main walked it
+    assert len(table.kept.data) == before
+    kept = b"".join(k[1] for k in table.kept.data if isinstance(k, tuple) and isinstance(k[1], bytes))
+    assert b"1911-" not in kept and b"1912-" not in kept
+    assert b"(read apart)" in kept
+
+
+def test_a_bound_the_fast_check_cannot_vouch_for_is_walked_apart_and_still_fails() -> None:
+    bad = _order("1913-02-30", "1913-09-04")  # no such day
+    record = PatientRecord(by_type={"MedicationRequest": [bad]})
+    assert not record.readable(bad, READS["MedicationRequest"][1])
+    assert "dosageInstruction[0].timing" in record.problems[0].message
+    table = elements._TYPES["MedicationRequest"].table
+    assert not any(b"1913-" in k[1] for k in table.kept.data if isinstance(k[1], bytes))
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("BP taken by Anna", True),
+        ("é ok", True),
+        ("", False),
+        ("é", False),
+        ('say "x"', False),
+        ("a\\b", False),
+        ("\n", False),
+    ],
+)
+def test_without_words_replaces_only_a_string_the_fhir_check_vouches_for(text: str, kept: bool) -> None:
+    import orjson
+
+    content = orjson.dumps({"coding": [{"code": "x"}], "text": text, "b": {"text": "ok"}})
+    key = without_words(content)
+    assert (key is not None) is kept
+    if key is not None:
+        assert key == b'{"coding":[{"code":"x"}],"text":"(written)","b":{"text":"(written)"}}'
+
+
+def test_a_problem_names_the_prefetch_key_its_resource_came_from() -> None:
+    bad = {"resourceType": "Condition", "id": "c1", "code": {"coding": "not a list"}}
+    good = {"resourceType": "Condition", "id": "c2", "code": {"coding": []}}
+    record = PatientRecord.from_prefetch(
+        {"patient": [{"resourceType": "Patient", "id": "p"}], "conditions": [good, bad, dict(bad)]},
+        {"patientId": "p"},
+    )
+    assert record.resources("Condition") == [good, bad]  # the second c1 is the same resource
+    reads = elements.Reads("Condition", "code")
+    assert not record.readable(bad, reads)
+    assert record.problems[-1].where == "conditions"
+    assert record.origin_of(good) == "conditions" and record.origin_of(record.patient) == "patient"
