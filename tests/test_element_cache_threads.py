@@ -1,8 +1,9 @@
-"""elements.py's cross-call LRU tables (Kept, _Table.plans) are shared by
-gunicorn's 4 threads, and a hit is ``data.get(key)`` followed by ``data.move_to_end(key)``. Another
-thread's put() may evict that very entry in between (popitem(last=False) of a full table): then
-move_to_end raised KeyError out of walk(), a 500 (a reviewer showed it with real threads); here the
-other thread's eviction is placed between the two calls deterministically."""
+"""The element walk's cross-call LRU tables (kept.Kept: a type's plans and shared-content results,
+a leaf's model verdicts) are shared by gunicorn's 4 threads, and a hit is ``data.get(key)``
+followed by ``data.move_to_end(key)``. Another thread's put() may evict that very entry in between
+(popitem(last=False) of a full table): then move_to_end raised KeyError out of walk(), a 500 (a
+reviewer showed it with real threads); here the other thread's eviction is placed between the two
+calls deterministically."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import OrderedDict
 from typing import Any
 
 import cds_service.reading.medication_records  # noqa: F401  (declares the Reads)
-from cds_service.reading import elements
+from cds_service.reading import element_checks, element_walk, elements
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
@@ -38,19 +39,22 @@ def _resource(i: int, code: str = "6470") -> dict[str, Any]:
 
 def test_a_hit_evicted_by_another_thread_is_not_a_500() -> None:
     elements.walk(_resource(0), "MedicationRequest")  # compiled, the shape's plan kept
-    table = elements._TYPES["MedicationRequest"].table
-    saved_plans, saved_kept = table.plans.data, [k.data for k in elements._ALL_KEPT]
+    table = element_walk.COMPILED["MedicationRequest"].table
+    saved_plans, saved_shared = table.plans.data, table.kept.data
+    saved_kept = [k.data for k in element_checks.ALL_KEPT]
     try:
         table.plans.data = EvictedAfterGet(table.plans.data)
         elements.walk(_resource(1), "MedicationRequest")  # KeyError on main
+        table.kept.data = EvictedAfterGet(table.kept.data)
+        elements.walk(_resource(2), "MedicationRequest")  # the status, intent and drug code: kept
         # a code the fast check cannot vouch for (not ASCII): the model's verdict is kept by content
-        for kept in elements._ALL_KEPT:
+        for kept in element_checks.ALL_KEPT:
             kept.data = EvictedAfterGet(kept.data)
-        for i in (2, 3):
+        for i in (3, 4):
             assert elements.walk(_resource(i, "6470\u00e9"), "MedicationRequest")[0] == frozenset()
     finally:
-        table.plans.data = saved_plans
-        for kept, data in zip(elements._ALL_KEPT, saved_kept, strict=True):
+        table.plans.data, table.kept.data = saved_plans, saved_shared
+        for kept, data in zip(element_checks.ALL_KEPT, saved_kept, strict=True):
             kept.data = data
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import cds_service.reading.medication_records  # noqa: F401  (declares the Reads)
-from cds_service.reading import elements
+from cds_service.reading import element_walk, elements
 from cds_service.reading.medication_records import READS
 from cds_service.reading.raw import without_words
 from cds_service.reading.record import PatientRecord
@@ -63,8 +63,8 @@ def test_repeated_content_is_walked_once_per_request_and_each_resource_answers_f
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     walked: list[int] = []
-    real = elements._shared
-    monkeypatch.setattr(elements, "_shared", lambda *a: walked.append(1) or real(*a))
+    real = element_walk._shared
+    monkeypatch.setattr(element_walk, "_shared", lambda *a: walked.append(1) or real(*a))
     refills = [_dispense(i) for i in range(6)]
     refills[4]["whenHandedOver"] = "2024-02-30"  # its own element, checked for it alone
     other = _dispense(9, code="31 0431\u00a0")  # another content: its own walk (a code no model allows)
@@ -83,11 +83,11 @@ def test_a_dosage_period_is_a_placeholder_in_the_kept_key_and_no_date_is_kept(
 ) -> None:
     first, second = _order("1911-03-04", "1911-09-04"), _order("1912-05-06", "1912-11-06")
     elements.walk(first, "MedicationRequest")
-    table = elements._TYPES["MedicationRequest"].table
+    table = element_walk.COMPILED["MedicationRequest"].table
     before = len(table.kept.data)
     walked: list[str] = []
-    real = elements._read
-    monkeypatch.setattr(elements, "_read", lambda key, *a: walked.append(key) or real(key, *a))
+    real = element_walk._read
+    monkeypatch.setattr(element_walk, "_read", lambda key, *a: walked.append(key) or real(key, *a))
     assert elements.walk(second, "MedicationRequest")[0] == frozenset()
     assert "dosageInstruction" not in walked  # answered from the key the first one made; main walked it
     assert len(table.kept.data) == before
@@ -101,7 +101,7 @@ def test_a_bound_the_fast_check_cannot_vouch_for_is_walked_apart_and_still_fails
     record = PatientRecord(by_type={"MedicationRequest": [bad]})
     assert not record.readable(bad, READS["MedicationRequest"][1])
     assert "dosageInstruction[0].timing" in record.problems[0].message
-    table = elements._TYPES["MedicationRequest"].table
+    table = element_walk.COMPILED["MedicationRequest"].table
     assert not any(b"1913-" in k[1] for k in table.kept.data if isinstance(k[1], bytes))
 
 
