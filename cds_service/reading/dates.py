@@ -8,9 +8,13 @@ from typing import Any
 
 def parse_date(value: Any) -> date | None:
     """A FHIR date/dateTime (any precision) as a date; partial dates take their first day."""
-    if not isinstance(value, str) or len(value) < 4:
+    if not isinstance(value, str):
         return None
     try:
+        if len(value) == 10:  # the commonest by far (YYYY-MM-DD): no slice
+            return date.fromisoformat(value)
+        if len(value) < 4:
+            return None
         if len(value) == 4:
             return date(int(value), 1, 1)
         if len(value) == 7:

@@ -47,7 +47,7 @@ class _Table:
         self.repeats = repeats  # a backbone a record repeats as it is (a drug's usual sig)
         self.kept: Kept | None = None  # a resource's: what was found in its shared keys, by content
         # a resource's keys whose content a record repeats (status, drug code, days supply, the
-        # sig): walked as one, remembered for the request by their JSON (see :func:`_walk_planned`)
+        # sig): walked as one, remembered for the request by their JSON (see :func:`walk`)
         self.shared: frozenset[str] = frozenset()
         self.plans = Kept(1024)  # by the resource's shape: (keys, JSON types)
         # key -> whether it is an array, for an element no fact reads; for one a fact reads:
@@ -142,23 +142,68 @@ def walk(
 
     ``memo``: one request's own dict (:class:`~.record.PatientRecord`), where what the walk found in
     content the record repeats is remembered by that content; it dies with the request, so it
-    may hold anything the record says."""
+    may hold anything the record says. The elements whose content patients share (a dispense's
+    status, drug code, days supply and sig) are walked as one (:func:`_shared`); the rest (dates,
+    references) are checked one by one."""
     done = COMPILED.get(rtype) or _compiled(rtype)
     if done is None:
         return _NOTHING
     table = done.table
-    found = _walk_planned(resource, table, memo)
-    if found is None:
-        fail: list[int] = []
-        out: list[tuple[str, str]] = []
-        _walk(resource, table, "", fail, out, True, table.actions)
-        found = (fail, out)
-    fails, ignored = found
+    # the plan of the resource's shape (its keys and their JSON types): its shape check is done
+    shape = (tuple(resource), tuple(map(type, resource.values())))
+    plan = table.plans.data.get(shape)
+    if plan is None:  # a hit is not moved up: the shapes a site sends are few (first in, first out)
+        plan = _plan_of(table, *shape)
+        if plan is None:  # a key R4B does not define: the full walk reports it
+            fail: list[int] = []
+            out: list[tuple[str, str]] = []
+            _walk(resource, table, "", fail, out, True, table.actions)
+            return _result(resource, fail, out)
+        table.plans.put(shape, plan)
+    fails: tuple[int, ...] = ()
+    ignored: tuple[tuple[str, str], ...] = plan.ignored
+    if plan.values is not None:  # the content a record repeats: once per request, by its JSON
+        values = plan.values(resource)
+        try:
+            content: bytes | None = orjson.dumps(values)
+        except (TypeError, orjson.JSONEncodeError):
+            content = None  # not JSON (a caller's own dict): walked, nothing remembered
+        key = (plan.number, content)
+        found = memo.get(key) if memo is not None and content is not None else None
+        if found is None:
+            found = _shared(resource, plan, table, values, content)
+            if memo is not None and content is not None:
+                memo[key] = found
+        fails, inner = found
+        if inner:
+            ignored = (*ignored, *inner)
+    for k, fast, model_ok, n, act in plan.rest:  # dates, references: one by one, every time
+        value = resource[k]
+        if fast is not None:
+            if not fast(value) and not model_ok(value):
+                fails = (*fails, n)
+            continue
+        more_fail: list[int] = []
+        more_out: list[tuple[str, str]] = []
+        _read(k, value, act, "", more_fail, more_out)
+        if more_fail:
+            fails = (*fails, *more_fail)
+        if more_out:
+            ignored = (*ignored, *more_out)
+    if not fails and not ignored and "modifierExtension" not in resource:
+        return _NOTHING
+    return _result(resource, fails, ignored)
+
+
+def _result(
+    resource: dict[str, Any], fails: Any, ignored: Any
+) -> tuple[frozenset[int], list[tuple[str, str]]]:
+    ignored = list(ignored)
     if "modifierExtension" in resource:
-        ignored = (*ignored, ("modifierExtension", "not understood"))
+        ignored.append(("modifierExtension", "not understood"))
     if not fails and not ignored:
         return _NOTHING
-    return frozenset(fails), list(ignored)
+    return frozenset(fails), ignored
 
 
 _NONE = type(None)
@@ -221,55 +266,6 @@ def _plan_of(table: _Table, keys: tuple[str, ...], types: tuple[type, ...]) -> _
     elif shared:
         plan.values = lambda r, k=shared[0]: (r[k],)
     return plan
-
-
-def _walk_planned(
-    resource: dict[str, Any], table: _Table, memo: dict[Any, Any] | None
-) -> tuple[Any, Any] | None:
-    """(failing nodes, ignored) by the plan of the resource's shape: the shape check is the plan's;
-    the elements whose content a patient's resources repeat (a dispense's status, drug code, days
-    supply and sig, the same every month) are walked as one and remembered for the request by
-    their JSON in ``memo``; the rest (dates, references) are checked one by one. None when the
-    resource has a key R4B does not define (the full walk reports it)."""
-    shape = (tuple(resource), tuple(map(type, resource.values())))
-    plans = table.plans.data
-    plan = plans.get(shape)
-    if plan is None:  # a hit is not moved up: the shapes a site sends are few (first in, first out)
-        plan = _plan_of(table, *shape)
-        if plan is None:
-            return None
-        table.plans.put(shape, plan)
-    fails: tuple[int, ...] = ()
-    out: tuple[tuple[str, str], ...] = plan.ignored
-    if plan.values is not None:
-        values = plan.values(resource)
-        try:
-            content: bytes | None = orjson.dumps(values)
-        except (TypeError, orjson.JSONEncodeError):
-            content = None  # not JSON (a caller's own dict): walked, nothing remembered
-        key = (plan.number, content)
-        found = memo.get(key) if memo is not None and content is not None else None
-        if found is None:
-            found = _shared(resource, plan, table, values, content)
-            if memo is not None and content is not None:
-                memo[key] = found
-        fails, inner = found
-        if inner:
-            out = (*out, *inner)
-    for key, fast, model_ok, n, act in plan.rest:
-        value = resource[key]
-        if fast is not None:
-            if not fast(value) and not model_ok(value):
-                fails = (*fails, n)
-            continue
-        more_fail: list[int] = []
-        more_out: list[tuple[str, str]] = []
-        _read(key, value, act, "", more_fail, more_out)
-        if more_fail:
-            fails = (*fails, *more_fail)
-        if more_out:
-            out = (*out, *more_out)
-    return fails, out
 
 
 def _shared(
