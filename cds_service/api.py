@@ -41,7 +41,8 @@ def state() -> State:
 @bp.before_app_request
 def _start() -> None:
     g.started = time.perf_counter()
-    incoming = request.headers.get("X-Request-ID", "")
+    # from the environ: a missing header is no werkzeug KeyError raised and caught on every call
+    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
     g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else str(uuid.uuid4())
 
 

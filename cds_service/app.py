@@ -7,9 +7,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
-from flask_cors import CORS
 
-from . import gc_policy
+from . import cors, gc_policy
 from .api import State, bp
 from .config import Settings
 from .feedback import FeedbackStore
@@ -84,7 +83,7 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = OrjsonProvider(app)  # compact, insertion order (cds_service/json_provider.py)
-    CORS(
+    cors.install(  # flask_cors; its answer to Origin-less calls (an EHR's server) kept
         app,
         origins=settings.cors_origins,
         methods=["GET", "POST", "OPTIONS"],

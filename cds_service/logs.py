@@ -143,5 +143,8 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
+_CALLS = logging.getLogger(CALL_LOGGER)  # loggers live for the process: looked up once
+
+
 def log_call(**fields: Any) -> None:
-    logging.getLogger(CALL_LOGGER).info("cds call", extra={"fields": {"event": "cds_call", **fields}})
+    _CALLS.info("cds call", extra={"fields": {"event": "cds_call", **fields}})
