@@ -1,6 +1,7 @@
-"""The compiled request check (cds_service/schema_accept.py) is never more lenient than jsonschema: for
-requests whose every field is drawn from valid and subtly invalid values, a yes from the acceptor
-means jsonschema finds no error; and an unknown keyword makes a schema uncompilable."""
+"""The compiled request check (cds_service/schema_accept.py, fastjsonschema as draft-07) is never more
+lenient than jsonschema: for requests whose every field is drawn from valid and subtly invalid values,
+a yes from the acceptor means jsonschema finds no error; and a keyword that does not mean the same in
+draft-07 makes a schema uncompilable."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service.schema_accept import Unsupported, compile_acceptor
-from cds_service.validation import request_acceptor, schema_validator
+from cds_service.services import SERVICES
+from cds_service.validation import request_acceptor, schema_validator, validate_request
 
 UUID = "7f3a1c52-0d1e-4b8a-9c3e-2f6b5a4d3c21"
 ODD = st.sampled_from([None, True, False, 0, 1, -1, 2.0, 3.5, "", "x", [], {}, [1], {"a": 1}])
@@ -92,12 +94,18 @@ def test_the_acceptor_agrees_on_the_cases_it_exists_for() -> None:
         assert list(schema_validator("request").iter_errors(bad))
 
 
-def test_an_integer_written_as_a_float_goes_to_jsonschema() -> None:
-    """JSON Schema's integer includes 2.0; the acceptor declines it and jsonschema decides (accepts)."""
-    auth = {"access_token": "t", "token_type": "Bearer", "expires_in": 300.0, "scope": "s", "subject": "u"}
-    body = {"hook": "order-sign", "hookInstance": UUID, "context": {}, "fhirAuthorization": auth}
+def test_where_the_shortcut_is_stricter_jsonschema_decides() -> None:
+    """fastjsonschema writes a pattern's ``$`` as ``\\Z``: a hookInstance with a trailing newline, which
+    jsonschema's ``re.search`` accepts, gets no yes from the shortcut, and the request is still
+    accepted as before (by jsonschema)."""
+    body = {
+        "hook": "patient-view",
+        "hookInstance": UUID + "\n",
+        "context": {"patientId": "p", "userId": "Patient/p"},
+    }
     assert not request_acceptor()(body)
     assert not list(schema_validator("request").iter_errors(body))
+    assert validate_request(body, SERVICES["patient-view"]) is body
 
 
 @pytest.mark.parametrize(
@@ -105,11 +113,24 @@ def test_an_integer_written_as_a_float_goes_to_jsonschema() -> None:
     [
         {"type": "object", "oneOf": [{"type": "object"}]},
         {"properties": {"a": {"format": "date-time"}}},
-        {"type": "number"},
+        {"properties": {"a": {"type": "array", "prefixItems": [{"type": "string"}]}}},
+        {"items": [{"type": "string"}]},  # tuple items: draft-07 only
+        {"dependentRequired": {"a": ["b"]}},  # 2020-12: draft-07 would ignore it
+        {"properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {}}},
         {"const": 1},
+        {"enum": ["a", True]},
         {"additionalProperties": {"type": "string"}, "patternProperties": {"^x": {}}},
     ],
 )
-def test_an_unknown_keyword_makes_the_schema_uncompilable(schema: dict[str, Any]) -> None:
+def test_a_keyword_not_meaning_the_same_in_draft_7_makes_the_schema_uncompilable(
+    schema: dict[str, Any],
+) -> None:
     with pytest.raises(Unsupported):
         compile_acceptor(schema)
+
+
+def test_the_request_schema_is_compiled() -> None:
+    """Every keyword of the request schema means the same in draft-07: the shortcut exists."""
+    assert compile_acceptor(schema_validator("request").schema)(
+        {"hook": "x", "hookInstance": UUID, "context": {}}
+    )
