@@ -19,7 +19,7 @@ from cds_service.engine.loader import load_ruleset
 from cds_service.engine.templating import TEMPLATES, render
 
 from .conftest import RULES, load_example
-from .record_support import run_request
+from .record_support import facts_of, run_predicate, run_request
 
 MODIFIER = [{"url": "http://example.org/fhir/StructureDefinition/not-what-it-seems", "valueBoolean": True}]
 
@@ -139,3 +139,56 @@ def test_a_birth_year_alone_asks_for_the_full_date_not_a_missing_one():
     assert card["summary"] == "Missing before deciding: full date of birth (only part recorded)", card[
         "summary"
     ]
+
+
+def weight_of(request: dict[str, Any]) -> dict[str, Any]:
+    entries = request["prefetch"]["vitalSigns"]["entry"]
+    return next(e["resource"] for e in entries if e["resource"]["code"]["coding"][0]["code"] == "29463-7")
+
+
+def test_a_weight_in_an_unknown_unit_is_asked_for_in_a_known_unit():
+    """The dose check said "body weight in a known unit (kg, g, lb, oz)"; the generic "body
+    weight (30 days)" label made a recorded weight read as if none were recorded."""
+    request = load_example("v02-one-failed-trial")  # IV ketamine: the mg/kg check reads the weight
+    weight_of(request)["valueQuantity"] = {
+        "value": 11,
+        "unit": "stone",
+        "system": "http://unitsofmeasure.org",
+        "code": "[stone_av]",
+    }
+    card = gap_card(run_request(request).response)
+    assert "body weight in a known unit (kg, g, lb, oz)" in card["summary"], card["summary"]
+    assert any(r.startswith("body weight in a known unit") for r in table_rows(card)), card["detail"]
+    assert any(s["label"].startswith("Order: body weight") for s in card.get("suggestions", [])), card
+
+
+def test_an_implausible_weight_is_said_implausible():
+    request = load_example("v02-one-failed-trial")
+    weight_of(request)["valueQuantity"] = {
+        "value": 8000,
+        "unit": "kg",
+        "system": "http://unitsofmeasure.org",
+        "code": "kg",
+    }
+    card = gap_card(run_request(request).response)
+    assert "a plausible body weight (recorded: 8000 kg)" in card["summary"], card["summary"]
+
+
+def test_a_rules_own_observation_label_is_the_gap_label():
+    """A rule that words what it asks for (``label:``) is not overruled by the generic data_needs label."""
+    result = run_predicate(
+        {"has_observation": {"kind": "weight", "within_days": 7, "label": "body weight this week"}},
+        facts_of(load_example("v13-missing-data")),
+    )
+    assert result.value is None
+    (m,) = result.missing
+    assert m.specific and m.label == "body weight this week", m
+
+
+def test_the_deceased_gap_has_one_wording():
+    """``Patient.deceased[x]`` unreadable is said as the other Patient elements are (the fallback
+    "a readable Patient.deceased[x]" could never be reached and is gone: this passed before too)."""
+    request = load_example("v01-clear-trd-eligible")
+    request["prefetch"]["patient"]["deceasedBoolean"] = "no"
+    card = gap_card(run_request(request).response)
+    assert card["summary"] == "Not readable in the Patient record: deceased status", card["summary"]
