@@ -189,6 +189,6 @@ def test_the_deceased_gap_has_one_wording():
     """``Patient.deceased[x]`` unreadable is said as the other Patient elements are (the fallback
     "a readable Patient.deceased[x]" could never be reached and is gone: this passed before too)."""
     request = load_example("v01-clear-trd-eligible")
-    request["prefetch"]["patient"]["deceasedBoolean"] = "no"
+    request["prefetch"]["patient"]["deceasedBoolean"] = "unknown"
     card = gap_card(run_request(request).response)
     assert card["summary"] == "Not readable in the Patient record: deceased status", card["summary"]
