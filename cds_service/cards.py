@@ -93,7 +93,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
         for o in gaps:
             for m in o.result.missing if o.result else []:
                 need = rs.data_needs.get(m.id, {})
-                label = need.get("label", m.label)
+                label = m.label if m.specific else need.get("label", m.label)
                 item = items.setdefault(
                     label, {"id": m.id, "label": label, "needed_by": [], "order": need.get("order")}
                 )

@@ -300,8 +300,12 @@ def explain_text(outcome: Any, *, show_all: bool = False) -> str:
     problems = ev.facts.record.problems
     if problems:
         lines.append("")
-        lines.append("Skipped resources:")
-        lines += [f"  {p.resource} ({p.where}): {p.message}" for p in problems]
+        lines.append(
+            "Record entries not read in full (an element named was not read, or the entry was left out):"
+        )
+        lines += [
+            f"  {p.resource} ({p.where}): {'' if p.partial else 'left out: '}{p.message}" for p in problems
+        ]
     ignored = ev.facts.record.ignored_report()  # the ketamine-cds.ignored-elements report
     if ignored:
         lines.append("")

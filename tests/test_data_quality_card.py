@@ -7,7 +7,6 @@ the entry, leaving out only the facts that rest on its unreadable elements.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -65,4 +64,6 @@ def test_an_entry_of_the_wrong_type_is_said_left_out():
     vitals = request["prefetch"]["vitalSigns"]
     vitals["entry"].append({"resource": {"resourceType": "Condition", "id": "stray"}})
     card = quality_card(run_request(request).response)
-    assert card["summary"].startswith("1 record entry (Condition) left out"), card["summary"]
+    assert card["summary"].startswith("1 record entry (Condition) could not be read and was left out"), card[
+        "summary"
+    ]

@@ -871,9 +871,9 @@ def test_malformed_weight_observation_is_skipped_and_reported(hclient: FlaskClie
     cards = cards_by_topic(out)
     assert UNREADABLE in cards, list(cards)
     detail = cards[UNREADABLE]["detail"]
-    assert (
-        f"Observation/{weight['id']}" in detail and "vitalSigns" in detail and "effectiveDateTime" in detail
-    )
+    # the entry by type and prefetch key (the explanation's evidence has its reference), never its id
+    assert "Observation, from vitalSigns: not read: effectiveDateTime" in detail, detail
+    assert weight["id"] not in cards[UNREADABLE]["summary"] + detail
     assert "data-gaps" in cards, "the dose check lacks a usable weight"
     problems = explain(body).evaluation.facts.record.problems
     assert [p.resource for p in problems] == [f"Observation/{weight['id']}"]
@@ -900,7 +900,9 @@ def test_wrong_types_in_observation_value_quantity_are_skipped_and_reported(
     resp, out = post_body(hclient, body)
     assert resp.status_code == 200
     cards = cards_by_topic(out)
-    assert UNREADABLE in cards and f"Observation/{weight['id']}" in cards[UNREADABLE]["detail"], list(cards)
+    assert (
+        UNREADABLE in cards and "Observation, from vitalSigns: not read: value" in cards[UNREADABLE]["detail"]
+    ), list(cards)
 
 
 @pytest.mark.parametrize(

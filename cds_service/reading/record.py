@@ -29,6 +29,11 @@ class Problem:
     where: str  # prefetch key or "context.draftOrders"
     resource: str  # "Observation/abc" or "(no id)"
     message: str
+    #: True: the resource was kept and only the element the message names was not read (element-level
+    #: reading); False: the entry was not read at all (another type, an error outcome, not fetched)
+    partial: bool = False
+    #: which entry (``id()`` of the resource; 0 if none): the card counts entries, not messages
+    entry: int = 0
 
 
 @dataclass
@@ -139,7 +144,7 @@ class PatientRecord:
                 self.unread[key] = "outcome-error"
         else:
             got = rtype or "no resourceType"
-            self.problems.append(Problem(key, _ref(res), f"expected {expected}, got {got}"))
+            self.problems.append(Problem(key, _ref(res), f"expected {expected}, got {got}", entry=id(res)))
 
     def add(self, resource: dict[str, Any], where: str) -> None:
         """Add a resource read after the prefetch (e.g. a referenced Medication fetched by id)."""
@@ -182,15 +187,16 @@ class PatientRecord:
         key = (id(resource), id(reads))
         if key in self._unreadable:
             return False
-        if resource.get("resourceType") != reads.rtype:
+        partial = resource.get("resourceType") == reads.rtype
+        if not partial:
             error: str | None = f"expected {reads.rtype}, got {resource.get('resourceType')!r}"
         else:
             error = error_for(resource, reads, failing)
         if error is None:  # cannot happen (the nodes said it fails); never claim what was not checked
             error = f"{reads.paths[0] if reads.paths else reads.rtype}: invalid"
         self._unreadable[key] = error
-        problem = Problem(self.origin_of(resource) or "?", _ref(resource), error)
-        if problem not in self.problems:  # one resource, one reason: said once
+        problem = Problem(self.origin_of(resource) or "?", _ref(resource), error, partial, id(resource))
+        if problem not in self.problems:  # one resource, one reason: said once (a modifierExtension)
             self.problems.append(problem)
         return False
 

@@ -35,14 +35,16 @@ def _jurisdiction(args: Any, ctx: CompileContext) -> Node:
 
 
 # -- demographics -------------------------------------------------------------------------------
-def patient_gap(env: Env, reads: Reads, what: str, absent: Missing) -> Missing:
+def patient_gap(env: Env, reads: Reads, what: str, absent: Missing | None = None) -> Missing:
     """``absent`` when the Patient lacks the element; when it holds it but it cannot be read (a
     ``modifierExtension``, an invalid value), a gap saying what and why, by element name only
-    (``unreadable:Patient``: the data-gaps card groups these apart from missing data)."""
+    (``unreadable:Patient``: the data-gaps card groups these apart from missing data). Without
+    ``absent`` (an element whose absence is an answer, ``deceased[x]``) the gap is the unreadable one."""
     why = env.facts.patient_unreadable(reads)
-    if why is None:
+    if why is None and absent is not None:
         return absent
-    return Missing("unreadable:Patient", f"{what} — could not be read: Patient.{why.rstrip('.')}")
+    element = why or reads.paths[0]  # (why is known: callers ask only after the element failed)
+    return Missing("unreadable:Patient", f"{what} — could not be read: Patient.{element.rstrip('.')}")
 
 
 @predicate(

@@ -20,10 +20,14 @@ from ..unread import keys_read, unread_keys
 
 @dataclass(frozen=True, slots=True)
 class Missing:
-    """A piece of data a predicate needed and did not find (``id`` keys ``rules/data-needs.yaml``)."""
+    """A piece of data a predicate needed and did not find (``id`` keys ``data_needs`` in
+    ``rules/common.yaml``: its label and the order to suggest). ``specific``: the label says more
+    than the generic data_needs one (a weight recorded in no known unit, a rule's own wording), so
+    the data-gap card shows it instead."""
 
     id: str
     label: str
+    specific: bool = False
 
 
 @dataclass(slots=True)

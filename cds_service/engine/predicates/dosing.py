@@ -41,10 +41,12 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             return Result(False)
         weight = env.facts.latest("weight", within_days=within)
         if weight is not None and weight.value is None:  # recorded in a unit that cannot be read as kg
-            return Result(None, missing=[Missing("weight", "body weight in a known unit (kg, g, lb, oz)")])
+            gap = Missing("weight", "body weight in a known unit (kg, g, lb, oz)", specific=True)
+            return Result(None, missing=[gap])
         if weight is not None and not (weight.value and MIN_WEIGHT_KG <= weight.value <= MAX_WEIGHT_KG):
+            recorded = f"recorded: {clinical_number(weight.value, 'kg')} kg"
             return Result(
-                None, missing=[Missing("weight", f"a plausible body weight (recorded: {weight.value})")]
+                None, missing=[Missing("weight", f"a plausible body weight ({recorded})", specific=True)]
             )
         results = []
         for o in orders:

@@ -39,6 +39,7 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
     if spec.get("within_hours") is not None:
         window = spec["within_hours"] / 24
     label = a.get("label") or _window_label(kind, window)
+    own = bool(a.get("label"))  # a rule's own wording is not overruled by the generic data_needs label
 
     def holds(env: Env, obs: ObservationFact) -> bool | None:
         if positive is not None:
@@ -58,10 +59,10 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
             if holds(env, p):
                 return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         if obs is None:
-            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
+            return Result(None, missing=[Missing(kind, label, own)]) if ask else Result(False)
         verdict = holds(env, obs)
         if verdict is None:
-            return Result(None, missing=[Missing(kind, label)]) if ask else Result(False)
+            return Result(None, missing=[Missing(kind, label, own)]) if ask else Result(False)
         return Result(verdict, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf(
@@ -87,11 +88,12 @@ def _has_observation(args: Any, ctx: CompileContext) -> Node:
     kind = ctx.kind(a["kind"], ("kind",))
     within = ctx.number(a, "within_days")
     label = a.get("label") or _window_label(kind, within)
+    own = bool(a.get("label"))
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         obs = env.facts.latest(kind, within_days=within)
         if obs is None:
-            return Result(None, missing=[Missing(kind, label)])
+            return Result(None, missing=[Missing(kind, label, own)])
         return Result(True, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf("has_observation", run, {"kind": kind, "within": within}, {f"observation:{kind}"})

@@ -6,7 +6,7 @@ from typing import Any
 
 from ...reading.facts import DECEASED
 from ...reading.raw import as_dict
-from ...reading.record import ref
+from ...reading.record import Problem, ref
 from .context import patient_gap
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
 from .views import med_view, unreadable_missing
@@ -120,9 +120,8 @@ def _deceased(args: Any, ctx: CompileContext) -> Node:
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         dead, on = env.facts.deceased
-        if dead is None:
-            gap = Missing("unreadable-record", "a readable Patient.deceased[x]")  # (cannot be absent)
-            return Result(None, missing=[patient_gap(env, DECEASED, "deceased status", gap)])
+        if dead is None:  # only when deceased[x] is there and unreadable: absent reads as alive
+            return Result(None, missing=[patient_gap(env, DECEASED, "deceased status")])
         patient = env.facts.record.patient
         evidence = [f"Patient/{patient.get('id')}"] if dead and patient else []
         return Result(dead, bind={"deceased_on": on.isoformat() if on else None}, evidence=evidence)
@@ -172,7 +171,13 @@ def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
 
 
 # -- data quality -------------------------------------------------------------------------------
-@predicate("unreadable_resources", "Resources in the request that were malformed and skipped.")
+@predicate(
+    "unreadable_resources",
+    "Record entries with an element a check read that is invalid (the entry is kept, that element is "
+    "not read), or not read at all (another type, an error outcome, not fetched). Binds `entries` "
+    "(type, where, count, elements, whole: messages naming elements, no values or ids), `types`, and "
+    "the counts `count` (entries), `elements` (not read in entries kept) and `whole` (entries left out).",
+)
 def _unreadable(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         # The problems found in what the rules read (this rule runs last); resources no rule
@@ -180,13 +185,37 @@ def _unreadable(args: Any, ctx: CompileContext) -> Node:
         f = env.facts
         _ = (f.patient, f.medication_uses, f.orders)
         problems = f.record.problems
-        return Result(
-            bool(problems),
-            bind={
-                "problems": [
-                    {"resource": p.resource, "where": p.where, "message": p.message} for p in problems
-                ]
-            },
-        )
+        if not problems:
+            return Result(False)
+        # the entries' references are evidence (the explanation), never card text
+        evidence = [p.resource for p in problems if "/" in p.resource]
+        return Result(True, bind=_entries(problems), evidence=evidence)
 
     return Leaf("unreadable_resources", run, {}, set())
+
+
+def _entries(problems: list[Problem]) -> dict[str, Any]:
+    """The problems by record entry: one Patient with two invalid elements is one entry."""
+    entries: dict[Any, dict[str, Any]] = {}
+    for p in problems:
+        key = p.entry or (p.where, p.resource)
+        e = entries.get(key)
+        if e is None:
+            head = p.resource.split("/", 1)[0].split(" (", 1)[0]
+            many = p.resource.split(" ", 1)[0]  # "2 Medication reference(s)": references not fetched
+            e = entries[key] = {
+                "type": head if head.isalpha() else "Medication" if many.isdigit() else "unknown type",
+                "where": p.where,
+                "count": int(many) if many.isdigit() else 1,
+                "elements": [],
+                "whole": [],
+            }
+        e["elements" if p.partial else "whole"].append(p.message.rstrip("."))
+    view = list(entries.values())
+    return {
+        "entries": view,
+        "count": sum(e["count"] for e in view),
+        "elements": sum(len(e["elements"]) for e in view if not e["whole"]),
+        "whole": sum(e["count"] for e in view if e["whole"]),
+        "types": list(dict.fromkeys(e["type"] for e in view)),
+    }
