@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from operator import itemgetter
 from typing import Any
@@ -46,10 +46,12 @@ class ObservationFact:
 
 
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
+Entry = dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]  # a resource, or (resource, element)
 
 
 _TEXT = (str, type(None))
 _UNREAD = object()
+fromisoformat = datetime.fromisoformat
 _FUTURE_SLACK = timedelta(hours=1)  # a reading up to an hour "ahead" is a clock skew, not the future
 
 
@@ -207,34 +209,47 @@ class ObservationFacts:
     _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
 
     @cached_property
-    def _observations_by_kind(self) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
-        """(resource, element read) by kind, in record order: one code lookup per code and
-        nothing else, so an observation of a kind no rule asks for costs only that lookup. BP
-        panels contribute their components."""
-        out: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    def _observations_by_kind(self) -> dict[str, list[Entry]]:
+        """The readings of each kind, in record order: one code probe per Observation and nothing
+        else, so an observation of a kind no rule asks for costs only that probe. A reading is the
+        resource itself when its own code is of the kind (no pair is made per Observation); a
+        panel's component, or its value written out as text, is a (resource, element) pair."""
+        out: dict[str, list[Entry]] = {}
         kinds_of = self._kinds.of_concept
         known = self._kinds._by_coding  # of_concept's first probe, inlined: this loop sees every reading
-        text_parts = self._kinds.text_parts
         for o in self.record.resources("Observation"):
-            code = o.get("code")
             try:
-                coding = code["coding"]
-                c = coding[0]
-                kinds = known[(c["system"], c["code"])] if len(coding) == 1 else kinds_of(code)
+                coding = o["code"]["coding"]
+                if len(coding) == 1:
+                    c = coding[0]
+                    kinds = known[(c["system"], c["code"])]
+                else:
+                    kinds = kinds_of(o["code"])
             except (KeyError, TypeError, IndexError):
-                kinds = kinds_of(code)
+                kinds = kinds_of(o.get("code"))
             if kinds:
-                out.setdefault(kinds[0], []).append((o, o))
-            listed = o.get("component")
-            if type(listed) is list:
-                for comp in listed:
-                    if type(comp) is dict and (ck := kinds_of(comp.get("code"))):
-                        out.setdefault(ck[0], []).append((o, comp))
-                        kinds = ck
-            if not kinds and text_parts and "valueString" in o:  # a panel written out as text
-                for kind, element in self._kinds.read_from_text(o):
-                    out.setdefault(kind, []).append((o, element))
+                group = out.get(kinds[0])
+                if group is None:
+                    out[kinds[0]] = [o]
+                else:
+                    group.append(o)
+            if "component" in o or (not kinds and "valueString" in o):
+                self._read_panel(o, bool(kinds), out)  # in record order: readings may tie on time
         return out
+
+    def _read_panel(self, o: dict[str, Any], coded: bool, out: dict[str, list[Entry]]) -> None:
+        """A panel's components of a kind (BP), and, when neither it nor any component is of a
+        kind, the kinds its value written out as text holds ("168/102 mmHg")."""
+        listed = o.get("component")
+        if type(listed) is list:
+            kinds_of = self._kinds.of_concept
+            for comp in listed:
+                if type(comp) is dict and (ck := kinds_of(comp.get("code"))):
+                    out.setdefault(ck[0], []).append((o, comp))
+                    coded = True
+        if not coded and self._kinds.text_parts and "valueString" in o:
+            for kind, element in self._kinds.read_from_text(o):
+                out.setdefault(kind, []).append((o, element))
 
     @cached_property
     def _candidates_by_kind(self) -> dict[str, list[Candidate]]:
@@ -242,7 +257,7 @@ class ObservationFacts:
 
     @cached_property
     def _observed(self) -> dict[int, datetime | None]:
-        """When each observation read so far was made (by identity: the record outlives it)."""
+        """When each panel read so far was made (by identity: the record outlives it)."""
         return {}
 
     def _candidates(self, kind: str) -> list[Candidate]:
@@ -254,15 +269,32 @@ class ObservationFacts:
         out: list[Candidate] = []
         answered = kind in self._kinds.answered
         whens = self._observed  # a BP panel's time is read once for both of its components
-        for o, element in self._observations_by_kind.get(kind, ()):
-            if o.get("status") in _NOT_READINGS:
-                continue
-            if element is o:
-                when = parse_datetime(o.get("effectiveDateTime")) or _observed_otherwise(o)
-            else:
+        for entry in self._observations_by_kind.get(kind, ()):
+            if type(entry) is tuple:
+                o, element = entry
+                if o.get("status") in _NOT_READINGS:
+                    continue
                 when = whens.get(id(o), _UNREAD)
                 if when is _UNREAD:
                     when = whens[id(o)] = _observed_at(o)
+            else:
+                o = element = entry
+                if o.get("status") in _NOT_READINGS:
+                    continue
+                # parse_datetime inlined for the usual full effectiveDateTime (every reading of a
+                # kind asked for passes here); any other value takes _observed_at
+                when = None
+                value = o.get("effectiveDateTime")
+                if type(value) is str:
+                    try:
+                        when = fromisoformat(value)
+                    except ValueError:
+                        pass
+                    else:
+                        if when.tzinfo is None:
+                            when = when.replace(tzinfo=UTC)
+                if when is None:
+                    when = _observed_at(o)
             if when is None:
                 self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
                 continue

@@ -1,0 +1,83 @@
+"""The observation index read once per request (issue 8, speed): what it must keep while it gets cheaper.
+
+Readings of a kind come from an Observation's own code, from a panel's components, and from a
+panel's value written out as text; two readings at the same time are taken in record order.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from .record_support import facts_of
+from .test_timeline import LOINC, TODAY, add, bp_as_text, bp_panel, ketamine_request, without_bp
+
+
+def systolic(value: float, when: dict[str, str], oid: str, status: str = "final") -> dict[str, Any]:
+    """A systolic BP as its own Observation (US Core's other shape of a BP)."""
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+        "subject": {"reference": "Patient/v02"},
+        **when,
+        "valueQuantity": {
+            "value": value,
+            "unit": "mmHg",
+            "system": "http://unitsofmeasure.org",
+            "code": "mm[Hg]",
+        },
+    }
+
+
+def test_readings_at_the_same_time_are_taken_in_record_order_whatever_their_shape():
+    """A panel's component and an Observation of its own, both at 08:40: the first sent decides
+    (so an index that files components after the others would change which one a card cites)."""
+    request = without_bp(ketamine_request())
+    add(request, "vitalSigns", bp_panel(190, 100, "final", TODAY, oid="bp-first"))
+    add(request, "vitalSigns", systolic(150, TODAY, "sys-second"))
+    latest = facts_of(request).latest("systolic_bp")
+    assert latest is not None and (latest.ref, latest.value) == ("Observation/bp-first", 190)
+
+    request = without_bp(ketamine_request())
+    add(request, "vitalSigns", systolic(150, TODAY, "sys-first"))
+    add(request, "vitalSigns", bp_panel(190, 100, "final", TODAY, oid="bp-second"))
+    latest = facts_of(request).latest("systolic_bp")
+    assert latest is not None and (latest.ref, latest.value) == ("Observation/sys-first", 150)
+
+
+def test_every_shape_of_a_reading_is_found_and_dated():
+    """Own code, component and text readings of one kind, each dated its own way (a time in
+    another zone, a partial date, only ``issued``), oldest first; a time without a zone is not
+    valid FHIR: that reading is unreadable and said, never guessed."""
+    request = without_bp(ketamine_request())
+    add(request, "vitalSigns", systolic(140, {"effectiveDateTime": "2026-05-04T09:00:00+02:00"}, "zoned"))
+    add(request, "vitalSigns", systolic(200, {"effectiveDateTime": "2026-05-04T08:50:00"}, "naive"))
+    add(request, "vitalSigns", systolic(130, {"effectiveDateTime": "2026-05"}, "partial"))
+    add(request, "vitalSigns", systolic(120, {"issued": "2026-05-03T10:00:00Z"}, "issued"))
+    add(request, "vitalSigns", bp_panel(160, 90, "final", {"effectiveDateTime": "2026-05-04T08:00:00Z"}))
+    add(request, "vitalSigns", bp_as_text("176/104 mmHg"))  # TODAY (08:40)
+    facts = facts_of(request)
+    series = facts.series("systolic_bp")
+    got = [(o.ref, o.value, o.when.astimezone(UTC).isoformat()) for o in series]
+    assert got == [
+        ("Observation/partial", 130, "2026-05-01T00:00:00+00:00"),
+        ("Observation/issued", 120, "2026-05-03T10:00:00+00:00"),
+        ("Observation/zoned", 140, "2026-05-04T07:00:00+00:00"),
+        ("Observation/bp-p", 160, "2026-05-04T08:00:00+00:00"),
+        ("Observation/bp-text", 176, "2026-05-04T08:40:00+00:00"),
+    ]
+    assert [p.resource for p in facts.record.problems] == ["Observation/naive"]
+
+
+def test_a_panel_whose_components_are_of_no_kind_is_read_from_its_text():
+    """A component of no kind does not stop the panel's written-out value from being read."""
+    request = without_bp(ketamine_request())
+    panel = bp_as_text("182/96 mmHg")
+    panel["component"] = [
+        {"code": {"coding": [{"system": LOINC, "code": "8478-0"}]}, "valueQuantity": {"value": 1}}
+    ]
+    add(request, "vitalSigns", panel)
+    latest = facts_of(request).latest("diastolic_bp")
+    assert latest is not None and latest.value == 96 and latest.from_text
