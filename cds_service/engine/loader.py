@@ -18,7 +18,8 @@ import jinja2
 from ..reading.terminology import Terminology
 from ..validation import schema_validator
 from .predicates import CompileContext, CompileError, Evaluator, Node, compile_node
-from .templating import TEMPLATES, Fixed, fixed_text
+from .template_python import card_template
+from .templating import Fixed, fixed_text
 from .yamlio import YamlError, line_of, load_with_lines
 
 SPECIAL_FILES = {"common.yaml", "site.yaml"}
@@ -359,8 +360,8 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
             panels[pid] = Panel(
                 pid,
                 spec["title"],
-                TEMPLATES.from_string(spec["summary"]),
-                TEMPLATES.from_string(spec["detail"]),
+                card_template(spec["summary"]),
+                card_template(spec["detail"]),
                 spec["source"],
                 spec.get("links") or [],
                 tuple(spec.get("lead") or ()),
@@ -485,7 +486,7 @@ def _compile_rule(
     for key in ("summary", "detail"):
         if key in card:
             try:
-                templates[key] = TEMPLATES.from_string(card[key])
+                templates[key] = card_template(card[key])
             except jinja2.TemplateSyntaxError as exc:
                 problems.add(
                     path,
@@ -495,7 +496,7 @@ def _compile_rule(
                 )
     for key, text in (spec.get("row") or {}).items():
         try:
-            row[key] = TEMPLATES.from_string(text)
+            row[key] = card_template(text)
         except jinja2.TemplateSyntaxError as exc:
             problems.add(
                 path, line_of(lines, (*base, "row", key)), f"row.{key}: template: {exc.message}", rid

@@ -16,6 +16,7 @@ the rule set is compiled (:func:`fixed_text`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,13 @@ class CardTemplates(SandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
 
+class CardTemplate(jinja2.Template):
+    """A card template; ``python``: its translation to a Python function of the render's context
+    (:mod:`.template_python`), None when Jinja renders it."""
+
+    python: Callable[[dict[str, Any]], str] | None = None
+
+
 #: The environment's settings (tests compare the card environment with a plain sandbox of these).
 OPTIONS: dict[str, Any] = {
     "undefined": jinja2.StrictUndefined,
@@ -77,6 +85,7 @@ OPTIONS: dict[str, Any] = {
     "finalize": _escape_markdown,
 }
 TEMPLATES = CardTemplates(**OPTIONS)
+TEMPLATES.template_class = CardTemplate
 
 
 # Filters with an async variant (map, join, list, unique, selectattr …) are registered wrapped in
@@ -89,6 +98,18 @@ for _name, _filter in list(TEMPLATES.filters.items()):
 
 
 def render(template: jinja2.Template, ctx: dict[str, Any]) -> str:
+    """The template's text for ``ctx``: its Python translation's, unless that stops (at an
+    undefined value or an error: Jinja then gives the text, or raises the error, itself)."""
+    python = getattr(template, "python", None)
+    if python is not None:
+        try:
+            return python(ctx)
+        except Exception:  # noqa: BLE001, S110 - Jinja renders it below, with Jinja's own error
+            pass
+    return render_jinja(template, ctx)
+
+
+def render_jinja(template: jinja2.Template, ctx: dict[str, Any]) -> str:
     """``template.render(ctx)`` without its two copies of the context (``render`` copies it,
     then merges it into the globals): ``ctx`` is built for this render and carries the globals
     itself. A template's own ``{% set %}`` writes to the Jinja context's locals, never into
