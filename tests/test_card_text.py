@@ -92,7 +92,7 @@ def test_render_keeps_the_sandbox_and_leaves_the_context_alone() -> None:
     """cards._render skips Template.render's copies of the context (issue 8): same output, the
     sandbox still refuses unsafe attributes, undefined names still fail, ``set`` stays local."""
     from cds_service.cards import _render
-    from cds_service.engine.loader import TEMPLATES
+    from cds_service.engine.templating import TEMPLATES
 
     ctx = {**TEMPLATES.globals, "dose": 56, "hook": "order-sign"}  # as cards._base_context builds it
     before = dict(ctx)
