@@ -296,3 +296,19 @@ def test_fetch_mode_asks_for_recent_and_issued_only_pregnancy_status(fhir_server
     result = fetched(fhir_server, "win3")
     got = sorted(r["id"] for r in result.resources["pregnancyStatus"])
     assert got == ["win3-preg-issued", "win3-preg-new"]
+
+
+def test_the_narrowing_is_built_once_per_day_and_read_only() -> None:
+    """Every call computes the narrowing (issue 8: speed); it depends on the rule set and the
+    first day the rules look at, so a call on the same day gets the same, unchangeable one."""
+    from datetime import timedelta
+
+    ruleset = load_ruleset(RULES)
+    first = fetch_narrowing(ruleset, NOW)
+    assert fetch_narrowing(ruleset, NOW + timedelta(hours=2)) is first  # same day
+    later = fetch_narrowing(ruleset, NOW + timedelta(days=1))
+    assert later is not first
+    assert later["vitalSigns"][0] == Narrowed(params="date=ge2026-04-04")
+    assert first["vitalSigns"][0] == Narrowed(params="date=ge2026-04-03")
+    with pytest.raises(TypeError):
+        first["vitalSigns"] = ()  # type: ignore[index]

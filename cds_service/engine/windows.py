@@ -26,9 +26,10 @@ never narrowed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from ..reading.prefetch import Narrowed
@@ -123,8 +124,9 @@ def _reads(leaf: Leaf, kinds_of: dict[str, frozenset[str]]) -> Iterator[tuple[st
 
 def key_windows(ruleset: RuleSet) -> dict[str, KeyWindow]:
     """What the rules read of each narrowed key (see :class:`KeyWindow`)."""
-    if ruleset.version in _cache:
-        return _cache[ruleset.version]
+    hit = _cache.get(ruleset.version)  # (another thread may clear the cache between two looks)
+    if hit is not None:
+        return hit
     kinds_of = {
         "vitalSigns": frozenset(VITAL_KINDS),
         "assessments": frozenset(assessment_kinds(ruleset.observation_kinds)),
@@ -156,13 +158,37 @@ def vital_signs_window(ruleset: RuleSet) -> float | None:
     return key_windows(ruleset)["vitalSigns"].days
 
 
-def fetch_narrowing(ruleset: RuleSet, now: datetime) -> dict[str, tuple[Narrowed, ...]]:
-    """The searches of the service's own fetch per narrowed key (never for discovery)."""
+#: (rule set, each key's first day) → the narrowing: the same for every call of a day (it holds
+#: only the rule set's codes and that date); bounded, read-only once built
+_narrowings: dict[tuple[str, tuple[date | None, ...]], Mapping[str, tuple[Narrowed, ...]]] = {}
+MAX_NARROWINGS = 64
+
+
+def fetch_narrowing(ruleset: RuleSet, now: datetime) -> Mapping[str, tuple[Narrowed, ...]]:
+    """The searches of the service's own fetch per narrowed key (never for discovery); a
+    read-only mapping, built once per rule set and first day (every call computes it)."""
+    windows = key_windows(ruleset)
+    starts = tuple(
+        None if w.days is None else (now - timedelta(days=w.days + MARGIN_DAYS)).date()
+        for w in windows.values()
+    )
+    key = (ruleset.fingerprint, starts)
+    hit = _narrowings.get(key)
+    if hit is None:
+        hit = MappingProxyType(_narrowing(ruleset, windows, starts))
+        if len(_narrowings) >= MAX_NARROWINGS:
+            _narrowings.clear()
+        _narrowings[key] = hit
+    return hit
+
+
+def _narrowing(
+    ruleset: RuleSet, windows: dict[str, KeyWindow], starts: tuple[date | None, ...]
+) -> dict[str, tuple[Narrowed, ...]]:
     out: dict[str, tuple[Narrowed, ...]] = {}
-    for key, window in key_windows(ruleset).items():
-        if window.days is None:
+    for (key, window), start in zip(windows.items(), starts, strict=True):
+        if window.days is None or start is None:
             continue
-        start = (now - timedelta(days=window.days + MARGIN_DAYS)).date()
         # `date` searches effective[x] only; the reading layer dates an observation by `issued`
         # when it has no effective[x] (and reports an undated one): those are asked for apart.
         parts = [Narrowed(params=f"date=ge{start.isoformat()}"), Narrowed(params=UNDATED)]
