@@ -18,7 +18,7 @@ so that Jinja renders it (:func:`~.templating.render`): its text, or its error, 
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jinja2
@@ -115,6 +115,20 @@ def _has_attr(obj: Any, name: str) -> bool:
 
 def _has_item(obj: Any, key: Any) -> bool:
     return not isinstance(TEMPLATES.getitem(obj, key), Undefined)
+
+
+def _plain_key(value: Any) -> bool:
+    """An attribute ``map`` reads with one ``getitem`` (no dotted path, no list index)."""
+    return isinstance(value, str) and "." not in value and not value.isdigit()
+
+
+def _map_item(value: Any, key: str) -> Iterator[Any]:
+    """Jinja's ``map(attribute=key)``: each item's ``getitem(item, key)``, lazily, Undefined
+    included (a dict holding the key answers directly, as the sandbox's ``getitem`` does)."""
+    if value:
+        getitem = TEMPLATES.getitem
+        for item in value:
+            yield item[key] if type(item) is dict and key in item else getitem(item, key)
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -383,6 +397,17 @@ class _Writer:
     def filter(self, node: nodes.Filter, scope: _Scope) -> str:
         if node.node is None or node.name not in FILTERS:
             raise Unsupported(f"filter {node.name}")
+        plain = node.dyn_args is None and node.dyn_kwargs is None
+        if plain and node.name == "join" and not node.kwargs and len(node.args) <= 1:
+            # Jinja's join without autoescape: str(d).join(map(str, value))
+            sep = self.expr(node.args[0], scope) if node.args else self.const("")
+            return f"str({sep}).join(map(str, {self.expr(node.node, scope)}))"
+        if plain and node.name == "list" and not node.args and not node.kwargs:
+            return f"list({self.expr(node.node, scope)})"
+        if plain and node.name == "map" and not node.args and [k.key for k in node.kwargs] == ["attribute"]:
+            attribute = node.kwargs[0].value
+            if isinstance(attribute, nodes.Const) and _plain_key(attribute.value):
+                return f"_map_item({self.expr(node.node, scope)}, {self.const(attribute.value)})"
         fn = TEMPLATES.filters[node.name]
         self.filters.append(fn)
         index = len(self.filters) - 1  # before its arguments add theirs
@@ -449,6 +474,7 @@ def _fail() -> Any:
 
 _HELPERS: dict[str, Any] = {
     "_attr": _attr,
+    "_map_item": _map_item,
     "_item": _item,
     "_has_attr": _has_attr,
     "_has_item": _has_item,

@@ -52,8 +52,9 @@ class CardTemplates(SandboxedEnvironment):
                     return self.undefined(obj=obj, name=attribute)
             if not attribute.startswith("_"):  # dict's methods: safe, and never str.format
                 return getattr(obj, attribute)
-        elif t is LoopContext and not attribute.startswith("_"):
-            # loop.last, loop.index …: public attributes of a loop are safe and never str.format
+        elif (t is LoopContext or t is Namespace) and not attribute.startswith("_"):
+            # loop.last, loop.index, ns.n …: public attributes of a loop or a namespace are safe
+            # and never str.format (one that is not there: the sandbox's answer, below)
             try:
                 return getattr(obj, attribute)
             except AttributeError:
