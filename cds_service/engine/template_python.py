@@ -9,7 +9,7 @@ calls (the card environment's ``getattr``/``getitem``/``call``, its filters and 
 finalize), so a rendered text is the same text.
 
 Where the translation could differ it does not try: a template using anything outside the
-subset (macros, blocks, ``with``, a ``set`` inside a loop, a loop attribute other than the
+subset (macros, blocks, ``with``, a loop attribute other than the
 counters, a call other than ``namespace()`` or a pure method of a value …) is not compiled, and
 a render that meets anything undefined (a missing name, key or attribute) or any error stops,
 so that Jinja renders it (:func:`~.templating.render`): its text, or its error, is Jinja's own.
@@ -23,6 +23,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import Frame, find_undeclared
+from jinja2.idtracking import VAR_LOAD_ALIAS, VAR_LOAD_PARAMETER, VAR_LOAD_RESOLVE, VAR_LOAD_UNDEFINED
 from jinja2.runtime import Context, Undefined
 from jinja2.utils import Namespace, _PassArg
 
@@ -61,6 +63,8 @@ PURE_METHODS = _words(
     "get items keys values lower upper strip lstrip rstrip title capitalize startswith "
     "endswith split rsplit splitlines replace count find index isdigit isalpha join zfill"
 )
+#: Globals a template may call: they make a value and change nothing.
+PURE_GLOBALS = frozenset({"range", "dict"})
 #: The loop attributes the translation computes itself (no LoopContext).
 LOOP_ATTRIBUTES = _words("index index0 first last length revindex revindex0")
 
@@ -148,38 +152,20 @@ def _pass_arg(fn: Any) -> str | None:
     }.get(_PassArg.from_obj(fn))  # type: ignore[arg-type]
 
 
-class _Scope:
-    """Jinja names visible at one point → the Python expression that reads them."""
-
-    def __init__(self, parent: _Scope | None, names: dict[str, str], loop: dict[str, str] | None) -> None:
-        self.parent, self.names, self.loop = parent, names, loop
-
-    def lookup(self, name: str) -> str | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            if name in scope.names:
-                return scope.names[name]
-            scope = scope.parent
-        return None
-
-    def innermost_loop(self) -> dict[str, str] | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            if scope.loop is not None:
-                return scope.loop
-            scope = scope.parent
-        return None
-
-
 class _Writer:
-    """Translates one template's syntax tree into the source of a Python function."""
+    """Translates one template's syntax tree into the source of a Python function.
+
+    Names are scoped as Jinja's code generator scopes them, with its own symbol tracking
+    (:class:`jinja2.compiler.Frame`): each frame's variables get Jinja's identifiers and are
+    loaded as Jinja loads them on entering the frame (from the context, from an outer frame, or
+    missing), so a ``set`` inside a loop is the iteration's own, as in Jinja."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.consts: list[Any] = []
         self.filters: list[Any] = []
         self.tests: list[Any] = []
-        self.top: dict[str, str] = {}  # names set at the template's top level → their variable
+        self.loops: dict[str, dict[str, str]] = {}  # a loop's ``loop`` identifier → its counters
         self.counter = 0
 
     def fresh(self, prefix: str) -> str:
@@ -193,12 +179,24 @@ class _Writer:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
-    # -- statements ---------------------------------------------------------------------------
-    def body(self, body: list[nodes.Node], scope: _Scope, depth: int, in_loop: bool) -> None:
-        for node in body:
-            self.statement(node, scope, depth, in_loop)
+    def enter(self, frame: Frame, depth: int) -> None:
+        """Jinja's ``enter_frame``: the frame's names loaded as its code loads them."""
+        for target, (action, param) in frame.symbols.loads.items():
+            if action == VAR_LOAD_RESOLVE:
+                self.emit(depth, f"{target} = ctx.get({self.const(param)}, _M)")
+            elif action == VAR_LOAD_ALIAS:
+                self.emit(depth, f"{target} = {param}")
+            elif action == VAR_LOAD_UNDEFINED:
+                self.emit(depth, f"{target} = _M")
+            elif action != VAR_LOAD_PARAMETER:
+                raise Unsupported(f"load {action}")
 
-    def statement(self, node: nodes.Node, scope: _Scope, depth: int, in_loop: bool) -> None:
+    # -- statements ---------------------------------------------------------------------------
+    def body(self, body: list[nodes.Node], frame: Frame, depth: int) -> None:
+        for node in body:
+            self.statement(node, frame, depth)
+
+    def statement(self, node: nodes.Node, frame: Frame, depth: int) -> None:
         if isinstance(node, nodes.Output):
             for child in node.nodes:
                 if isinstance(child, nodes.TemplateData):
@@ -206,86 +204,90 @@ class _Writer:
                         self.emit(depth, f"_a({self.const(child.data)})")
                     continue
                 v = self.fresh("_v")
-                self.emit(depth, f"{v} = {self.expr(child, scope)}")
+                self.emit(depth, f"{v} = {self.expr(child, frame)}")
                 self.emit(
                     depth,
                     f"_a({v} if type({v}) is str and '<' not in {v} and '>' not in {v} "
                     f"and '|' not in {v} else _fin({v}))",
                 )
         elif isinstance(node, nodes.If):
-            self.emit(depth, f"if {self.expr(node.test, scope)}:")
-            self.block(node.body, scope, depth + 1, in_loop)
+            frame = frame.soft()
+            self.emit(depth, f"if {self.expr(node.test, frame)}:")
+            self.block(node.body, frame, depth + 1)
             for elif_ in node.elif_:
-                self.emit(depth, f"elif {self.expr(elif_.test, scope)}:")
-                self.block(elif_.body, scope, depth + 1, in_loop)
+                self.emit(depth, f"elif {self.expr(elif_.test, frame)}:")
+                self.block(elif_.body, frame, depth + 1)
             if node.else_:
                 self.emit(depth, "else:")
-                self.block(node.else_, scope, depth + 1, in_loop)
+                self.block(node.else_, frame, depth + 1)
         elif isinstance(node, nodes.For):
-            self.for_(node, scope, depth)
+            self.for_(node, frame, depth)
         elif isinstance(node, nodes.Assign):
-            self.assign(node, scope, depth, in_loop)
+            self.assign(node, frame, depth)
         else:
             raise Unsupported(type(node).__name__)
 
-    def block(self, body: list[nodes.Node], scope: _Scope, depth: int, in_loop: bool) -> None:
+    def block(self, body: list[nodes.Node], frame: Frame, depth: int) -> None:
         start = len(self.lines)
-        self.body(body, scope, depth, in_loop)
+        self.body(body, frame, depth)
         if len(self.lines) == start:
             self.emit(depth, "pass")
 
-    def assign(self, node: nodes.Assign, scope: _Scope, depth: int, in_loop: bool) -> None:
+    def assign(self, node: nodes.Assign, frame: Frame, depth: int) -> None:
         target = node.target
         if isinstance(target, nodes.NSRef):
-            ns = self.fresh("_n")
-            self.emit(depth, f"{ns} = {self.name(target.name, scope)}")
+            ns = frame.symbols.ref(target.name)
             self.emit(depth, f"if not isinstance({ns}, _Namespace): raise _Fallback('namespace')")
-            self.emit(depth, f"{ns}[{self.const(target.attr)}] = {self.expr(node.node, scope)}")
+            self.emit(depth, f"{ns}[{self.const(target.attr)}] = {self.expr(node.node, frame)}")
             return
-        if not isinstance(target, nodes.Name) or in_loop:
-            # a set inside a loop is scoped to the iteration in Jinja: left to Jinja
+        if not isinstance(target, nodes.Name):
             raise Unsupported("set target")
-        var = self.top.get(target.name)
-        if var is None:
-            var = self.top[target.name] = self.fresh("s_")
-        self.emit(depth, f"{var} = {self.expr(node.node, scope)}")
+        self.emit(depth, f"{frame.symbols.ref(target.name)} = {self.expr(node.node, frame)}")
 
-    def for_(self, node: nodes.For, scope: _Scope, depth: int) -> None:
+    def target(self, node: nodes.Node, frame: Frame) -> str:
+        if isinstance(node, nodes.Name):
+            return frame.symbols.ref(node.name)
+        if (
+            isinstance(node, nodes.Tuple)
+            and node.items
+            and all(isinstance(n, nodes.Name) for n in node.items)
+        ):
+            names = [frame.symbols.ref(n.name) for n in node.items]  # type: ignore[attr-defined]
+            return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+        raise Unsupported("loop target")
+
+    def for_(self, node: nodes.For, frame: Frame, depth: int) -> None:
+        """Jinja's ``visit_For``: the loop's frame, its filter's and its else's."""
         if node.recursive:
             raise Unsupported("recursive loop")
-        targets = [node.target] if isinstance(node.target, nodes.Name) else None
-        if targets is None and isinstance(node.target, nodes.Tuple):
-            targets = list(node.target.items)
-        if not targets or not all(isinstance(t, nodes.Name) for t in targets):
-            raise Unsupported("loop target")
-        names = {t.name: self.fresh("l_") for t in targets}  # type: ignore[attr-defined]
-        target = ", ".join(names[t.name] for t in targets)  # type: ignore[attr-defined]
-        if len(targets) > 1 or isinstance(node.target, nodes.Tuple):
-            target = f"({target},)" if len(targets) == 1 else f"({target})"
-        uses_loop = any(
-            n.name == "loop" for b in node.body for n in b.find_all(nodes.Name) if n.ctx == "load"
-        )
-        if node.test is not None and any(n.name == "loop" for n in node.test.find_all(nodes.Name)):
-            raise Unsupported("loop in a loop filter")
-        loop: dict[str, str] | None = None
-        inner = _Scope(scope, names, None)
+        loop_frame = frame.inner()
+        loop_frame.loop_frame = True
+        test_frame, else_frame = frame.inner(), frame.inner()
+        extended = "loop" in find_undeclared(node.iter_child_nodes(only=("body",)), ("loop",))
+        loop_ref = loop_frame.symbols.declare_parameter("loop") if extended else None
+        loop_frame.symbols.analyze_node(node, for_branch="body")
+        if node.else_:
+            else_frame.symbols.analyze_node(node, for_branch="else")
         seq = self.fresh("_s")
-        self.emit(depth, f"{seq} = {self.expr(node.iter, scope)}")
-        if node.test is not None or uses_loop:
-            items = self.fresh("_l")
+        self.emit(depth, f"{seq} = {self.expr(node.iter, frame)}")
+        if node.test is not None or extended:
+            test_frame.symbols.analyze_node(node, for_branch="test")
+            items, target = self.fresh("_l"), self.target(node.target, test_frame)
             self.emit(depth, f"{items} = []")
+            self.enter(test_frame, depth)
             self.emit(depth, f"for {target} in {seq}:")
-            test = "True" if node.test is None else self.expr(node.test, _Scope(scope, names, None))
+            test = "True" if node.test is None else self.expr(node.test, test_frame)
             self.emit(depth + 1, f"if {test}: {items}.append({target})")
             seq = items
         flag = None
         if node.else_:
             flag = self.fresh("_e")
             self.emit(depth, f"{flag} = True")
-        if uses_loop:
+        target = self.target(node.target, loop_frame)
+        if loop_ref is not None:
             i, n = self.fresh("_i"), self.fresh("_c")
             self.emit(depth, f"{n} = len({seq})")
-            loop = {
+            self.loops[loop_ref] = {
                 "index": f"({i} + 1)",
                 "index0": i,
                 "first": f"({i} == 0)",
@@ -294,182 +296,181 @@ class _Writer:
                 "revindex": f"({n} - {i})",
                 "revindex0": f"({n} - {i} - 1)",
             }
-            inner = _Scope(scope, names, loop)
             self.emit(depth, f"for {i}, {target} in enumerate({seq}):")
         else:
             self.emit(depth, f"for {target} in {seq}:")
         if flag:
             self.emit(depth + 1, f"{flag} = False")
-        self.block(node.body, inner, depth + 1, True)
+        self.enter(loop_frame, depth + 1)
+        self.block(node.body, loop_frame, depth + 1)
         if node.else_:
             self.emit(depth, f"if {flag}:")
-            self.block(node.else_, scope, depth + 1, True)
+            self.enter(else_frame, depth + 1)
+            self.block(node.else_, else_frame, depth + 1)
 
     # -- expressions --------------------------------------------------------------------------
-    def context_name(self, name: str) -> str:
-        return f"ctx[{self.const(name)}]"  # a missing name: KeyError, Jinja renders it
-
-    def name(self, name: str, scope: _Scope) -> str:
-        if name == "loop" and scope.innermost_loop() is not None:
+    def name(self, name: str, frame: Frame) -> str:
+        """Jinja's ``visit_Name`` for a load: a missing value stops the render."""
+        ref = frame.symbols.ref(name)
+        if ref in self.loops:
             raise Unsupported("loop object")
-        local = scope.lookup(name)
-        if local is not None:
-            return local
-        var = self.top.get(name)
-        if var is not None:  # set at the top level: its value once set, the context's before
-            return f"({var} if {var} is not _M else {self.context_name(name)})"
-        return self.context_name(name)
+        load = frame.symbols.find_load(ref)
+        if load is not None and load[0] == VAR_LOAD_PARAMETER:
+            return ref
+        return f"({ref} if {ref} is not _M else _missing())"
 
-    def expr(self, node: nodes.Node, scope: _Scope) -> str:  # noqa: C901 - one branch per node type
+    def expr(self, node: nodes.Node, frame: Frame) -> str:  # noqa: C901 - one branch per node type
         if isinstance(node, nodes.Const):
             return self.const(node.value)
         if isinstance(node, nodes.Name):
-            return self.name(node.name, scope)
+            return self.name(node.name, frame)
         if isinstance(node, nodes.Getattr):
-            if isinstance(node.node, nodes.Name) and node.node.name == "loop":
-                loop = scope.innermost_loop()
-                if loop is not None and scope.lookup("loop") is None:
+            if isinstance(node.node, nodes.Name):
+                loop = self.loops.get(frame.symbols.ref(node.node.name))
+                if loop is not None:
                     if node.attr not in LOOP_ATTRIBUTES:
                         raise Unsupported(f"loop.{node.attr}")
                     return loop[node.attr]
-            obj = self.expr(node.node, scope)
+            obj = self.expr(node.node, frame)
             if node.attr in _DICT_ATTRIBUTES:
                 return f"_attr({obj}, {self.const(node.attr)})"
             t = self.fresh("_t")
             key = self.const(node.attr)
             return f"({t}[{key}] if type({t} := {obj}) is dict else _attr({t}, {key}))"
         if isinstance(node, nodes.Getitem):
-            obj = self.expr(node.node, scope)
+            obj = self.expr(node.node, frame)
             if isinstance(node.arg, nodes.Slice):  # Jinja's code slices directly too
                 s = node.arg
-                parts = [self.expr(p, scope) if p is not None else "" for p in (s.start, s.stop, s.step)]
+                parts = [self.expr(p, frame) if p is not None else "" for p in (s.start, s.stop, s.step)]
                 return f"{obj}[{parts[0]}:{parts[1]}:{parts[2]}]"
-            return f"_item({obj}, {self.expr(node.arg, scope)})"
+            return f"_item({obj}, {self.expr(node.arg, frame)})"
         if isinstance(node, nodes.Filter):
-            return self.filter(node, scope)
+            return self.filter(node, frame)
         if isinstance(node, nodes.Test):
-            return self.test(node, scope)
+            return self.test(node, frame)
         if isinstance(node, nodes.Compare):
-            out = self.expr(node.expr, scope)
+            out = self.expr(node.expr, frame)
             for op in node.ops:
-                out += f" {_COMPARE[op.op]} {self.expr(op.expr, scope)}"
+                out += f" {_COMPARE[op.op]} {self.expr(op.expr, frame)}"
             return f"({out})"
         if isinstance(node, nodes.And):
-            return f"({self.expr(node.left, scope)} and {self.expr(node.right, scope)})"
+            return f"({self.expr(node.left, frame)} and {self.expr(node.right, frame)})"
         if isinstance(node, nodes.Or):
-            return f"({self.expr(node.left, scope)} or {self.expr(node.right, scope)})"
+            return f"({self.expr(node.left, frame)} or {self.expr(node.right, frame)})"
         if isinstance(node, nodes.Not):
-            return f"(not {self.expr(node.node, scope)})"
+            return f"(not {self.expr(node.node, frame)})"
         if isinstance(node, nodes.Neg):
-            return f"(-{self.expr(node.node, scope)})"
+            return f"(-{self.expr(node.node, frame)})"
         if isinstance(node, nodes.Pos):
-            return f"(+{self.expr(node.node, scope)})"
+            return f"(+{self.expr(node.node, frame)})"
         if type(node) in _BINOPS:
-            return f"({self.expr(node.left, scope)} {_BINOPS[type(node)]} {self.expr(node.right, scope)})"  # type: ignore[attr-defined]
+            return f"({self.expr(node.left, frame)} {_BINOPS[type(node)]} {self.expr(node.right, frame)})"  # type: ignore[attr-defined]
         if isinstance(node, nodes.Concat):
-            return "_join([" + ", ".join(f"str({self.expr(n, scope)})" for n in node.nodes) + "])"
+            return "_join([" + ", ".join(f"str({self.expr(n, frame)})" for n in node.nodes) + "])"
         if isinstance(node, nodes.CondExpr):
             # no else: Jinja's code gives the lenient Undefined (it writes as "")
-            other = "_U()" if node.expr2 is None else self.expr(node.expr2, scope)
-            return f"({self.expr(node.expr1, scope)} if {self.expr(node.test, scope)} else {other})"
+            other = "_U()" if node.expr2 is None else self.expr(node.expr2, frame)
+            return f"({self.expr(node.expr1, frame)} if {self.expr(node.test, frame)} else {other})"
         if isinstance(node, nodes.Tuple):
-            items = [self.expr(n, scope) for n in node.items]
+            items = [self.expr(n, frame) for n in node.items]
             return f"({', '.join(items)},)" if len(items) == 1 else f"({', '.join(items)})"
         if isinstance(node, nodes.List):
-            return "[" + ", ".join(self.expr(n, scope) for n in node.items) + "]"
+            return "[" + ", ".join(self.expr(n, frame) for n in node.items) + "]"
         if isinstance(node, nodes.Dict):
-            pairs = [f"{self.expr(p.key, scope)}: {self.expr(p.value, scope)}" for p in node.items]
+            pairs = [f"{self.expr(p.key, frame)}: {self.expr(p.value, frame)}" for p in node.items]
             return "{" + ", ".join(pairs) + "}"
         if isinstance(node, nodes.Call):
-            return self.call(node, scope)
+            return self.call(node, frame)
         raise Unsupported(type(node).__name__)
 
-    def arguments(self, node: nodes.Filter | nodes.Test | nodes.Call, scope: _Scope) -> list[str]:
+    def arguments(self, node: nodes.Filter | nodes.Test | nodes.Call, frame: Frame) -> list[str]:
         if node.dyn_args is not None or node.dyn_kwargs is not None:
             raise Unsupported("*args")
-        args = [self.expr(a, scope) for a in node.args]
+        args = [self.expr(a, frame) for a in node.args]
         for kw in node.kwargs:
             if not kw.key.isidentifier() or keyword.iskeyword(kw.key):
                 raise Unsupported("keyword")
-            args.append(f"{kw.key}={self.expr(kw.value, scope)}")
+            args.append(f"{kw.key}={self.expr(kw.value, frame)}")
         return args
 
-    def filter(self, node: nodes.Filter, scope: _Scope) -> str:
+    def filter(self, node: nodes.Filter, frame: Frame) -> str:
         if node.node is None or node.name not in FILTERS:
             raise Unsupported(f"filter {node.name}")
         plain = node.dyn_args is None and node.dyn_kwargs is None
         if plain and node.name == "join" and not node.kwargs and len(node.args) <= 1:
             # Jinja's join without autoescape: str(d).join(map(str, value))
-            sep = self.expr(node.args[0], scope) if node.args else self.const("")
-            return f"str({sep}).join(map(str, {self.expr(node.node, scope)}))"
+            sep = self.expr(node.args[0], frame) if node.args else self.const("")
+            return f"str({sep}).join(map(str, {self.expr(node.node, frame)}))"
         if plain and node.name == "list" and not node.args and not node.kwargs:
-            return f"list({self.expr(node.node, scope)})"
+            return f"list({self.expr(node.node, frame)})"
         if plain and node.name == "map" and not node.args and [k.key for k in node.kwargs] == ["attribute"]:
             attribute = node.kwargs[0].value
             if isinstance(attribute, nodes.Const) and _plain_key(attribute.value):
-                return f"_map_item({self.expr(node.node, scope)}, {self.const(attribute.value)})"
+                return f"_map_item({self.expr(node.node, frame)}, {self.const(attribute.value)})"
         fn = TEMPLATES.filters[node.name]
         self.filters.append(fn)
         index = len(self.filters) - 1  # before its arguments add theirs
-        args = [self.expr(node.node, scope), *self.arguments(node, scope)]
+        args = [self.expr(node.node, frame), *self.arguments(node, frame)]
         first = _pass_arg(fn)
         if first:
             args.insert(0, first)
         return f"_F[{index}]({', '.join(args)})"
 
-    def test(self, node: nodes.Test, scope: _Scope) -> str:
+    def test(self, node: nodes.Test, frame: Frame) -> str:
         if node.name in ("defined", "undefined") and not node.args and not node.kwargs:
-            defined = self.defined(node.node, scope)
+            defined = self.defined(node.node, frame)
             return defined if node.name == "defined" else f"(not {defined})"
         if node.name not in TESTS:
             raise Unsupported(f"test {node.name}")
         fn = TEMPLATES.tests[node.name]
         self.tests.append(fn)
         index = len(self.tests) - 1
-        args = [self.expr(node.node, scope), *self.arguments(node, scope)]
+        args = [self.expr(node.node, frame), *self.arguments(node, frame)]
         first = _pass_arg(fn)
         if first:
             args.insert(0, first)
         return f"_T[{index}]({', '.join(args)})"
 
-    def defined(self, node: nodes.Node, scope: _Scope) -> str:
+    def defined(self, node: nodes.Node, frame: Frame) -> str:
         """``x is defined`` without undefined stopping the render (only x itself may be)."""
         if isinstance(node, nodes.Name):
-            if node.name == "loop" and scope.innermost_loop() is not None:
+            ref = frame.symbols.ref(node.name)
+            if ref in self.loops:
                 raise Unsupported("loop object")
-            local = scope.lookup(node.name)
-            if local is not None:
-                return "True"
-            key = self.const(node.name)
-            var = self.top.get(node.name)
-            if var is not None:
-                return f"({var} is not _M or {key} in ctx)"
-            return f"({key} in ctx)"
+            load = frame.symbols.find_load(ref)
+            return "True" if load is not None and load[0] == VAR_LOAD_PARAMETER else f"({ref} is not _M)"
         if isinstance(node, nodes.Getattr):
-            if isinstance(node.node, nodes.Name) and node.node.name == "loop":
+            if isinstance(node.node, nodes.Name) and frame.symbols.ref(node.node.name) in self.loops:
                 raise Unsupported("loop object")
-            return f"_has_attr({self.expr(node.node, scope)}, {self.const(node.attr)})"
+            return f"_has_attr({self.expr(node.node, frame)}, {self.const(node.attr)})"
         if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Slice):
-            return f"_has_item({self.expr(node.node, scope)}, {self.expr(node.arg, scope)})"
-        return f"(not isinstance({self.expr(node, scope)}, _U))"
+            return f"_has_item({self.expr(node.node, frame)}, {self.expr(node.arg, frame)})"
+        return f"(not isinstance({self.expr(node, frame)}, _U))"
 
-    def call(self, node: nodes.Call, scope: _Scope) -> str:
+    def call(self, node: nodes.Call, frame: Frame) -> str:
         fn = node.node
-        if isinstance(fn, nodes.Name) and fn.name == "namespace" and scope.lookup("namespace") is None:
-            if "namespace" in self.top:
-                raise Unsupported("namespace shadowed")
-            # the context's namespace must be Jinja's (a binding of that name is left to Jinja)
+        if isinstance(fn, nodes.Name) and fn.name == "namespace":
+            # only Jinja's namespace (a value of that name is left to Jinja)
             return (
-                f"(_namespace({', '.join(self.arguments(node, scope))}) "
-                f"if {self.context_name('namespace')} is _Namespace else _fail())"
+                f"(_namespace({', '.join(self.arguments(node, frame))}) "
+                f"if {self.name('namespace', frame)} is _Namespace else _fail())"
             )
+        if isinstance(fn, nodes.Name) and fn.name in PURE_GLOBALS:
+            # the environment's own range/dict (the sandbox's safe range), nothing else
+            f, expected = self.fresh("_g"), self.const(TEMPLATES.globals[fn.name])
+            args = ", ".join([f, *self.arguments(node, frame)])
+            return f"(_call({args}) if ({f} := {self.name(fn.name, frame)}) is {expected} else _fail())"
         if isinstance(fn, nodes.Getattr) and fn.attr in PURE_METHODS:
-            return f"_call({', '.join([self.expr(fn, scope), *self.arguments(node, scope)])})"
+            return f"_call({', '.join([self.expr(fn, frame), *self.arguments(node, frame)])})"
         raise Unsupported("call")
 
 
 def _fail() -> Any:
     raise Fallback("call")
+
+
+def _missing() -> Any:
+    raise Fallback("undefined")
 
 
 _HELPERS: dict[str, Any] = {
@@ -487,6 +488,7 @@ _HELPERS: dict[str, Any] = {
     "_M": object(),
     "_Fallback": Fallback,
     "_fail": _fail,
+    "_missing": _missing,
     "_CTX": _CONTEXT,
     "_ENV": TEMPLATES,
 }
@@ -499,10 +501,12 @@ def python_source(source: str) -> tuple[str, list[Any], list[Any], list[Any]]:
     except jinja2.TemplateSyntaxError as exc:
         raise Unsupported("syntax") from exc
     w = _Writer()
-    top = _Scope(None, {}, None)
-    w.body(ast.body, top, 1, False)
+    frame = Frame(nodes.EvalContext(TEMPLATES))
+    frame.symbols.analyze_node(ast)
+    frame.toplevel = frame.rootlevel = True
+    w.enter(frame, 1)
+    w.body(ast.body, frame, 1)
     head = ["def render(ctx):", "    _o = []", "    _a = _o.append"]
-    head += [f"    {var} = _M" for var in w.top.values()]
     return "\n".join([*head, *w.lines, "    return _join(_o)"]), w.consts, w.filters, w.tests
 
 
