@@ -298,17 +298,18 @@ def test_fetch_mode_asks_for_recent_and_issued_only_pregnancy_status(fhir_server
     assert got == ["win3-preg-issued", "win3-preg-new"]
 
 
-def test_the_narrowing_is_built_once_per_day_and_read_only() -> None:
-    """Every call computes the narrowing (issue 8: speed); it depends on the rule set and the
-    first day the rules look at, so a call on the same day gets the same, unchangeable one."""
+def test_the_history_search_is_built_once_per_rule_set_and_holds_no_date() -> None:
+    """Every call computes the narrowing (issue 8: speed): the search by the codes of the kinds
+    read over the whole history (the costly part) is built once per rule set; the dated ones,
+    which hold the call's date, are made per call and kept nowhere."""
     from datetime import timedelta
 
+    from cds_service.engine import windows
+
     ruleset = load_ruleset(RULES)
-    first = fetch_narrowing(ruleset, NOW)
-    assert fetch_narrowing(ruleset, NOW + timedelta(hours=2)) is first  # same day
-    later = fetch_narrowing(ruleset, NOW + timedelta(days=1))
-    assert later is not first
-    assert later["vitalSigns"][0] == Narrowed(params="date=ge2026-04-04")
-    assert first["vitalSigns"][0] == Narrowed(params="date=ge2026-04-03")
-    with pytest.raises(TypeError):
-        first["vitalSigns"] = ()  # type: ignore[index]
+    first = fetch_narrowing(ruleset, NOW)["assessments"]
+    later = fetch_narrowing(ruleset, NOW + timedelta(days=1))["assessments"]
+    assert first[2] is later[2] and first[2].codes  # the same codes search, built once
+    assert later[0] == Narrowed(params="date=ge2026-04-04") != first[0]
+    kept = [s for s in windows._history_searches.values() if s is not None]
+    assert kept and all(s.params == "" and "2026" not in s.codes for s in kept)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..reading.facts import Facts
 from .loader import Rule, RuleSet
 from .predicates import Env, Result
+from .predicates.core import FALSE, TRUE
 
 MAX_PLANS = 32  # hooks × jurisdictions a process serves: a handful
 
@@ -50,6 +51,10 @@ class Step:
     requirement: bool
     ask: bool
     indicator: str
+    #: the outcomes of the shared constant answers (TRUE, FALSE: nothing bound, no reason),
+    #: the same read-only objects every call, as ``skipped``
+    if_true: Outcome | None = None
+    if_false: Outcome | None = None
 
 
 def plan(ruleset: RuleSet, hook: str, jurisdiction: str) -> tuple[Step, ...]:
@@ -72,14 +77,31 @@ def _step(rule: Rule, hook: str, jurisdiction: str) -> Step:
         skip = f"not for hook {hook}"
     elif "all" not in rule.jurisdictions and jurisdiction not in rule.jurisdictions:
         skip = f"not for jurisdiction {jurisdiction}"
+    if skip is not None:
+        return Step(
+            rule, Outcome(rule, "skipped", skip), None, False, False, rule.indicator_for(jurisdiction)
+        )
+    indicator = rule.indicator_for(jurisdiction)
+    requirement = rule.kind == "requirement"
     return Step(
         rule,
-        None if skip is None else Outcome(rule, "skipped", skip),
-        None if skip else rule.when.evaluator(),
-        rule.kind == "requirement",
+        None,
+        rule.when.evaluator(),
+        requirement,
         rule.on_unknown == "ask",
-        rule.indicator_for(jurisdiction),
+        indicator,
+        _outcome(rule, TRUE, requirement, indicator),
+        _outcome(rule, FALSE, requirement, indicator),
     )
+
+
+def _outcome(rule: Rule, result: Result, requirement: bool, indicator: str) -> Outcome:
+    """What ``evaluate`` makes of a true or false answer (the same words, in one place)."""
+    if result.value:
+        if requirement:
+            return Outcome(rule, "not-fired", "requirement met", result)
+        return Outcome(rule, "fired", result.reason or "condition true", result, indicator)
+    return Outcome(rule, "not-fired", result.reason or "condition false", result)
 
 
 def evaluate(ruleset: RuleSet, facts: Facts, *, jurisdiction: str | None = None) -> Evaluation:
@@ -95,15 +117,13 @@ def evaluate(ruleset: RuleSet, facts: Facts, *, jurisdiction: str | None = None)
             append(step.skipped)
             continue
         result = when(env)
-        value = result.value
-        if value is True:
-            if step.requirement:
-                append(Outcome(rule, "not-fired", "requirement met", result))
-            else:
-                append(Outcome(rule, "fired", result.reason or "condition true", result, step.indicator))
-        elif value is None:
+        if result is FALSE:
+            append(step.if_false)
+        elif result is TRUE:
+            append(step.if_true)
+        elif result.value is None:
             missing = ", ".join(dict.fromkeys(m.label for m in result.missing)) or "unknown"
             append(Outcome(rule, "unknown" if step.ask else "not-fired", f"missing: {missing}", result))
         else:
-            append(Outcome(rule, "not-fired", result.reason or "condition false", result))
+            append(_outcome(rule, result, step.requirement, step.indicator))
     return ev

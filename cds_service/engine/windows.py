@@ -26,10 +26,9 @@ never narrowed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from types import MappingProxyType
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..reading.prefetch import Narrowed
@@ -158,42 +157,40 @@ def vital_signs_window(ruleset: RuleSet) -> float | None:
     return key_windows(ruleset)["vitalSigns"].days
 
 
-#: (rule set, each key's first day) → the narrowing: the same for every call of a day (it holds
-#: only the rule set's codes and that date); bounded, read-only once built
-_narrowings: dict[tuple[str, tuple[date | None, ...]], Mapping[str, tuple[Narrowed, ...]]] = {}
-MAX_NARROWINGS = 64
+#: (rule set, key) → the search for the kinds that key's rules read over the whole history
+#: (codes only: no date, nothing of a patient); the dated searches are made per call
+_history_searches: dict[tuple[str, str], Narrowed | None] = {}
+MAX_HISTORY_SEARCHES = 64
+_ABSENT = object()
 
 
-def fetch_narrowing(ruleset: RuleSet, now: datetime) -> Mapping[str, tuple[Narrowed, ...]]:
-    """The searches of the service's own fetch per narrowed key (never for discovery); a
-    read-only mapping, built once per rule set and first day (every call computes it)."""
-    windows = key_windows(ruleset)
-    starts = tuple(
-        None if w.days is None else (now - timedelta(days=w.days + MARGIN_DAYS)).date()
-        for w in windows.values()
-    )
-    key = (ruleset.fingerprint, starts)
-    hit = _narrowings.get(key)
-    if hit is None:
-        hit = MappingProxyType(_narrowing(ruleset, windows, starts))
-        if len(_narrowings) >= MAX_NARROWINGS:
-            _narrowings.clear()
-        _narrowings[key] = hit
-    return hit
-
-
-def _narrowing(
-    ruleset: RuleSet, windows: dict[str, KeyWindow], starts: tuple[date | None, ...]
-) -> dict[str, tuple[Narrowed, ...]]:
+def fetch_narrowing(ruleset: RuleSet, now: datetime) -> dict[str, tuple[Narrowed, ...]]:
+    """The searches of the service's own fetch per narrowed key (never for discovery)."""
     out: dict[str, tuple[Narrowed, ...]] = {}
-    for (key, window), start in zip(windows.items(), starts, strict=True):
-        if window.days is None or start is None:
+    for key, window in key_windows(ruleset).items():
+        if window.days is None:
             continue
+        start = (now - timedelta(days=window.days + MARGIN_DAYS)).date()
         # `date` searches effective[x] only; the reading layer dates an observation by `issued`
         # when it has no effective[x] (and reports an undated one): those are asked for apart.
         parts = [Narrowed(params=f"date=ge{start.isoformat()}"), Narrowed(params=UNDATED)]
-        codes = kind_codes(ruleset.observation_kinds, window.history)
-        if codes:
-            parts.append(Narrowed(codes=code_tokens(codes)))
+        history = _history_search(ruleset, key, window)
+        if history is not None:
+            parts.append(history)
         out[key] = tuple(parts)
     return out
+
+
+def _history_search(ruleset: RuleSet, key: str, window: KeyWindow) -> Narrowed | None:
+    """The key's search by the codes of the kinds read over the whole history, built once per
+    rule set (the code tokens of every such kind: the costly part of the narrowing)."""
+    cache_key = (ruleset.fingerprint, key)
+    hit = _history_searches.get(cache_key, _ABSENT)  # None: the key has no such kinds
+    if hit is not _ABSENT:
+        return hit  # type: ignore[return-value]
+    codes = kind_codes(ruleset.observation_kinds, window.history)
+    search = Narrowed(codes=code_tokens(codes)) if codes else None
+    if len(_history_searches) >= MAX_HISTORY_SEARCHES:
+        _history_searches.clear()
+    _history_searches[cache_key] = search
+    return search

@@ -23,31 +23,52 @@ from .core import (
     predicate,
 )
 
+#: The memo key of a node that is not memoised: never in a request's cache.
+NO_KEY = "\x02"
+
+
+def _keyed(node: Node) -> tuple[str, Evaluator]:
+    """A child's memo key (leaves and refs are memoised per request; its evaluator would look
+    there first) and its evaluator: a parent looks the key up itself, saving a call per hit."""
+    return getattr(node, "_key", NO_KEY), node.evaluator()
+
 
 class All(Node):
     def __init__(self, children: list[Node]) -> None:
         self.children = children
 
     def compile(self) -> Evaluator:
-        fns = tuple(c.evaluator() for c in self.children)
-        if len(fns) == 2:  # the common shape (a gate, then the condition): no loop
-            first, second = fns
+        keyed = tuple(_keyed(c) for c in self.children)
+        if len(keyed) == 2:  # the common shape (a gate, then the condition): no loop
+            (k1, first), (k2, second) = keyed
 
             def all_2(env: Env) -> Result:
-                r1 = first(env)
+                cache = env.cache
+                r1 = cache.get(k1) or first(env)
                 if r1.value is False:
                     return FALSE if not r1.reason else Result(False, {}, [], [], r1.reason)
-                r2 = second(env)
-                if r2.value is False:
+                r2 = cache.get(k2) or second(env)
+                v2 = r2.value
+                if v2 is False:
                     return FALSE if not r2.reason else Result(False, {}, [], [], r2.reason)
+                if r1.value is True and v2 is True:  # _merge_all's answer, most often
+                    c1 = bool(r1.bind or r1.evidence)
+                    c2 = bool(r2.bind or r2.evidence)
+                    if not c1 and not c2:
+                        return TRUE
+                    if c1 is not c2:
+                        only = r1 if c1 else r2
+                        if not only.reason and not only.missing:
+                            return only
                 return _merge_all((r1, r2))
 
             return all_2
 
         def all_(env: Env) -> Result:
+            cache = env.cache
             results = []
-            for fn in fns:
-                r = fn(env)
+            for key, fn in keyed:
+                r = cache.get(key) or fn(env)
                 if r.value is False:
                     return FALSE if not r.reason else Result(False, {}, [], [], r.reason)
                 results.append(r)
@@ -107,14 +128,30 @@ class Any_(Node):
         self.children = children
 
     def compile(self) -> Evaluator:
-        fns = tuple(c.evaluator() for c in self.children)
+        keyed = tuple(_keyed(c) for c in self.children)
+        if len(keyed) == 2:
+            (k1, first), (k2, second) = keyed
+
+            def any_2(env: Env) -> Result:
+                cache = env.cache
+                r1 = cache.get(k1) or first(env)
+                r2 = cache.get(k2) or second(env)
+                v1, v2 = r1.value, r2.value
+                if v1 is True or v2 is True:
+                    return _merge_any([r1, r2], (v1 is True) + (v2 is True))
+                if v1 is None or v2 is None:
+                    return Result(None, {}, [], [m for r in (r1, r2) if r.value is None for m in r.missing])
+                return FALSE
+
+            return any_2
 
         def any_(env: Env) -> Result:
+            cache = env.cache
             results = []  # every branch: what the false ones find is context too
             hits = 0
             unknown = False
-            for fn in fns:
-                r = fn(env)
+            for key, fn in keyed:
+                r = cache.get(key) or fn(env)
                 results.append(r)
                 v = r.value
                 if v is True:
