@@ -240,9 +240,8 @@ class _Writer:
             self.emit(depth, f"if not isinstance({ns}, _Namespace): raise _Fallback('namespace')")
             self.emit(depth, f"{ns}[{self.const(target.attr)}] = {self.expr(node.node, frame)}")
             return
-        if not isinstance(target, nodes.Name):
-            raise Unsupported("set target")
-        self.emit(depth, f"{frame.symbols.ref(target.name)} = {self.expr(node.node, frame)}")
+        # a name, or names unpacked as Jinja's code unpacks them (a Python tuple assignment)
+        self.emit(depth, f"{self.target(target, frame)} = {self.expr(node.node, frame)}")
 
     def target(self, node: nodes.Node, frame: Frame) -> str:
         if isinstance(node, nodes.Name):
@@ -254,7 +253,7 @@ class _Writer:
         ):
             names = [frame.symbols.ref(n.name) for n in node.items]  # type: ignore[attr-defined]
             return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
-        raise Unsupported("loop target")
+        raise Unsupported("target")
 
     def for_(self, node: nodes.For, frame: Frame, depth: int) -> None:
         """Jinja's ``visit_For``: the loop's frame, its filter's and its else's."""
