@@ -133,3 +133,61 @@ def test_written_text_is_kept_only_as_a_placeholder() -> None:
     assert key_of({**code, "extension": [{"url": "x", "valueString": "Anna"}]}) is None
     assert key_of({"text": "t", "note": [{"text": "Anna"}]}) is None
     assert key_of(code) is not None
+
+
+def _med_records(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        entry["resource"]
+        for value in request["prefetch"].values()
+        for entry in (value or {}).get("entry") or []
+        if entry["resource"]["resourceType"].startswith("Medication")
+    ]
+
+
+def test_no_cache_keeps_words_written_under_an_element_r4b_does_not_define() -> None:
+    # real EHRs add their own keys ("remark", "comments"): such an element may say anything about the
+    # patient, and main kept it, as part of the JSON key of a shared element's verdict (the drug's
+    # concept, the sig), in the worker's cross-call tables
+    words = " ".join(["Zebulon", "Quarkworth", "said"])
+    request = load_example("v08-phenelzine")
+    records = _med_records(request)
+    assert records
+    for res in records:
+        concept = res.get("medicationCodeableConcept")
+        if isinstance(concept, dict):
+            concept["remark"] = words
+        for key in ("dosageInstruction", "dosage"):
+            dosages = res.get(key)
+            for d in dosages if isinstance(dosages, list) else [dosages] if isinstance(dosages, dict) else []:
+                d["remarks"] = words
+    out = run(request)
+    assert out.evaluation.facts.record.size > 5 and out.response["cards"]
+    del out, request, records, words
+    gc.collect()
+    assert _kept_by_the_service(_SAID) == []
+
+
+def test_no_cache_keeps_dates_in_a_misshapen_timing() -> None:
+    # a sig's period of use written where R4B does not put it (``repeat`` as an array, a bounds key
+    # misspelled): still the patient's own dates, never a key (main kept them with the sig)
+    request = load_example("v08-phenelzine")
+    dosages = [
+        d
+        for res in _med_records(request)
+        for key in ("dosageInstruction", "dosage")
+        for d in (res.get(key) if isinstance(res.get(key), list) else [res.get(key)])
+        if isinstance(d, dict)
+    ]
+    assert dosages
+    for i, d in enumerate(dosages):
+        period = {"start": f"1917-0{1 + i % 9}-1{i % 10}"}
+        timing = d.setdefault("timing", {})
+        if i % 2:
+            timing["repeat"] = [{"boundsPeriod": period}]
+        else:
+            timing.setdefault("repeat", {})["boundsPeriodStart"] = period
+    out = run(request)
+    assert out.evaluation.facts.record.size > 5
+    del out, request, dosages
+    gc.collect()
+    assert _kept_by_the_service() == []

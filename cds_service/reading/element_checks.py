@@ -136,7 +136,8 @@ def _ok_function(
             hit = data.get(content, MISS)
             if hit is MISS:
                 hit = _model_verdict(holder[0], v) is None
-                kept.put(content, hit)
+                if hit:  # only valid content is a key: an invalid one may hold an undeclared key's words
+                    kept.put(content, hit)
             else:
                 touch(data, content)
             return hit  # type: ignore[no-any-return]

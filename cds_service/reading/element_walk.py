@@ -304,8 +304,8 @@ def _shared(
         part = {k: v for k, v in zip(plan.shared, values, strict=True) if v is not APART}
         _walk(part, table, "", fail, out, True, table.actions)
         found = (tuple(fail), tuple(out))
-        if words_free is not None:
-            kept.put((plan.number, words_free), found)
+        if words_free is not None and not fail and not out:  # what it found may be words or dates
+            kept.put((plan.number, words_free), found)  # under a key R4B does not define: not kept
     if apart:
         fail, out = list(found[0]), list(found[1])
         for k in apart:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from fhir.resources.R4B import get_fhir_model_class
 
+from . import datatypes
 from .raw import as_list, without_words
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -88,6 +90,14 @@ def codings(concept: Any) -> list[tuple[str, str]]:
             if isinstance(code, str) and isinstance(system, str):
                 out.append(norm_code(system, code))
     return out
+
+
+#: Certainly a valid CodeableConcept (R4B's keys and value types, :mod:`.datatypes`): only such a
+#: concept's JSON keys a kept match. An element R4B does not define (an EHR's own "remark") may
+#: hold anything about the patient, and :func:`~.raw.without_words` replaces only the written ones.
+_PLAIN_CONCEPT = datatypes.compiled(
+    get_fhir_model_class("MedicationRequest").model_fields["medicationCodeableConcept"].annotation
+)
 
 
 def concept_text(concept: Any) -> str:
@@ -228,6 +238,8 @@ class Terminology:
             return hit
         hit = self._match_drug(concept)
         if written and hit.matched_by != "code":
+            return hit
+        if not _PLAIN_CONCEPT(concept):  # a key R4B does not define may say anything: not a key
             return hit
         if len(self._match_cache) > 50_000:
             self._match_cache.clear()
