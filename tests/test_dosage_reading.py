@@ -51,23 +51,73 @@ def test_a_kept_reading_is_the_reading() -> None:
     assert again == first and again is not first  # a fresh object: callers may fill in the route
 
 
-def test_a_dosage_with_free_text_is_read_afresh_and_never_kept() -> None:
-    """Free text (the sig's text, patient instructions, a route or reason written out, a note, an
-    extension) can hold anything about the patient: a dosage carrying it is read, not kept."""
+def test_a_dosage_with_free_text_is_kept_without_the_words() -> None:
+    """Free text (the sig's text, patient instructions, a route or reason written out) can hold
+    anything about the patient: it is never part of a kept key, and a dosage holding notes or
+    extensions (free text with more than a string's rules) is read, not kept."""
     dosage._DOSINGS.clear()
     base = _request({"start": "2024-12-02"})
     words = "Jane Doe, born 1961-02-03: take with food after the overdose attempt"
     for where in ("text", "patientInstruction"):
         res = copy.deepcopy(base)
         res["dosageInstruction"][0][where] = words
-        assert dosage._dosage_key(res["dosageInstruction"][0]) is None
+        key = dosage._dosage_key(res["dosageInstruction"][0])
+        assert key is not None and b"Jane" not in key and b"1961" not in key
         assert dosage.dosing_of(res, "MedicationRequest").dose == 300
     res = copy.deepcopy(base)
     res["dosageInstruction"][0]["route"] = {"text": words}
     res["dosageInstruction"][0]["additionalInstruction"] = [{"text": words}]
-    assert dosage._dosage_key(res["dosageInstruction"][0]) is None
-    res = copy.deepcopy(base)
-    res["dosageInstruction"][0]["extension"] = [{"url": "x", "valueString": words}]
-    assert dosage._dosage_key(res["dosageInstruction"][0]) is None
+    assert b"Jane" not in (dosage._dosage_key(res["dosageInstruction"][0]) or b"")
     dosage.dosing_of(res, "MedicationRequest")
-    assert not any(b"Jane" in key for _, key in dosage._DOSINGS)
+    for opaque in ({"extension": [{"url": "x", "valueString": words}]}, {"note": [{"text": words}]}):
+        res = copy.deepcopy(base)
+        res["dosageInstruction"][0].update(opaque)
+        assert dosage._dosage_key(res["dosageInstruction"][0]) is None
+        assert dosage.dosing_of(res, "MedicationRequest").dose == 300
+    assert not any(b"Jane" in key or b"1961" in key for _, key in dosage._DOSINGS)
+    assert not any("Jane" in str(v) for v in dosage._DOSINGS.values())
+
+
+def _worded(route_text: str, sig: str) -> dict[str, Any]:
+    res = _request({"start": "2024-12-02"})
+    given = res["dosageInstruction"][0]
+    given["text"] = sig
+    given["route"] = {"text": route_text} if route_text else {}
+    return res
+
+
+def test_a_route_written_out_is_read_from_each_records_own_words() -> None:
+    """Two sigs alike but for their words share a kept key; the route each names is its own."""
+    dosage._DOSINGS.clear()
+    oral = _worded("by mouth", "300 mg three times daily")
+    iv = _worded("IV infusion", "300 mg three times daily")
+    assert dosage._dosage_key(oral["dosageInstruction"][0]) == dosage._dosage_key(iv["dosageInstruction"][0])
+    assert dosage.dosing_of(oral, "MedicationRequest").route == "oral"
+    assert dosage.dosing_of(iv, "MedicationRequest").route == "iv"
+    assert len(dosage._DOSINGS) == 1 and next(iter(dosage._DOSINGS.values()))[3] is None
+    # no route concept: the sig's own text names it
+    by_sig = [_worded("", s) for s in ("300 mg by mouth tid", "300 mg i.m. tid", "300 mg tid")]
+    assert [dosage.dosing_of(r, "MedicationRequest").route for r in by_sig] == ["oral", "im", None]
+    assert dosage.dosing_of(iv, "MedicationRequest", {}).route == "iv"
+
+
+def test_timing_events_are_left_out_of_every_key() -> None:
+    """``timing.event`` holds the patient's dates and no reading uses it."""
+    a = _request({"start": "2024-12-02"})["dosageInstruction"][0]
+    a["timing"]["event"] = ["2024-12-02T08:00:00Z"]
+    key = dosage._dosage_key(a)
+    assert key is not None and b"2024" not in key
+    assert key == dosage._dosage_key(_request({})["dosageInstruction"][0])
+    assert a["timing"]["event"] == ["2024-12-02T08:00:00Z"]
+
+
+def test_the_request_memo_reads_one_course_once() -> None:
+    """Within a request, records of one sig share a reading; each use gets its own object."""
+    memo: dosage.Memo = {}
+    course = [_worded("oral", "300 mg three times daily") for _ in range(3)]
+    course[1]["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"] = {"start": "2025-01-01"}
+    readings = [dosage.dosing_of(r, "MedicationRequest", memo) for r in course]
+    assert len(memo) == 1 and readings[0] == readings[2] and readings[0] is not readings[2]
+    assert (readings[1].dose, readings[1].per_day, readings[1].route) == (300, 3, "oral")
+    other = _worded("IV", "300 mg three times daily")
+    assert dosage.dosing_of(other, "MedicationRequest", memo).route == "iv" and len(memo) == 2

@@ -2,8 +2,10 @@
 
 Read from the raw JSON of one ``Dosage`` (or ``MedicationAdministration.dosage``) after the record
 validated it (:mod:`.medication_use` decides when). A drug's usual sig repeats across records and
-patients, so a reading is kept by the dosage's content — without its timing bounds, which are the
-patient's own dates and which no reading here uses.
+patients, so a reading is kept by the dosage's content — without its timing bounds and events, which
+are the patient's own dates and which no reading here uses, and without the words anyone wrote (a
+sig's text, a route written out): only a route can be read from those, and it is read again from
+each record's own words.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .raw import as_dict, as_float, as_list, holds_free_text
+from .raw import as_dict, as_float, as_list, without_words
 from .terminology import concept_text
 from .units import dose as dose_of
 from .units import rate as rate_of
@@ -108,40 +110,64 @@ class Dosing:
     infusion: float | None = None
 
 
-# Readings by (administration?, the dosage's JSON without timing bounds); values only, so no
-# request is kept alive, and no patient's dates or words. Bounded.
+# Readings by (administration?, the dosage's JSON without timing bounds or events and with every
+# written string a placeholder): values only, so no request is kept alive, and no patient's dates
+# or words. A route read from words is never kept: it is read again from each record's own text.
+# Bounded; a lookup and a store are single dict operations, safe with another thread clearing it.
 _DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
 _DOSINGS_LIMIT = 20_000
 
-
 _BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing.repeat.bounds[x]
+_TEXT = b'"text":'  # where a route may be written out (Dosage.text, route.text)
 
 
-def _dosage_key(element: Any) -> bytes | None:
-    """The dosage's content as a key: its JSON with ``timing.repeat.bounds[x]`` left out (the
-    reading never uses them); None when dates remain elsewhere in it, when it holds free text
-    (:func:`~.raw.holds_free_text`), or when it is not JSON."""
+def _content(element: Any) -> bytes | None:
+    """The dosage's JSON with what no reading uses and only a patient's dates can tell apart left
+    out (``timing.event``, ``timing.repeat.bounds[x]``): a course's request and dispenses, and one
+    sig on many patients' records, give one content. None when it is not JSON."""
     if not isinstance(element, dict):
         return None
     timing = element.get("timing")
-    repeat = timing.get("repeat") if isinstance(timing, dict) else None
-    if isinstance(repeat, dict) and not _BOUNDS.isdisjoint(repeat):
-        repeat = {k: v for k, v in repeat.items() if k not in _BOUNDS}
-        element = {**element, "timing": {**timing, "repeat": repeat}}  # type: ignore[dict-item]
+    if isinstance(timing, dict):
+        repeat = timing.get("repeat")
+        if "event" in timing or (isinstance(repeat, dict) and not _BOUNDS.isdisjoint(repeat)):
+            timing = {k: v for k, v in timing.items() if k != "event"}
+            if isinstance(repeat, dict):
+                timing["repeat"] = {k: v for k, v in repeat.items() if k not in _BOUNDS}
+            element = {**element, "timing": timing}
     try:
-        content = orjson.dumps(element)
+        return orjson.dumps(element)
     except (TypeError, ValueError, orjson.JSONEncodeError):
         return None
-    if b'"bounds' in content or holds_free_text(content):
+
+
+def _dosage_key(element: Any) -> bytes | None:
+    """The cross-call key of a dosage: :func:`_content` with every written string a placeholder
+    (:func:`~.raw.without_words`); None when dates remain elsewhere in it or it holds free text
+    that cannot be vouched for (notes, extensions, a text that is not a plain string)."""
+    content = _content(element)
+    return _key_of(content) if content is not None else None
+
+
+def _key_of(content: bytes) -> bytes | None:
+    if b'"bounds' in content:
         return None
-    return content
+    return without_words(content)
 
 
 def _read_administered(adm: dict[str, Any]) -> Dosing:
     dose, unit = dose_of(adm.get("dose"))
-    return Dosing(
-        dose, unit, route=route_of(adm.get("route")), infusion=infusion_minutes(dose, unit, adm, None)
-    )
+    return Dosing(dose, unit, route=_route(adm, False), infusion=infusion_minutes(dose, unit, adm, None))
+
+
+def _route(dosage: dict[str, Any], sig: bool) -> str | None:
+    """The route a dosage names: its route concept, else (a sig) the words of its text."""
+    route = route_of(dosage.get("route"))
+    if route is None and sig:
+        text = dosage.get("text")
+        if text:
+            route = route_of({"text": text})
+    return route
 
 
 def _read_dosage(element: Any) -> Dosing:
@@ -160,27 +186,53 @@ def _read_dosage(element: Any) -> Dosing:
         dose,
         unit,
         per_day(repeat),
-        route_of(dosage.get("route")) or route_of({"text": dosage.get("text", "")}),
+        _route(dosage, True),
         infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
     )
 
 
-def dosing_of(res: dict[str, Any], rtype: str) -> Dosing:
-    """What the record's (first) dosage says, read once per distinct dosage content."""
+Memo = dict[tuple[bool, bytes], tuple[Any, ...]]
+
+
+def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None) -> Dosing:
+    """What the record's (first) dosage says, read once per distinct dosage content: ``memo``
+    holds this request's readings by their whole content (words included: it lives as long as
+    the request), :data:`_DOSINGS` every request's by :func:`_key_of` (no words, no dates)."""
     administered = rtype == "MedicationAdministration"
     if administered:
         element: Any = res.get("dosage")
     else:
         key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
         element = (as_list(res.get(key)) or [{}])[0]
-    content = _dosage_key(element)
-    if content is not None:
-        hit = _DOSINGS.get((administered, content))
+    content = _content(element)
+    if content is None:
+        return _read_administered(as_dict(element)) if administered else _read_dosage(element)
+    if memo is not None:
+        hit = memo.get((administered, content))
         if hit is not None:
             return Dosing(*hit)
+    d = _kept(element, content, administered)
+    if memo is not None:
+        memo[(administered, content)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
+    return d
+
+
+def _kept(element: Any, content: bytes, administered: bool) -> Dosing:
+    """The reading, from :data:`_DOSINGS` when another record of the sig was read; a route that
+    may come from the words (a ``text`` anywhere in the dosage) is read from this one's own."""
+    key = _key_of(content)
+    worded = _TEXT in content
+    if key is not None:
+        hit = _DOSINGS.get((administered, key))
+        if hit is not None:
+            d = Dosing(*hit)
+            if worded:
+                d.route = _route(as_dict(element), not administered)
+            return d
     d = _read_administered(as_dict(element)) if administered else _read_dosage(element)
-    if content is not None:
+    if key is not None:
         if len(_DOSINGS) >= _DOSINGS_LIMIT:
             _DOSINGS.clear()
-        _DOSINGS[(administered, content)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
+        route = None if worded else d.route
+        _DOSINGS[(administered, key)] = (d.dose, d.dose_unit, d.per_day, route, d.infusion)
     return d

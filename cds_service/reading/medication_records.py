@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from .dates import parse_date
-from .dosage import FORM_ROUTE, Dosing, dosing_of
+from .dosage import FORM_ROUTE, Dosing, Memo, dosing_of
 from .elements import Reads
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
@@ -78,8 +78,9 @@ DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
 class MedUse:
     """One medication record (request, statement, dispense, administration or draft order).
 
-    ``record`` (with ``dosage_reads``) is where the dosage is validated when first asked for; the
-    record never refers back to its uses, so a use kept by the facts makes no reference cycle.
+    ``record`` (with ``dosage_reads``) is where the dosage is validated when first asked for, and
+    ``memo`` the request's readings of dosages; neither refers back to the uses, so a use kept by
+    the facts makes no reference cycle.
     Its reference (``ref``) is written out when first asked for (evidence, mostly)."""
 
     __slots__ = (
@@ -94,6 +95,7 @@ class MedUse:
         "_record",
         "_dosage_reads",
         "_dosing",
+        "_memo",
     )
 
     def __init__(
@@ -108,6 +110,7 @@ class MedUse:
         resource: dict[str, Any] | None = None,
         record: PatientRecord | None = None,
         dosage_reads: Reads | None = None,
+        memo: Memo | None = None,
     ) -> None:
         self._ref = ref
         self.kind = kind
@@ -120,6 +123,7 @@ class MedUse:
         self._record = record
         self._dosage_reads = dosage_reads
         self._dosing: Dosing | None = None
+        self._memo = memo  # the request's dosage readings (a course repeats one sig)
 
     def __repr__(self) -> str:
         return f"MedUse({self.ref!r}, {self.kind!r}, {self.status!r}, {self.start}, {self.end})"
@@ -143,7 +147,7 @@ class MedUse:
         if record is None or reads is None:
             d = Dosing()
         elif record.readable(self.resource, reads):
-            d = dosing_of(self.resource, reads.rtype)
+            d = dosing_of(self.resource, reads.rtype, self._memo)
         else:
             d = Dosing()
         d.route = d.route or FORM_ROUTE.get(drug.form or "")

@@ -16,7 +16,9 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
-from .dosage import ROUTES, Dosing, infusion_minutes, minutes, per_day, route_of
+import orjson
+
+from .dosage import ROUTES, Dosing, Memo, infusion_minutes, minutes, per_day, route_of
 from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, stop_reason
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
@@ -154,10 +156,32 @@ class MedicationFacts:
         _ = self.orders
         return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
 
+    @cached_property
+    def _drugs(self) -> dict[bytes, DrugMatch]:
+        """This request's drug matches by the concept's JSON (a course's request and dispenses
+        repeat one concept); words and all, as it lives only as long as the request."""
+        return {}
+
+    @cached_property
+    def _dosings(self) -> Memo:
+        """This request's dosage readings (see :func:`~.dosage.dosing_of`)."""
+        return {}
+
+    def _drug_of(self, concept: dict[str, Any]) -> DrugMatch:
+        try:
+            content = orjson.dumps(concept)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            return self.t.match_drug(concept)
+        drugs = self._drugs
+        drug = drugs.get(content)
+        if drug is None:
+            drug = drugs[content] = self.t.match_drug(concept)
+        return drug
+
     def _med_use(self, res: dict[str, Any], kind: str) -> MedUse | None:
         concept = res.get("medicationCodeableConcept")
         if isinstance(concept, dict):  # most records: the drug inline (what identify() does first)
-            drug = self.t.match_drug(concept)
+            drug = self._drug_of(concept)
             if not drug.ingredients:
                 if kind == "draft":
                     self.unidentified_orders.append(res)
@@ -181,7 +205,7 @@ class MedicationFacts:
                 return None
             core, dosage_reads = READS["MedicationRequest"]
             if not record.readable(res, core):
-                return MedUse(None, kind, drug, "", None, None, "", res, record, dosage_reads)
+                return MedUse(None, kind, drug, "", None, None, "", res, record, dosage_reads, self._dosings)
             start, end = DATES["MedicationRequest"](res)
         else:
             if (
@@ -196,7 +220,7 @@ class MedicationFacts:
                 return None
             start, end = DATES[kind](res)
         reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
-        return MedUse(None, kind, drug, status, start, end, reason, res, record, dosage_reads)
+        return MedUse(None, kind, drug, status, start, end, reason, res, record, dosage_reads, self._dosings)
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
         """Drafts of the value set in the request, the one ``excluding`` aside: orders signed
