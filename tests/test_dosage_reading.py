@@ -114,10 +114,12 @@ def test_timing_events_are_left_out_of_every_key() -> None:
 def test_the_request_memo_reads_one_course_once() -> None:
     """Within a request, records of one sig share a reading; each use gets its own object."""
     memo: dosage.Memo = {}
-    course = [_worded("oral", "300 mg three times daily") for _ in range(3)]
-    course[1]["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"] = {"start": "2025-01-01"}
+    course = [_worded("oral", "300 mg three times daily") for _ in range(4)]
+    for dispense in (course[0], course[2], course[3]):  # a request (course[1]) has the bounds
+        del dispense["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]
     readings = [dosage.dosing_of(r, "MedicationRequest", memo) for r in course]
-    assert len(memo) == 1 and readings[0] == readings[2] and readings[0] is not readings[2]
+    assert len(memo) == 2  # the request (with its bounds) and its dispenses
+    assert readings[0] == readings[3] and readings[0] is not readings[3]
     assert (readings[1].dose, readings[1].per_day, readings[1].route) == (300, 3, "oral")
     other = _worded("IV", "300 mg three times daily")
-    assert dosage.dosing_of(other, "MedicationRequest", memo).route == "iv" and len(memo) == 2
+    assert dosage.dosing_of(other, "MedicationRequest", memo).route == "iv" and len(memo) == 3

@@ -121,10 +121,11 @@ _BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing
 _TEXT = b'"text":'  # where a route may be written out (Dosage.text, route.text)
 
 
-def _content(element: Any) -> bytes | None:
+def _content(element: Any, whole: bytes | None = None) -> bytes | None:
     """The dosage's JSON with what no reading uses and only a patient's dates can tell apart left
     out (``timing.event``, ``timing.repeat.bounds[x]``): a course's request and dispenses, and one
-    sig on many patients' records, give one content. None when it is not JSON."""
+    sig on many patients' records, give one content. ``whole``: the element's JSON, when known.
+    None when it is not JSON."""
     if not isinstance(element, dict):
         return None
     timing = element.get("timing")
@@ -134,7 +135,9 @@ def _content(element: Any) -> bytes | None:
             timing = {k: v for k, v in timing.items() if k != "event"}
             if isinstance(repeat, dict):
                 timing["repeat"] = {k: v for k, v in repeat.items() if k not in _BOUNDS}
-            element = {**element, "timing": timing}
+            element, whole = {**element, "timing": timing}, None
+    if whole is not None:
+        return whole
     try:
         return orjson.dumps(element)
     except (TypeError, ValueError, orjson.JSONEncodeError):
@@ -196,24 +199,31 @@ Memo = dict[tuple[bool, bytes], tuple[Any, ...]]
 
 def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None) -> Dosing:
     """What the record's (first) dosage says, read once per distinct dosage content: ``memo``
-    holds this request's readings by their whole content (words included: it lives as long as
-    the request), :data:`_DOSINGS` every request's by :func:`_key_of` (no words, no dates)."""
+    holds this request's readings by the dosage's whole JSON (words and dates included: it lives
+    as long as the request; a course's dispenses repeat one), :data:`_DOSINGS` every request's by
+    :func:`_key_of` (no words, no dates)."""
     administered = rtype == "MedicationAdministration"
     if administered:
         element: Any = res.get("dosage")
     else:
         key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
         element = (as_list(res.get(key)) or [{}])[0]
-    content = _content(element)
+    whole = None
+    if memo is not None and isinstance(element, dict):
+        try:
+            whole = orjson.dumps(element)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            whole = None
+        if whole is not None:
+            hit = memo.get((administered, whole))
+            if hit is not None:
+                return Dosing(*hit)
+    content = _content(element, whole)
     if content is None:
         return _read_administered(as_dict(element)) if administered else _read_dosage(element)
-    if memo is not None:
-        hit = memo.get((administered, content))
-        if hit is not None:
-            return Dosing(*hit)
     d = _kept(element, content, administered)
-    if memo is not None:
-        memo[(administered, content)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
+    if memo is not None and whole is not None:
+        memo[(administered, whole)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
     return d
 
 

@@ -1,0 +1,86 @@
+"""A request's medication records are read once per distinct drug concept and sig (issue 8, speed):
+a course's request and its monthly dispenses repeat one concept and one dosage. The memo lives as
+long as the request; validation of each record is never shared."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from cds_service.reading.terminology import Terminology
+
+from .record_support import facts_of
+from .test_timeline import RXNORM, add, ketamine_request
+
+PHENELZINE = {"coding": [{"system": RXNORM, "code": "8123", "display": "phenelzine"}], "text": "Nardil"}
+
+
+def _dispense(n: int, concept: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationDispense",
+        "id": f"disp-{n}",
+        "status": "completed",
+        "medicationCodeableConcept": copy.deepcopy(concept),
+        "whenHandedOver": f"2025-{n % 12 + 1:02d}-03",
+        "daysSupply": {"value": 30, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"},
+        "dosageInstruction": [
+            {
+                "text": "15 mg by mouth three times daily",
+                "doseAndRate": [{"doseQuantity": {"value": 15, "unit": "mg", "code": "mg"}}],
+                "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+            }
+        ],
+        **fields,
+    }
+
+
+def _course(*extra: dict[str, Any]) -> dict[str, Any]:
+    request = ketamine_request()
+    for n in range(6):
+        add(request, "medicationDispenses", _dispense(n, PHENELZINE))
+    for res in extra:
+        add(request, "medicationDispenses", res)
+    return request
+
+
+def test_one_concept_is_matched_once_per_request(monkeypatch: Any) -> None:
+    calls: list[Any] = []
+    real = Terminology.match_drug
+
+    def spy(self: Terminology, concept: Any) -> Any:
+        calls.append(concept)
+        return real(self, concept)
+
+    monkeypatch.setattr(Terminology, "match_drug", spy)
+    facts = facts_of(_course())
+    uses = [u for u in facts.medication_uses if u.ref.startswith("MedicationDispense/disp-")]
+    assert len(uses) == 6 and all(u.drug.ingredients == {"phenelzine"} for u in uses)
+    assert sum(1 for c in calls if c == PHENELZINE) == 1
+    assert [u.daily_dose for u in uses] == [45.0] * 6
+
+
+def test_concepts_differing_in_their_words_keep_their_own() -> None:
+    """The request's memo is keyed by the whole concept: a name written otherwise is its own."""
+    other = dict(PHENELZINE, text="Nardil 15 mg (patient's own supply)")
+    facts = facts_of(_course(_dispense(9, other)))
+    texts = {u.ref: u.drug.text for u in facts.medication_uses if u.kind == "MedicationDispense"}
+    assert texts["MedicationDispense/disp-9"].startswith("Nardil 15 mg (patient's own supply)")
+    assert texts["MedicationDispense/disp-1"] == "Nardil phenelzine"
+
+
+def test_each_record_of_a_memoised_concept_is_still_validated() -> None:
+    """A dispense sharing the course's concept but with an invalid element it is read for is
+    unreadable (the MAOI check asks for it), whatever its siblings said."""
+    bad = _dispense(7, PHENELZINE, whenHandedOver="the third of May")
+    facts = facts_of(_course(bad))
+    assert "MedicationDispense/disp-7" in facts.unreadable_medications_in("maoi")
+    assert "MedicationDispense/disp-7" not in {u.ref for u in facts.medication_uses}
+
+
+def test_a_memoised_sig_keeps_each_records_own_route() -> None:
+    route_iv = _dispense(8, PHENELZINE)
+    route_iv["dosageInstruction"][0]["text"] = "15 mg IV three times daily"
+    facts = facts_of(_course(route_iv))
+    routes = {u.ref: u.route for u in facts.medication_uses if u.kind == "MedicationDispense"}
+    assert routes["MedicationDispense/disp-8"] == "iv" and routes["MedicationDispense/disp-2"] == "oral"
+
