@@ -84,3 +84,38 @@ def test_a_memoised_sig_keeps_each_records_own_route() -> None:
     routes = {u.ref: u.route for u in facts.medication_uses if u.kind == "MedicationDispense"}
     assert routes["MedicationDispense/disp-8"] == "iv" and routes["MedicationDispense/disp-2"] == "oral"
 
+
+
+def test_active_uses_agrees_with_in_effect_for_every_record_not_ended() -> None:
+    """``active_uses`` decides most records inline; its answer is :func:`in_effect`'s."""
+    from datetime import date, timedelta
+
+    from cds_service.reading.medication_use import MedicationFacts, MedUse
+    from cds_service.reading.terminology import DrugMatch
+    from cds_service.reading.timeline import in_effect
+
+    today = date(2026, 5, 4)
+    days = [None, *(today + timedelta(days=d) for d in (-40, -8, -7, -6, -1, 0, 1, 30))]
+    drug = DrugMatch(frozenset({"phenelzine"}), matched_by="code")
+    uses = [
+        MedUse(f"r{i}", kind, drug, status, start, end)
+        for i, (kind, status, start, end) in enumerate(
+            (kind, status, start, end)
+            for kind in ("MedicationRequest", "MedicationStatement", "MedicationDispense")
+            for status in ("active", "completed", "on-hold", "cancelled", "not-taken", "unknown", "")
+            for start in days
+            for end in days
+        )
+        if not (status == "completed" and kind != "MedicationDispense")  # ended: in_effect itself
+    ]
+
+    class Facts(MedicationFacts):
+        def __init__(self) -> None:
+            self.today = today
+
+        def uses_in(self, valueset: str) -> list[MedUse]:
+            return uses
+
+    for grace in (0, 1, 7, 10**9):
+        expected = [u.ref for u in uses if in_effect(u, [], today, grace)]
+        assert [u.ref for u in Facts().active_uses("maoi", grace_days=grace)] == expected, grace

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .raw import as_dict, as_float, as_list, without_words
+from .raw import as_dict, as_float, as_list
 from .terminology import concept_text
 from .units import dose as dose_of
 from .units import rate as rate_of
@@ -32,6 +32,7 @@ ROUTES = {
     "transdermal": ("transdermal", "topical"),
 }
 FORM_ROUTE = {"nasal": "nasal", "oral": "oral", "transdermal": "transdermal"}
+_ROUTE_WORDS = {w: route for route, words in reversed(ROUTES.items()) for w in words}  # first route wins
 
 _ROUTE_PATTERNS = [
     (route, re.compile("|".join(rf"(?<![a-z]){re.escape(w)}(?![a-z])" for w in words)))
@@ -52,10 +53,17 @@ def _route_of_names(names: str) -> str | None:
 
 
 def _route_in(text: str) -> str | None:
-    """The route a text names ("IV infusion" → iv)."""
+    """The route a text names ("IV infusion" → iv); a route's own word ("oral") without a search."""
     text = text.lower()
     if not text:
         return None
+    word = _ROUTE_WORDS.get(text.strip())
+    if word is not None:
+        return word
+    return _route_by_pattern(text)
+
+
+def _route_by_pattern(text: str) -> str | None:
     for route, pattern in _ROUTE_PATTERNS:
         if pattern.search(text):
             return route
@@ -110,57 +118,69 @@ class Dosing:
     infusion: float | None = None
 
 
-# Readings by (administration?, the dosage's JSON without timing bounds or events and with every
-# written string a placeholder): values only, so no request is kept alive, and no patient's dates
-# or words. A route read from words is never kept: it is read again from each record's own text.
+Amounts = tuple[Any, Any, Any, Any]  # dose, dose unit, doses per day, infusion minutes
+
+# Amounts by exactly what they are read from (the value, unit, system and code of each dose and
+# rate; the timing's frequency, period and duration): numbers, units and codes many patients'
+# sigs share. Nothing else of a dosage is in a key, so never a date (bounds, events) nor a word
+# (a sig's text, a dose type written out, an extension). Values only, so no request is kept alive.
 # Bounded; a lookup and a store are single dict operations, safe with another thread clearing it.
-_DOSINGS: dict[tuple[bool, bytes], tuple[Any, ...]] = {}
+# The route is not among them: it may be read from words.
+_DOSINGS: dict[tuple[bool, tuple[Any, ...]], Amounts] = {}
 _DOSINGS_LIMIT = 20_000
 
-_BOUNDS = frozenset({"boundsDuration", "boundsRange", "boundsPeriod"})  # Timing.repeat.bounds[x]
-_TEXT = b'"text":'  # where a route may be written out (Dosage.text, route.text)
+
+def _quantity(q: Any) -> tuple[Any, ...] | None:
+    """What :mod:`.units` reads of a Quantity; a value of another shape is its own (no) key."""
+    if isinstance(q, dict):
+        return (q.get("value"), q.get("unit"), q.get("system"), q.get("code"))
+    if q is None:
+        return None
+    raise TypeError("not a Quantity")
 
 
-def _content(element: Any, whole: bytes | None = None) -> bytes | None:
-    """The dosage's JSON with what no reading uses and only a patient's dates can tell apart left
-    out (``timing.event``, ``timing.repeat.bounds[x]``): a course's request and dispenses, and one
-    sig on many patients' records, give one content. ``whole``: the element's JSON, when known.
-    None when it is not JSON."""
+def _ratio(r: Any) -> tuple[Any, ...] | None:
+    if isinstance(r, dict):
+        return (_quantity(r.get("numerator")), _quantity(r.get("denominator")))
+    if r is None:
+        return None
+    raise TypeError("not a Ratio")
+
+
+def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | None:
+    """What a dosage's amounts are read from; None when a part has a shape no reading takes."""
     if not isinstance(element, dict):
         return None
-    timing = element.get("timing")
-    if isinstance(timing, dict):
-        repeat = timing.get("repeat")
-        if "event" in timing or (isinstance(repeat, dict) and not _BOUNDS.isdisjoint(repeat)):
-            timing = {k: v for k, v in timing.items() if k != "event"}
-            if isinstance(repeat, dict):
-                timing["repeat"] = {k: v for k, v in repeat.items() if k not in _BOUNDS}
-            element, whole = {**element, "timing": timing}, None
-    if whole is not None:
-        return whole
     try:
-        return orjson.dumps(element)
-    except (TypeError, ValueError, orjson.JSONEncodeError):
+        if administered:
+            return (
+                _quantity(element.get("dose")),
+                _quantity(element.get("rateQuantity")),
+                _ratio(element.get("rateRatio")),
+            )
+        entries = element.get("doseAndRate")
+        rates = tuple(
+            (_quantity(e.get("doseQuantity")), _quantity(e.get("rateQuantity")), _ratio(e.get("rateRatio")))
+            if isinstance(e, dict)
+            else None
+            for e in (entries if isinstance(entries, list) else ())
+        )
+        timing = element.get("timing")
+        repeat = timing.get("repeat") if isinstance(timing, dict) else None
+        if not isinstance(repeat, dict):
+            return (rates,)
+        key = (
+            rates,
+            repeat.get("frequency"),
+            repeat.get("period"),
+            repeat.get("periodUnit"),
+            repeat.get("duration"),
+            repeat.get("durationUnit"),
+        )
+        hash(key)  # a list or an object where a number belongs: read, not kept
+    except TypeError:
         return None
-
-
-def _dosage_key(element: Any) -> bytes | None:
-    """The cross-call key of a dosage: :func:`_content` with every written string a placeholder
-    (:func:`~.raw.without_words`); None when dates remain elsewhere in it or it holds free text
-    that cannot be vouched for (notes, extensions, a text that is not a plain string)."""
-    content = _content(element)
-    return _key_of(content) if content is not None else None
-
-
-def _key_of(content: bytes) -> bytes | None:
-    if b'"bounds' in content:
-        return None
-    return without_words(content)
-
-
-def _read_administered(adm: dict[str, Any]) -> Dosing:
-    dose, unit = dose_of(adm.get("dose"))
-    return Dosing(dose, unit, route=_route(adm, False), infusion=infusion_minutes(dose, unit, adm, None))
+    return key
 
 
 def _route(dosage: dict[str, Any], sig: bool) -> str | None:
@@ -173,10 +193,12 @@ def _route(dosage: dict[str, Any], sig: bool) -> str | None:
     return route
 
 
-def _read_dosage(element: Any) -> Dosing:
-    dosage = as_dict(element)
-    if not dosage:
-        return Dosing()
+def _administered_amounts(adm: dict[str, Any]) -> Amounts:
+    dose, unit = dose_of(adm.get("dose"))
+    return dose, unit, None, infusion_minutes(dose, unit, adm, None)
+
+
+def _sig_amounts(dosage: dict[str, Any]) -> Amounts:
     # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
     # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
     entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
@@ -185,31 +207,50 @@ def _read_dosage(element: Any) -> Dosing:
     )
     rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
     repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
-    return Dosing(
-        dose,
-        unit,
-        per_day(repeat),
-        _route(dosage, True),
-        infusion_minutes(dose, unit, rate, minutes(repeat.get("duration"), repeat.get("durationUnit"))),
-    )
+    stated = minutes(repeat.get("duration"), repeat.get("durationUnit"))
+    return dose, unit, per_day(repeat), infusion_minutes(dose, unit, rate, stated)
+
+
+def _amounts(dosage: dict[str, Any], administered: bool) -> Amounts:
+    """The dosage's amounts, from :data:`_DOSINGS` when another sig like it was read."""
+    key = _dosage_key(dosage, administered)
+    if key is not None:
+        hit = _DOSINGS.get((administered, key))  # hashable: _dosage_key checked
+        if hit is not None:
+            return hit
+    amounts = _administered_amounts(dosage) if administered else _sig_amounts(dosage)
+    if key is not None:
+        if len(_DOSINGS) >= _DOSINGS_LIMIT:
+            _DOSINGS.clear()
+        _DOSINGS[(administered, key)] = amounts
+    return amounts
+
+
+def _read_dosage(element: Any) -> Dosing:
+    dosage = as_dict(element)
+    if not dosage:
+        return Dosing()
+    dose, unit, daily, infusion = _amounts(dosage, False)
+    return Dosing(dose, unit, daily, _route(dosage, True), infusion)
 
 
 Memo = dict[tuple[bool, bytes], tuple[Any, ...]]
 
 
 def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None) -> Dosing:
-    """What the record's (first) dosage says, read once per distinct dosage content: ``memo``
-    holds this request's readings by the dosage's whole JSON (words and dates included: it lives
-    as long as the request; a course's dispenses repeat one), :data:`_DOSINGS` every request's by
-    :func:`_key_of` (no words, no dates)."""
+    """What the record's (first) dosage says. ``memo`` holds this request's readings by the
+    dosage's whole JSON (words and dates included: it lives as long as the request, and a course's
+    dispenses repeat one sig); across requests only the amounts are kept (:data:`_DOSINGS`)."""
     administered = rtype == "MedicationAdministration"
     if administered:
         element: Any = res.get("dosage")
     else:
         key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
         element = (as_list(res.get(key)) or [{}])[0]
+    if not isinstance(element, dict) or not element:
+        return Dosing()
     whole = None
-    if memo is not None and isinstance(element, dict):
+    if memo is not None:
         try:
             whole = orjson.dumps(element)
         except (TypeError, ValueError, orjson.JSONEncodeError):
@@ -218,31 +259,8 @@ def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None) -> Dosi
             hit = memo.get((administered, whole))
             if hit is not None:
                 return Dosing(*hit)
-    content = _content(element, whole)
-    if content is None:
-        return _read_administered(as_dict(element)) if administered else _read_dosage(element)
-    d = _kept(element, content, administered)
+    dose, unit, daily, infusion = _amounts(element, administered)
+    d = Dosing(dose, unit, daily, _route(element, not administered), infusion)
     if memo is not None and whole is not None:
         memo[(administered, whole)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
-    return d
-
-
-def _kept(element: Any, content: bytes, administered: bool) -> Dosing:
-    """The reading, from :data:`_DOSINGS` when another record of the sig was read; a route that
-    may come from the words (a ``text`` anywhere in the dosage) is read from this one's own."""
-    key = _key_of(content)
-    worded = _TEXT in content
-    if key is not None:
-        hit = _DOSINGS.get((administered, key))
-        if hit is not None:
-            d = Dosing(*hit)
-            if worded:
-                d.route = _route(as_dict(element), not administered)
-            return d
-    d = _read_administered(as_dict(element)) if administered else _read_dosage(element)
-    if key is not None:
-        if len(_DOSINGS) >= _DOSINGS_LIMIT:
-            _DOSINGS.clear()
-        route = None if worded else d.route
-        _DOSINGS[(administered, key)] = (d.dose, d.dose_unit, d.per_day, route, d.infusion)
     return d

@@ -10,7 +10,7 @@ and each question about a value set reads only the groups of its drugs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from functools import cached_property
 from itertools import chain
 from operator import attrgetter
@@ -258,14 +258,17 @@ class MedicationFacts:
         by_ingredient: dict[str, list[MedUse]] | None = None
         today = self.today
         window = max(grace_days, 1)
+        try:  # ended more than grace_days ago: ended before this day
+            cutoff = today - timedelta(days=grace_days)
+        except OverflowError:
+            cutoff = date.min if grace_days > 0 else date.max
         out = []
         for u in uses:
-            if u.kind == "MedicationAdministration":
-                if u.status not in NEVER_TAKEN_MED_STATUS and u.start and (today - u.start).days <= window:
+            kind, status = u.kind, u.status
+            if kind == "MedicationAdministration":
+                if status not in NEVER_TAKEN_MED_STATUS and u.start and (today - u.start).days <= window:
                     out.append(u)
-                continue
-            same: list[MedUse] = []
-            if u.status in ENDED_MED_STATUS and u.kind != "MedicationDispense":
+            elif status in ENDED_MED_STATUS and kind != "MedicationDispense":
                 # records of the same drug: a stopped record counts until its last supply
                 if by_ingredient is None:
                     by_ingredient = {}
@@ -273,7 +276,15 @@ class MedicationFacts:
                         for ing in v.drug.ingredients:
                             by_ingredient.setdefault(ing, []).append(v)
                 same = [v for ing in u.drug.ingredients for v in by_ingredient.get(ing, ())]
-            if in_effect(u, same, today, grace_days):
+                if in_effect(u, same, today, grace_days):
+                    out.append(u)
+            # in_effect of a record not ended, inline (most of a long list): neither never
+            # taken, nor yet to start, nor ended before the grace window
+            elif not (
+                status in NEVER_TAKEN_MED_STATUS
+                or (u.start is not None and u.start > today)
+                or (u.end is not None and u.end < cutoff)
+            ):
                 out.append(u)
         return out
 

@@ -218,10 +218,13 @@ class Terminology:
 
     # -- medications ---------------------------------------------------------------------------
     def match_drug(self, concept: Any) -> DrugMatch:
-        """Ingredients of a medication CodeableConcept: by code, else by text (memoised: a record
-        repeats the same few products in every request and dispense). What is kept holds none of
-        the patient's words: a concept with its own text is kept by its codes only when they
-        decided (the text given back is the concept's own), and a match made by the words is not."""
+        """Ingredients of a medication CodeableConcept: by code, else by text. Codes are looked up
+        at once (a few hash probes, no words read but the concept's own text given back); a match
+        by the text is memoised, and what is kept holds none of the patient's words: a concept
+        with its own text is not kept when the words decided (its codes named no known drug)."""
+        coded = self._coded(concept)
+        if coded is not None:
+            return DrugMatch(coded[0], coded[1], coded[2], "code", concept_text(concept))
         try:  # the concept's JSON is the key: one C call instead of normalising its codings
             content = orjson.dumps(concept)
         except (TypeError, ValueError, orjson.JSONEncodeError):
@@ -246,12 +249,21 @@ class Terminology:
         self._match_cache[key] = replace(hit, text="") if written else hit
         return hit
 
-    def _match_drug(self, concept: Any) -> DrugMatch:
-        text = concept_text(concept)
+    def _coded(self, concept: Any) -> tuple[frozenset[str], frozenset[str], str | None] | None:
+        """(ingredients, products, form) the concept's codes name; None when they name no known drug."""
+        coding = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(coding, list):
+            return None
         ingredients: set[str] = set()
         products: set[str] = set()
         form = None
-        for system, code in codings(concept):
+        for c in coding:
+            if not isinstance(c, dict):
+                continue
+            system, code = c.get("system"), c.get("code")
+            if not isinstance(code, str) or not isinstance(system, str):
+                continue
+            system, code = norm_code(system, code)
             if system == RXNORM and code in self.products:
                 p = self.products[code]
                 products.add(code)
@@ -265,8 +277,15 @@ class Terminology:
                         ingredients |= self.ndc[key].ingredients
                         form = form or self.ndc[key].form
                         break
-        if ingredients:
-            return DrugMatch(frozenset(ingredients), frozenset(products), form, "code", text)
+        if not ingredients:
+            return None
+        return frozenset(ingredients), frozenset(products), form
+
+    def _match_drug(self, concept: Any) -> DrugMatch:
+        text = concept_text(concept)
+        coded = self._coded(concept)
+        if coded is not None:
+            return DrugMatch(coded[0], coded[1], coded[2], "code", text)
         by_text = self.ingredients_in_text(text)
         if by_text:
             return DrugMatch(by_text, frozenset(), form_from_text(text), "text", text)
