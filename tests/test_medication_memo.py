@@ -119,3 +119,13 @@ def test_active_uses_agrees_with_in_effect_for_every_record_not_ended() -> None:
     for grace in (0, 1, 7, 10**9):
         expected = [u.ref for u in uses if in_effect(u, [], today, grace)]
         assert [u.ref for u in Facts().active_uses("maoi", grace_days=grace)] == expected, grace
+
+
+def test_uses_in_is_drug_in_over_the_records_for_every_value_set() -> None:
+    """The per-request index of records by value set answers as asking each record would."""
+    lithium = {"coding": [{"system": RXNORM, "code": "6448", "display": "lithium"}]}
+    facts = facts_of(_course(_dispense(11, lithium), _dispense(12, {"text": "sertraline 50 mg"})))
+    assert len({u.drug.ingredients for u in facts.medication_uses}) >= 3
+    for vs in facts.t.valuesets:
+        expected = [u.ref for u in facts.medication_uses if facts.t.drug_in(u.drug, vs)]
+        assert [u.ref for u in facts.uses_in(vs)] == expected, vs

@@ -237,13 +237,24 @@ class MedicationFacts:
             groups.setdefault((drug.ingredients, drug.products), []).append((i, u))
         return list(groups.values())
 
+    @cached_property
+    def _groups_in(self) -> dict[str, list[list[tuple[int, MedUse]]]]:
+        """The groups of :attr:`_uses_by_drug` by the medication value sets their drug is in."""
+        index: dict[str, list[list[tuple[int, MedUse]]]] = {}
+        valuesets_of = self.t.valuesets_of
+        for group in self._uses_by_drug:
+            for vs in valuesets_of(group[0][1].drug):
+                index.setdefault(vs, []).append(group)
+        return index
+
     def uses_in(self, valueset: str) -> list[MedUse]:
         """Medication records of a drug in the value set, in record order (memoised per request)."""
         hit = self._uses_in.get(valueset)
         if hit is None:
-            drug_in = self.t.drug_in
-            parts = [g for g in self._uses_by_drug if drug_in(g[0][1].drug, valueset)]
-            if len(parts) == 1:
+            parts = self._groups_in.get(valueset, [])
+            if not parts:
+                hit = []
+            elif len(parts) == 1:
                 hit = [u for _, u in parts[0]]
             else:
                 hit = [u for _, u in sorted(chain.from_iterable(parts))]  # places are unique

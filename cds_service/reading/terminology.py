@@ -163,6 +163,7 @@ class Terminology:
     _drug_in_cache: dict[tuple[frozenset[str], frozenset[str], str], frozenset[str]] = field(
         default_factory=dict
     )
+    _valuesets_of: dict[tuple[frozenset[str], frozenset[str]], tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, medications: dict[str, Any], valuesets: Iterable[dict[str, Any]]) -> Terminology:
@@ -328,6 +329,18 @@ class Terminology:
             if len(self._drug_in_cache) > 100_000:
                 self._drug_in_cache.clear()
             self._drug_in_cache[key] = hit
+        return hit
+
+    def valuesets_of(self, match: DrugMatch) -> tuple[str, ...]:
+        """The value sets a drug is in (:meth:`drug_in` not empty), memoised by its
+        ingredients and products: a request asks a few drugs about dozens of value sets."""
+        key = (match.ingredients, match.products)
+        hit = self._valuesets_of.get(key)
+        if hit is None:
+            hit = tuple(vs for vs in self.valuesets if self._drug_in(match, vs))
+            if len(self._valuesets_of) > 20_000:
+                self._valuesets_of.clear()
+            self._valuesets_of[key] = hit
         return hit
 
     def _drug_in(self, match: DrugMatch, valueset_id: str) -> frozenset[str]:
