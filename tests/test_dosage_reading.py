@@ -134,3 +134,24 @@ def test_a_routes_own_word_reads_as_the_search_would() -> None:
             for written in (word, word.upper(), f" {word} "):
                 assert dosage._route_in(written) == dosage._route_by_pattern(written.lower()), written
     assert dosage._route_in("Oral") == "oral" and dosage._route_in("nasal spray, both nostrils") == "nasal"
+
+
+def test_a_kept_reading_is_never_another_records_number_of_another_type() -> None:
+    """``True == 1 == 1.0`` in Python (one hash): a sig's ``frequency: true`` (which R4B accepts as
+    1, and the reading refuses) or a dose of ``300.0`` must not answer for ``1`` or ``300`` read
+    later in the same worker: what a record says is read from that record."""
+    fresh = {}
+    for value in (True, 1, 1.0, 300, 300.0):
+        dosage._DOSINGS.clear()
+        res = _request({"start": "2024-12-02"})
+        res["dosageInstruction"][0]["timing"]["repeat"]["frequency"] = value
+        res["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = value
+        read = dosage.dosing_of(res, "MedicationRequest")
+        fresh[repr(value)] = (read.dose, type(read.dose), read.per_day, type(read.per_day))
+    dosage._DOSINGS.clear()
+    for value in (True, 1, 1.0, 300, 300.0, 1, True):
+        res = _request({"start": "2024-12-02"})
+        res["dosageInstruction"][0]["timing"]["repeat"]["frequency"] = value
+        res["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = value
+        read = dosage.dosing_of(res, "MedicationRequest")
+        assert (read.dose, type(read.dose), read.per_day, type(read.per_day)) == fresh[repr(value)], value

@@ -130,10 +130,16 @@ _DOSINGS: dict[tuple[bool, tuple[Any, ...]], Amounts] = {}
 _DOSINGS_LIMIT = 20_000
 
 
+def _typed(value: Any) -> tuple[type, Any]:
+    """A number with its type: ``True == 1 == 1.0`` share a hash, but are not read alike
+    (a boolean is no number to the reading; ``300.0`` is said as written)."""
+    return type(value), value
+
+
 def _quantity(q: Any) -> tuple[Any, ...] | None:
     """What :mod:`.units` reads of a Quantity; a value of another shape is its own (no) key."""
     if isinstance(q, dict):
-        return (q.get("value"), q.get("unit"), q.get("system"), q.get("code"))
+        return (_typed(q.get("value")), q.get("unit"), q.get("system"), q.get("code"))
     if q is None:
         return None
     raise TypeError("not a Quantity")
@@ -171,10 +177,10 @@ def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | N
             return (rates,)
         key = (
             rates,
-            repeat.get("frequency"),
-            repeat.get("period"),
+            _typed(repeat.get("frequency")),
+            _typed(repeat.get("period")),
             repeat.get("periodUnit"),
-            repeat.get("duration"),
+            _typed(repeat.get("duration")),
             repeat.get("durationUnit"),
         )
         hash(key)  # a list or an object where a number belongs: read, not kept
