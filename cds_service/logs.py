@@ -12,12 +12,14 @@ server sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,20 @@ def salt_file(database: str | os.PathLike[str]) -> Path:
     return Path(database).with_name("log-salt")
 
 
+def _keep_new_salt(keep_at: Path) -> None:
+    """Write a new salt beside ``keep_at`` and link it into place: the file appears whole, so a
+    worker or instance starting at the same moment never reads it empty; of two, the first link
+    wins and both then read its salt."""
+    fd, tmp = tempfile.mkstemp(dir=keep_at.parent, prefix=".log-salt-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, keep_at)
+    finally:
+        os.unlink(tmp)
+
+
 def init_salt(configured: str | None, keep_at: Path) -> None:
     """Use the configured salt, or the one kept at ``keep_at`` (created, mode 0600, if missing)."""
     global _SALT
@@ -66,14 +82,9 @@ def init_salt(configured: str | None, keep_at: Path) -> None:
         return
     try:
         keep_at.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(keep_at, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            salt = keep_at.read_text(encoding="ascii").strip()
-        else:
-            salt = secrets.token_hex(32)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(salt + "\n")
+        if not keep_at.exists():
+            _keep_new_salt(keep_at)
+        salt = keep_at.read_text(encoding="ascii").strip()
         if len(salt) < 32:
             raise ValueError(f"{keep_at} holds no usable salt")
     except (OSError, ValueError) as exc:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,41 @@ def test_4xx_bodies_name_the_field_never_its_value(tmp_path, mutate, field) -> N
     assert resp.status_code == 400
     assert resp.get_json()["field"] == field
     assert SECRET not in resp.get_data(as_text=True)
+
+
+def test_instances_starting_together_share_one_salt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers or instances starting at the same moment on one host: none may read the salt file
+    before its salt is written (it exited with "holds no usable salt"), and all use one salt."""
+    import threading
+
+    from cds_service import logs
+
+    real = logs.secrets.token_hex
+
+    def slow_token(n: int) -> str:  # the moment between creating the file and filling it, widened
+        time.sleep(0.2)
+        return real(n)
+
+    monkeypatch.setattr(logs.secrets, "token_hex", slow_token)
+    keep_at = tmp_path / "state" / "log-salt"
+    outcomes: list[object] = []
+    start = threading.Barrier(6)
+
+    def start_instance() -> None:
+        start.wait()
+        try:
+            init_salt(None, keep_at)
+            outcomes.append("ok")
+        except SystemExit as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start_instance) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == ["ok"] * 6
+    salt = keep_at.read_text(encoding="ascii").strip()
+    assert len(salt) == 64 and oct(keep_at.stat().st_mode & 0o777) == "0o600"
+    assert hash_id("x") == logs.hashlib.sha256(f"{salt}:x".encode()).hexdigest()[:16]
+    assert [p.name for p in keep_at.parent.iterdir()] == ["log-salt"]  # no temporary file left
