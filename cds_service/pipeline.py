@@ -133,7 +133,7 @@ def run(
         policy=policy,
         request_id=request_id,
         templates=templates_for(ruleset),
-        narrowing=LazyNarrowing(lambda: fetch_narrowing(ruleset, now)),  # type: ignore[arg-type]
+        narrowing=LazyNarrowing(lambda: fetch_narrowing(ruleset, now)),
     )
     t1 = time.perf_counter()
     context = request["context"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -128,7 +128,7 @@ def resolve_prefetch(
     policy: FetchPolicy | None = None,
     request_id: str | None = None,
     templates: dict[str, str] = PREFETCH,
-    narrowing: dict[str, tuple[Narrowed, ...]] | None = None,
+    narrowing: Mapping[str, tuple[Narrowed, ...]] | None = None,
 ) -> PrefetchResult:
     """Resources per key; raises DataUnavailable naming every key that could not be had.
 
