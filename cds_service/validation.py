@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import ApiError
-from .schema_accept import compile_acceptor
+from .schema_accept import Unsupported, compile_acceptor
 from .services import REQUIRED_CONTEXT, Service
 
 MAX_DEPTH = 64
@@ -35,7 +35,14 @@ def request_acceptor() -> Callable[[Any], bool]:
     """The request schema as a yes/no check that says yes only to a request the schema accepts
     (``cds_service/schema_accept.py``): a valid request skips jsonschema, which costs ~0.45 M
     instructions for a typical order-sign; any other goes to jsonschema, which names the field."""
-    return compile_acceptor(schema_validator("request").schema)
+    try:
+        return compile_acceptor(schema_validator("request").schema)
+    except Unsupported:  # a keyword draft-07 reads otherwise: jsonschema checks every request
+        return _never
+
+
+def _never(instance: Any) -> bool:
+    return False
 
 
 def field_path(error: ValidationError) -> str:

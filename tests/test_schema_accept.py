@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cds_service.errors import ApiError
 from cds_service.schema_accept import Unsupported, compile_acceptor
 from cds_service.services import SERVICES
 from cds_service.validation import request_acceptor, schema_validator, validate_request
@@ -134,3 +135,27 @@ def test_the_request_schema_is_compiled() -> None:
     assert compile_acceptor(schema_validator("request").schema)(
         {"hook": "x", "hookInstance": UUID, "context": {}}
     )
+
+
+def test_a_request_schema_the_shortcut_cannot_compile_is_checked_by_jsonschema_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the request schema gains a keyword draft-07 reads otherwise, every request is still
+    validated (by jsonschema, which names the field), never a 500."""
+    from cds_service import schema_accept
+
+    monkeypatch.setattr(schema_accept, "SAME_IN_DRAFT_7", schema_accept.SAME_IN_DRAFT_7 - {"pattern"})
+    request_acceptor.cache_clear()
+    try:
+        good = {
+            "hook": "patient-view",
+            "hookInstance": UUID,
+            "context": {"patientId": "p", "userId": "Patient/p"},
+        }
+        assert validate_request(good, SERVICES["patient-view"]) is good
+        bad = {**good, "hookInstance": "not-a-uuid"}
+        with pytest.raises(ApiError) as caught:
+            validate_request(bad, SERVICES["patient-view"])
+        assert caught.value.status == 400 and "hookInstance" in str(caught.value.field)
+    finally:
+        request_acceptor.cache_clear()
