@@ -75,12 +75,21 @@ READS: dict[str, tuple[Reads, Reads]] = {
 DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
 
 
+class Reading:
+    """Where a kind of record's dosage is read, shared by the uses of one request: the record
+    (which validates ``dosage_reads`` when first asked) and the request's dosage readings
+    (``memo``). It refers to no use, so a use kept by the facts makes no reference cycle."""
+
+    __slots__ = ("record", "dosage_reads", "memo")
+
+    def __init__(self, record: PatientRecord, dosage_reads: Reads, memo: Memo | None) -> None:
+        self.record, self.dosage_reads, self.memo = record, dosage_reads, memo
+
+
 class MedUse:
     """One medication record (request, statement, dispense, administration or draft order).
 
-    ``record`` (with ``dosage_reads``) is where the dosage is validated when first asked for, and
-    ``memo`` the request's readings of dosages; neither refers back to the uses, so a use kept by
-    the facts makes no reference cycle.
+    ``reading`` is where its dosage is read when first asked for (none: no dosage known).
     Its reference (``ref``) is written out when first asked for (evidence, mostly)."""
 
     __slots__ = (
@@ -92,10 +101,8 @@ class MedUse:
         "end",
         "stop_reason",
         "resource",
-        "_record",
-        "_dosage_reads",
+        "_reading",
         "_dosing",
-        "_memo",
     )
 
     def __init__(
@@ -108,9 +115,7 @@ class MedUse:
         end: date | None,
         stop_reason: str = "",
         resource: dict[str, Any] | None = None,
-        record: PatientRecord | None = None,
-        dosage_reads: Reads | None = None,
-        memo: Memo | None = None,
+        reading: Reading | None = None,
     ) -> None:
         self._ref = ref
         self.kind = kind
@@ -120,10 +125,8 @@ class MedUse:
         self.end = end
         self.stop_reason = stop_reason
         self.resource: dict[str, Any] = resource if resource is not None else {}
-        self._record = record
-        self._dosage_reads = dosage_reads
+        self._reading = reading
         self._dosing: Dosing | None = None
-        self._memo = memo  # the request's dosage readings (a course repeats one sig)
 
     def __repr__(self) -> str:
         return f"MedUse({self.ref!r}, {self.kind!r}, {self.status!r}, {self.start}, {self.end})"
@@ -143,11 +146,11 @@ class MedUse:
         return d
 
     def _read_dosing(self) -> Dosing:
-        record, reads, drug = self._record, self._dosage_reads, self.drug
-        if record is None or reads is None:
+        reading, drug = self._reading, self.drug
+        if reading is None:
             d = Dosing()
-        elif record.readable(self.resource, reads):
-            d = dosing_of(self.resource, reads.rtype, self._memo)
+        elif reading.record.readable(self.resource, reading.dosage_reads):
+            d = dosing_of(self.resource, reading.dosage_reads.rtype, reading.memo)
         else:
             d = Dosing()
         d.route = d.route or FORM_ROUTE.get(drug.form or "")

@@ -17,9 +17,10 @@ from operator import attrgetter
 from typing import Any
 
 import orjson
+from orjson import dumps
 
 from .dosage import ROUTES, Dosing, Memo, infusion_minutes, minutes, per_day, route_of
-from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, stop_reason
+from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, stop_reason
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology
@@ -38,6 +39,7 @@ __all__ = [
     "route_of",
 ]
 
+_NOT_A_USE = frozenset({"entered-in-error", "draft"})  # a record's status that is no use of the drug
 INACTIVE_MED_STATUS = {"completed", "stopped", "cancelled", "entered-in-error", "not-taken", "ended"}
 
 
@@ -83,12 +85,50 @@ class MedicationFacts:
 
     @cached_property
     def medication_uses(self) -> list[MedUse]:
+        """Every medication record read (drafts aside), in record order: one loop per kind with
+        the common shape inline (the drug inline, a status string), as it runs for every record
+        of a long medication list; :meth:`_med_use` reads the rest alike."""
         uses: list[MedUse] = []
-        for rtype in READS:
-            for res in self.record.resources(rtype):
-                use = self._med_use(res, rtype)
-                if use is not None:
-                    uses.append(use)
+        append = uses.append
+        record = self.record
+        readable = record.readable
+        drugs = self._drugs
+        match = self.t.match_drug
+        malformed = self.malformed_meds
+        for rtype, (core, dosage_reads) in READS.items():
+            resources = record.resources(rtype)
+            if not resources:
+                continue
+            dates = DATES[rtype]
+            reading = Reading(record, dosage_reads, self._dosings)
+            for res in resources:
+                concept = res.get("medicationCodeableConcept")
+                status = res.get("status")
+                if not isinstance(concept, dict) or status.__class__ is not str:
+                    use = self._med_use(res, rtype)
+                    if use is not None:
+                        append(use)
+                    continue
+                try:  # the drug, by the concept's JSON (what _drug_of does)
+                    content = dumps(concept)
+                except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+                    drug = match(concept)
+                else:
+                    drug = drugs.get(content)
+                    if drug is None:
+                        drug = drugs[content] = match(concept)
+                if not drug.ingredients or status in _NOT_A_USE:
+                    continue
+                if ("intent" in res or "doNotPerform" in res) and (
+                    res.get("intent") == "proposal" or res.get("doNotPerform") is True
+                ):
+                    continue
+                if not readable(res, core):
+                    malformed.append((ref(res), drug))
+                    continue
+                start, end = dates(res)
+                reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
+                append(MedUse(None, rtype, drug, status, start, end, reason, res, reading))
         return uses
 
     @cached_property
@@ -205,7 +245,8 @@ class MedicationFacts:
                 return None
             core, dosage_reads = READS["MedicationRequest"]
             if not record.readable(res, core):
-                return MedUse(None, kind, drug, "", None, None, "", res, record, dosage_reads, self._dosings)
+                reading = Reading(record, dosage_reads, self._dosings)
+                return MedUse(None, kind, drug, "", None, None, "", res, reading)
             start, end = DATES["MedicationRequest"](res)
         else:
             if (
@@ -220,7 +261,8 @@ class MedicationFacts:
                 return None
             start, end = DATES[kind](res)
         reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
-        return MedUse(None, kind, drug, status, start, end, reason, res, record, dosage_reads, self._dosings)
+        reading = Reading(record, dosage_reads, self._dosings)
+        return MedUse(None, kind, drug, status, start, end, reason, res, reading)
 
     def drafts_in(self, valueset: str, *, excluding: MedUse | None = None) -> list[MedUse]:
         """Drafts of the value set in the request, the one ``excluding`` aside: orders signed
