@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
+
+import pytest
 
 from cds_service.reading import dosage
 
@@ -50,7 +53,7 @@ def test_a_kept_reading_is_the_reading() -> None:
     first = dosage.dosing_of(_request({"start": "2024-12-02"}), "MedicationRequest")
     again = dosage.dosing_of(_request({"start": "2021-03-09", "end": "2021-06-01"}), "MedicationRequest")
     assert (first.dose, first.dose_unit, first.per_day, first.route) == (300, "mg", 3, "oral")
-    assert again == first and again is not first  # a fresh object: callers may fill in the route
+    assert again == first
 
 
 def test_a_dosage_with_free_text_is_kept_without_the_words() -> None:
@@ -114,17 +117,31 @@ def test_timing_events_are_left_out_of_every_key() -> None:
 
 
 def test_the_request_memo_reads_one_course_once() -> None:
-    """Within a request, records of one sig share a reading; each use gets its own object."""
+    """Within a request, records of one sig (and drug form) share one reading, which nobody can
+    change (a route filled in for one record would be every record's)."""
     memo: dosage.Memo = {}
     course = [_worded("oral", "300 mg three times daily") for _ in range(4)]
     for dispense in (course[0], course[2], course[3]):  # a request (course[1]) has the bounds
         del dispense["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]
     readings = [dosage.dosing_of(r, "MedicationRequest", memo) for r in course]
     assert len(memo) == 2  # the request (with its bounds) and its dispenses
-    assert readings[0] == readings[3] and readings[0] is not readings[3]
+    assert readings[0] is readings[3] and readings[0] is not readings[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        readings[0].route = "iv"  # type: ignore[misc]
+    nasal = dosage.dosing_of(course[0], "MedicationRequest", memo, "nasal")
+    assert nasal is not readings[0] and nasal.route == "oral" and len(memo) == 3  # its own route wins
     assert (readings[1].dose, readings[1].per_day, readings[1].route) == (300, 3, "oral")
     other = _worded("IV", "300 mg three times daily")
-    assert dosage.dosing_of(other, "MedicationRequest", memo).route == "iv" and len(memo) == 3
+    assert dosage.dosing_of(other, "MedicationRequest", memo).route == "iv" and len(memo) == 4
+
+
+def test_without_a_route_the_drugs_form_names_it_each_form_its_own_reading() -> None:
+    memo: dosage.Memo = {}
+    sig = _worded("", "300 mg three times daily")
+    routes = [dosage.dosing_of(sig, "MedicationRequest", memo, f).route for f in ("nasal", "injection", None)]
+    assert routes == ["nasal", "injection", None] and len(memo) == 3
+    assert dosage.dosing_of({}, "MedicationRequest", memo, "transdermal").route == "transdermal"
+    assert dosage.dosing_of({}, "MedicationAdministration", None, None) == dosage.Dosing()
 
 
 def test_a_routes_own_word_reads_as_the_search_would() -> None:

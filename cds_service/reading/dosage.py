@@ -109,8 +109,10 @@ def per_day(repeat: dict[str, Any]) -> float | None:
     return freq / (period * days) if days else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dosing:
+    """What one record's dosage says. Frozen: the records of one sig in a request share one."""
+
     dose: float | None = None
     dose_unit: str | None = None
     per_day: float | None = None
@@ -240,33 +242,47 @@ def _read_dosage(element: Any) -> Dosing:
     return Dosing(dose, unit, daily, _route(dosage, True), infusion)
 
 
-Memo = dict[tuple[bool, bytes], tuple[Any, ...]]
+#: A request's dosage readings by (administered, the dosage's JSON, the drug's form).
+Memo = dict[tuple[bool, bytes, str | None], Dosing]
 
 
-def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None) -> Dosing:
-    """What the record's (first) dosage says. ``memo`` holds this request's readings by the
-    dosage's whole JSON (words and dates included: it lives as long as the request, and a course's
-    dispenses repeat one sig); across requests only the amounts are kept (:data:`_DOSINGS`)."""
+def _form_route(form: str | None) -> str | None:
+    """The route a drug's dose form implies when the dosage names none (a nasal spray: nasal)."""
+    if form is None:
+        return None
+    return FORM_ROUTE.get(form) or ("injection" if form == "injection" else None)
+
+
+_NO_DOSING = Dosing()
+
+
+def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None, form: str | None = None) -> Dosing:
+    """What the record's (first) dosage says; without a route of its own, the route the drug's
+    dose ``form`` implies. ``memo`` holds this request's readings by the dosage's whole JSON
+    (words and dates included: it lives as long as the request, and a course's dispenses repeat
+    one sig), and the records sharing one get the same (frozen) reading; across requests only the
+    amounts are kept (:data:`_DOSINGS`)."""
     administered = rtype == "MedicationAdministration"
     if administered:
         element: Any = res.get("dosage")
     else:
-        key = "dosage" if rtype == "MedicationStatement" else "dosageInstruction"
-        element = (as_list(res.get(key)) or [{}])[0]
+        elements = res.get("dosage" if rtype == "MedicationStatement" else "dosageInstruction")
+        element = elements[0] if isinstance(elements, list) and elements else None
     if not isinstance(element, dict) or not element:
-        return Dosing()
-    whole = None
+        return _NO_DOSING if form is None else Dosing(route=_form_route(form))
+    key = None
     if memo is not None:
         try:
-            whole = orjson.dumps(element)
-        except (TypeError, ValueError, orjson.JSONEncodeError):
-            whole = None
-        if whole is not None:
-            hit = memo.get((administered, whole))
+            key = (administered, orjson.dumps(element), form)
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+            key = None
+        else:
+            hit = memo.get(key)
             if hit is not None:
-                return Dosing(*hit)
+                return hit
     dose, unit, daily, infusion = _amounts(element, administered)
-    d = Dosing(dose, unit, daily, _route(element, not administered), infusion)
-    if memo is not None and whole is not None:
-        memo[(administered, whole)] = (d.dose, d.dose_unit, d.per_day, d.route, d.infusion)
+    route = _route(element, not administered) or _form_route(form)
+    d = Dosing(dose, unit, daily, route, infusion)
+    if memo is not None and key is not None:
+        memo[key] = d
     return d

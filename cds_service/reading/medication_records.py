@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, timedelta
-from functools import lru_cache
 from typing import Any
 
 from .dates import parse_date
-from .dosage import FORM_ROUTE, Dosing, Memo, dosing_of
+from .dosage import Dosing, Memo, dosing_of
 from .elements import Reads
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
@@ -103,6 +102,7 @@ class MedUse:
         "resource",
         "_reading",
         "_dosing",
+        "seq",
     )
 
     def __init__(
@@ -127,6 +127,7 @@ class MedUse:
         self.resource: dict[str, Any] = resource if resource is not None else {}
         self._reading = reading
         self._dosing: Dosing | None = None
+        self.seq = 0  # its place among the request's records (numbered when they are grouped)
 
     def __repr__(self) -> str:
         return f"MedUse({self.ref!r}, {self.kind!r}, {self.status!r}, {self.start}, {self.end})"
@@ -142,45 +143,37 @@ class MedUse:
     def dosing(self) -> Dosing:
         d = self._dosing
         if d is None:
-            d = self._dosing = self._read_dosing()
-        return d
-
-    def _read_dosing(self) -> Dosing:
-        reading, drug = self._reading, self.drug
-        if reading is None:
-            d = Dosing()
-        elif reading.record.readable(self.resource, reading.dosage_reads):
-            d = dosing_of(self.resource, reading.dosage_reads.rtype, reading.memo)
-        else:
-            d = Dosing()
-        d.route = d.route or FORM_ROUTE.get(drug.form or "")
-        if d.route is None and drug.form == "injection":
-            d.route = "injection"
+            reading = self._reading
+            if reading is not None and reading.record.readable(self.resource, reading.dosage_reads):
+                d = dosing_of(self.resource, reading.dosage_reads.rtype, reading.memo, self.drug.form)
+            else:  # no dosage known: at most the route the drug's form implies
+                d = dosing_of({}, self.kind, None, self.drug.form)
+            self._dosing = d
         return d
 
     @property
     def dose(self) -> float | None:
-        return self.dosing.dose
+        return (self._dosing or self.dosing).dose
 
     @property
     def dose_unit(self) -> str | None:
-        return self.dosing.dose_unit
+        return (self._dosing or self.dosing).dose_unit
 
     @property
     def doses_per_day(self) -> float | None:
-        return self.dosing.per_day
+        return (self._dosing or self.dosing).per_day
 
     @property
     def route(self) -> str | None:
-        return self.dosing.route
+        return (self._dosing or self.dosing).route
 
     @property
     def infusion_minutes(self) -> float | None:
-        return self.dosing.infusion
+        return (self._dosing or self.dosing).infusion
 
     @property
     def daily_dose(self) -> float | None:
-        d = self.dosing
+        d = self._dosing or self.dosing
         if d.dose is None or d.dose_unit != "mg":
             return None
         return d.dose * (d.per_day or 1)
@@ -214,23 +207,31 @@ def _statement_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
 
 
 def _dispense_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
-    start = parse_date(res.get("whenHandedOver")) or parse_date(res.get("whenPrepared"))
+    when = res.get("whenHandedOver")
+    if when.__class__ is str and len(when) == 10:  # most dispenses: a full date (parse_date's fast case)
+        try:
+            start: date | None = _fromisoformat(when)
+        except ValueError:
+            start = None
+    else:
+        start = parse_date(when)
     if start is None:
-        return None, None
+        start = parse_date(res.get("whenPrepared"))
+        if start is None:
+            return None, None
     supply = res.get("daysSupply")
     value = supply.get("value") if isinstance(supply, dict) else None
-    if type(value) is int and 0 <= value <= 3650:  # most supplies: whole days
+    if value.__class__ is int and 0 <= value <= 3650:  # most supplies: whole days
         try:
-            return start, start + _days(value)
+            return start, start + _DAYS[value]
         except OverflowError:  # handed over on 9999-12-31
             return start, start
     days = as_float(value, limit=3650)
     return start, (add_days(start, days) or start) if days is not None else start
 
 
-@lru_cache(maxsize=4096)
-def _days(n: int) -> timedelta:
-    return timedelta(days=n)
+_fromisoformat = date.fromisoformat
+_DAYS = tuple(timedelta(days=n) for n in range(3651))  # a supply's whole days (~3,600 small objects)
 
 
 def _administration_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -65,7 +65,33 @@ class Trial:
         return self.days // 7
 
 
-_start = attrgetter("start")  # a sort key for records that all have a start
+_start = attrgetter("start")  # a sort key for records (and trials) that all have a start
+_seq = attrgetter("seq")  # a record's place in the record (see MedicationFacts._uses_by_drug)
+_Span = tuple[date, date, bool, MedUse]  # a record's start, end (no later than today), ongoing
+_first = itemgetter(0)
+
+
+def _trial(ingredient: str, spans: list[_Span]) -> Trial:
+    """One trial of the records ``spans`` (by start): ongoing when any is, ending at the latest
+    end, or, ended, no later than the last end a prescription or statement itself recorded."""
+    ongoing = any(s[2] for s in spans)
+    end = max(s[1] for s in spans)
+    uses = [s[3] for s in spans]
+    if not ongoing:
+        explicit = [u.end for u in uses if u.kind != "MedicationDispense" and u.end is not None]
+        if explicit:
+            end = min(end, max(explicit))
+    doses = [d for u in uses if (d := u.daily_dose) is not None]
+    return Trial(
+        ingredient,
+        spans[0][0],
+        end,
+        ongoing,
+        [u.ref for u in uses],
+        max(doses) if doses else None,
+        [u.stop_reason for u in uses if u.stop_reason],
+        any(u.drug.matched_by == "text" for u in uses),
+    )
 
 
 # -- the medication half of Facts -------------------------------------------------------------------
@@ -270,36 +296,46 @@ class MedicationFacts:
         return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
 
     @cached_property
-    def _uses_by_drug(self) -> list[list[tuple[int, MedUse]]]:
+    def _uses_by_drug(self) -> list[list[MedUse]]:
         """The records grouped by what value-set membership depends on (ingredients and products),
-        each with its place in the record: a long list holds a few drugs, asked about by many rules."""
-        groups: dict[tuple[frozenset[str], frozenset[str]], list[tuple[int, MedUse]]] = {}
+        each numbered with its place in the record (``seq``): a long list holds a few drugs, asked
+        about by many rules, and a course's records follow one another with one drug."""
+        groups: dict[tuple[frozenset[str], frozenset[str]], list[MedUse]] = {}
+        last: DrugMatch | None = None
+        members: list[MedUse] = []
         for i, u in enumerate(self.medication_uses):
+            u.seq = i
             drug = u.drug
-            groups.setdefault((drug.ingredients, drug.products), []).append((i, u))
+            if drug is not last:
+                last = drug
+                key = (drug.ingredients, drug.products)
+                found = groups.get(key)
+                members = groups[key] = [] if found is None else found
+            members.append(u)
         return list(groups.values())
 
     @cached_property
-    def _groups_in(self) -> dict[str, list[list[tuple[int, MedUse]]]]:
+    def _groups_in(self) -> dict[str, list[list[MedUse]]]:
         """The groups of :attr:`_uses_by_drug` by the medication value sets their drug is in."""
-        index: dict[str, list[list[tuple[int, MedUse]]]] = {}
+        index: dict[str, list[list[MedUse]]] = {}
         valuesets_of = self.t.valuesets_of
         for group in self._uses_by_drug:
-            for vs in valuesets_of(group[0][1].drug):
+            for vs in valuesets_of(group[0].drug):
                 index.setdefault(vs, []).append(group)
         return index
 
     def uses_in(self, valueset: str) -> list[MedUse]:
-        """Medication records of a drug in the value set, in record order (memoised per request)."""
+        """Medication records of a drug in the value set, in record order (memoised per request;
+        read it, never change it)."""
         hit = self._uses_in.get(valueset)
         if hit is None:
-            parts = self._groups_in.get(valueset, [])
+            parts = self._groups_in.get(valueset)
             if not parts:
                 hit = []
             elif len(parts) == 1:
-                hit = [u for _, u in parts[0]]
+                hit = parts[0]
             else:
-                hit = [u for _, u in sorted(chain.from_iterable(parts))]  # places are unique
+                hit = sorted(chain.from_iterable(parts), key=_seq)  # places are unique
             self._uses_in[valueset] = hit
         return hit
 
@@ -342,7 +378,17 @@ class MedicationFacts:
         return out
 
     def orders_in(self, valueset: str) -> list[MedUse]:
-        return [o for o in self.orders if self.t.drug_in(o.drug, valueset)]
+        """The orders of a drug in the value set (memoised per request: rules of one drug ask
+        again and again; read it, never change it)."""
+        hit = self._orders_in.get(valueset)
+        if hit is None:
+            drug_in = self.t.drug_in
+            hit = self._orders_in[valueset] = [o for o in self.orders if drug_in(o.drug, valueset)]
+        return hit
+
+    @cached_property
+    def _orders_in(self) -> dict[str, list[MedUse]]:
+        return {}
 
     def trials(self, valueset: str, *, merge_gap_days: int = 30) -> list[Trial]:
         """Use of each ingredient of a value set, consolidated into trials, oldest first.
@@ -352,59 +398,46 @@ class MedicationFacts:
         the last dispensed supply does not lengthen it.
         """
         key = (valueset, merge_gap_days)
-        if key in self._trials:
-            return self._trials[key]
-        spans: dict[str, list[MedUse]] = {}
+        hit = self._trials.get(key)
+        if hit is not None:
+            return hit
+        today = self.today
+        # each record's span once: (start, end as far as today, ongoing, the record)
+        spans: dict[str, list[_Span]] = {}
         drug_in = self.t.drug_in
         for u in self.uses_in(valueset):
-            if u.kind == "MedicationAdministration" or u.start is None:
+            start, kind = u.start, u.kind
+            if start is None or kind == "MedicationAdministration":
                 continue
+            end = u.end
+            ongoing = (
+                kind != "MedicationDispense"
+                and u.status not in INACTIVE_MED_STATUS
+                and (end is None or end >= today)
+            )
+            if end is None:
+                end = today if ongoing else start
+            span = (start, end if end < today else today, ongoing, u)
             for ing in drug_in(u.drug, valueset):
-                spans.setdefault(ing, []).append(u)
+                spans.setdefault(ing, []).append(span)
         trials: list[Trial] = []
-        for ing, uses in spans.items():
-            uses.sort(key=_start)
-            groups: list[list[MedUse]] = []
-            group_end = date.min
-            for u in uses:
-                assert u.start is not None
-                if groups and (u.start - group_end).days <= merge_gap_days:
-                    groups[-1].append(u)
+        for ing, items in spans.items():
+            items.sort(key=_first)  # by start alone: records starting the same day keep their order
+            group = [items[0]]
+            group_end = items[0][1]
+            for span in items[1:]:
+                if (span[0] - group_end).days <= merge_gap_days:
+                    group.append(span)
+                    if span[1] > group_end:
+                        group_end = span[1]
                 else:
-                    groups.append([u])
-                group_end = max(group_end if len(groups[-1]) > 1 else date.min, self._use_end(u))
-            trials += [self._trial(ing, g) for g in groups]
-        trials.sort(key=lambda t: t.start)
+                    trials.append(_trial(ing, group))
+                    group = [span]
+                    group_end = span[1]
+            trials.append(_trial(ing, group))
+        trials.sort(key=_start)
         self._trials[key] = trials
         return trials
-
-    def _use_end(self, u: MedUse) -> date:
-        assert u.start is not None
-        end = u.end or (self.today if self._use_ongoing(u) else u.start)
-        return min(end, self.today)
-
-    def _use_ongoing(self, u: MedUse) -> bool:
-        if u.kind == "MedicationDispense":
-            return False
-        return u.status not in INACTIVE_MED_STATUS and (u.end is None or u.end >= self.today)
-
-    def _trial(self, ingredient: str, uses: list[MedUse]) -> Trial:
-        ongoing = any(self._use_ongoing(u) for u in uses)
-        end = max(self._use_end(u) for u in uses)
-        explicit = [u.end for u in uses if u.kind != "MedicationDispense" and u.end is not None]
-        if not ongoing and explicit:
-            end = min(end, max(explicit))
-        doses = [d for u in uses if (d := u.daily_dose) is not None]
-        return Trial(
-            ingredient,
-            min(u.start for u in uses if u.start is not None),
-            end,
-            ongoing,
-            [u.ref for u in uses],
-            max(doses) if doses else None,
-            [u.stop_reason for u in uses if u.stop_reason],
-            any(u.drug.matched_by == "text" for u in uses),
-        )
 
     def sessions(self, valueset: str) -> list[MedUse]:
         """Administrations of a drug (e.g. ketamine), oldest first, none in the future."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from .core import (
     COMPARATORS,
+    FALSE,
     CompileContext,
     CompileError,
     Env,
@@ -38,7 +39,7 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         orders = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
         if not orders:
-            return Result(False)
+            return FALSE
         weight = env.facts.latest("weight", within_days=within)
         if weight is not None and weight.value is None:  # recorded in a unit that cannot be read as kg
             gap = Missing("weight", "body weight in a known unit (kg, g, lb, oz)", specific=True)
@@ -97,7 +98,7 @@ def _dose_mg(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         orders = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
         if not orders:
-            return Result(False)
+            return FALSE
         for o in orders:
             if o.dose is None or o.dose_unit != "mg":
                 return Result(None, missing=[Missing("order-dose", "the dose in mg on the order")])
@@ -130,7 +131,7 @@ def _infusion_minutes(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         orders = [o for o in env.facts.orders_in(vs) if not routes or o.route in routes]
         if not orders:
-            return Result(False)
+            return FALSE
         for o in orders:
             if o.infusion_minutes is None:
                 return Result(None, missing=[Missing("infusion-time", "the infusion duration on the order")])

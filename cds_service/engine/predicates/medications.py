@@ -6,6 +6,7 @@ from typing import Any
 
 from .core import (
     COMPARATORS,
+    FALSE,
     CompileContext,
     CompileError,
     Env,
@@ -36,7 +37,7 @@ def _order(args: Any, ctx: CompileContext) -> Node:
             unreadable = env.facts.unreadable_orders_in(vs)
             if unreadable:  # an order of this drug that cannot be read is not "no order"
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
-            return Result(False)
+            return FALSE
         views = [med_view(env, o) for o in found]
         bind = {bind_as: views} if bind_as else {"order": views[0], "orders": views}
         return Result(True, bind=bind, evidence=[o.ref for o in found])
@@ -78,7 +79,7 @@ def _active_medication(args: Any, ctx: CompileContext) -> Node:
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
             if env.facts.unresolved_in_effect(int(grace)):  # some current drug is not known at all
                 return Result(None, missing=[UNRESOLVED_MEDICATION])
-            return Result(False)
+            return FALSE
         seen: dict[str, dict[str, Any]] = {}
         for u in found:
             view = med_view(env, u)
@@ -121,7 +122,7 @@ def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
             unreadable = env.facts.unreadable_medications_in(vs)
             if unreadable:
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
-            return Result(False)
+            return FALSE
         # one entry per ingredient (its request, dispenses and statements describe one use):
         # the highest daily dose any record gives
         by_ingredient: dict[str, dict[str, Any]] = {}

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from ...reading.facts import MedUse
-from .core import CompileContext, CompileError, Env, Leaf, Node, Result, check_args, predicate
+from .core import FALSE, CompileContext, CompileError, Env, Leaf, Node, Result, check_args, predicate
 from .views import num
 
 
@@ -22,7 +22,7 @@ def _ketamine_course(args: Any, ctx: CompileContext) -> Node:
         recent = [s for s in env.facts.sessions(vs) if s.start and (env.facts.today - s.start).days <= within]
         active_orders = env.facts.active_uses(vs)
         if not recent and not active_orders:
-            return Result(False)
+            return FALSE
         return Result(
             True,
             bind={"course_sessions": len(recent)},
@@ -68,7 +68,7 @@ def _session_frequency(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         orders = env.facts.orders_in(vs)
         if not orders:
-            return Result(False)
+            return FALSE
         course = current_course(env.facts.sessions(vs), env.facts.today, int(gap))
         first = (course[0].start if course else None) or env.facts.today
         week = (env.facts.today - first).days // 7 + 1
@@ -140,7 +140,7 @@ def _course(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, s: dict[str, Any]) -> Result:
         course = current_course(env.facts.sessions(s["vs"]), env.facts.today, int(s["gap"]))
         if len(course) < s["min"]:
-            return Result(False)
+            return FALSE
         first, last = course[0].start, course[-1].start
         # A course of the by-week drug (esketamine: the label evaluates at week 4) is assessed at
         # that week; any other course after the N-th session (the Norwegian protocol's sixth).
