@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import gc_policy, pipeline
+from . import gc_policy, ids, pipeline
 from .config import Settings
 from .errors import ApiError, DataUnavailable
 from .feedback import FeedbackStore
@@ -43,7 +42,7 @@ def _start() -> None:
     g.started = time.perf_counter()
     # from the environ: a missing header is no werkzeug KeyError raised and caught on every call
     incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
-    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else str(uuid.uuid4())
+    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else ids.uuid4()
 
 
 @bp.after_app_request

@@ -39,6 +39,12 @@ def install(app: Flask, **options: Any) -> None:
     hooks[hooks.index(added[0])] = remembering(added[0])
 
 
+def _has_allow_origin(resp: Response) -> bool:
+    """``"Access-Control-Allow-Origin" in resp.headers`` without werkzeug's lookup, which raises and
+    catches a BadRequestKeyError whenever the header is missing (every Origin-less call)."""
+    return any(name.lower() == "access-control-allow-origin" for name, _ in resp.headers)
+
+
 def remembering(cors_after_request: Callable[[Response], Response]) -> Callable[[Response], Response]:
     """``cors_after_request``, with the headers it appends to an Origin-less response kept per method."""
     kept: dict[str, list[tuple[str, str]]] = {}
@@ -50,7 +56,7 @@ def remembering(cors_after_request: Callable[[Response], Response]) -> Callable[
         if (
             method not in _KEPT_METHODS
             or any(key in environ for key in _VARYING)
-            or "Access-Control-Allow-Origin" in resp.headers
+            or _has_allow_origin(resp)
             or hasattr(resp, "_FLASK_CORS_EVALUATED")
         ):
             return cors_after_request(resp)

@@ -41,10 +41,10 @@ LIFECYCLE_TEMPLATES = frozenset(
         "Shutting down: %s",
     }
 )
-#: What json.dumps(default=str) writes: dates and dataclasses through ``default`` too.
-_ORJSON_LIKE_JSON = (
-    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-)
+#: What json.dumps(default=str) writes: dates and dataclasses through ``default`` too; a key that is
+#: not a string (json.dumps writes it as one) only on a second try, as it slows orjson on every dict.
+_ORJSON_LIKE_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_NON_STR_KEYS = _ORJSON_LIKE_JSON | orjson.OPT_NON_STR_KEYS
 #: Fields on every line from now on: the rule-set version in service (set by RuleSetProvider).
 _EVERY_LINE: dict[str, Any] = {}
 # Until init_salt runs (a library use without create_app), a per-process random salt: never a
@@ -105,11 +105,23 @@ def hash_id(value: str | None) -> str | None:
     return hashlib.sha256(f"{_SALT}:{value}".encode()).hexdigest()[:16]
 
 
+_second: tuple[int, str] = (-1, "")  # the last line's whole second, as text (one tuple: thread-safe)
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    """``2026-12-01T20:30:00.123Z``; the seconds part is formatted once per second, not per line."""
+    global _second
+    whole = int(created)
+    last = _second
+    if last[0] != whole:
+        last = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{last[1]}.{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             **_EVERY_LINE,
@@ -133,8 +145,11 @@ class JsonFormatter(logging.Formatter):
             payload["error"] = f"{type(exc).__name__} at {where}"
         try:  # orjson: a tenth of json.dumps's time for a call line, the same text
             line = orjson.dumps(payload, default=str, option=_ORJSON_LIKE_JSON)
-        except TypeError:  # an integer beyond 64 bits, say
-            line = b""
+        except TypeError:
+            try:
+                line = orjson.dumps(payload, default=str, option=_NON_STR_KEYS)
+            except TypeError:  # an integer beyond 64 bits, say
+                line = b""
         if line.isascii() and line:
             return line.decode("ascii")
         # json.dumps escapes non-ASCII (as \\u00e9), so a line stays one valid JSON text whatever the
@@ -158,4 +173,13 @@ _CALLS = logging.getLogger(CALL_LOGGER)  # loggers live for the process: looked 
 
 
 def log_call(**fields: Any) -> None:
-    _CALLS.info("cds call", extra={"fields": {"event": "cds_call", **fields}})
+    """``_CALLS.info("cds call", extra=...)`` less its search of the stack for the caller (always
+    this function): the same record, handled the same way."""
+    if _CALLS.isEnabledFor(logging.INFO):
+        code = log_call.__code__
+        _CALLS.handle(
+            _CALLS.makeRecord(
+                CALL_LOGGER, logging.INFO, code.co_filename, code.co_firstlineno, "cds call", (), None,
+                "log_call", {"fields": {"event": "cds_call", **fields}},
+            )
+        )  # fmt: skip

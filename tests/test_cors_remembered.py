@@ -84,3 +84,11 @@ def test_the_hook_is_wrapped_and_keeps_one_answer_per_method(tmp_path: Path) -> 
         assert set(kept) == {"GET", "POST"}
     finally:
         app.extensions["ketamine_cds"].store.close()
+
+
+def test_an_allow_origin_header_is_found_whatever_its_case() -> None:
+    from flask import Response
+
+    assert not cors._has_allow_origin(Response("x", headers={"X-Request-ID": "r"}))
+    assert cors._has_allow_origin(Response("x", headers={"access-control-allow-origin": "*"}))
+    assert cors._has_allow_origin(Response("x", headers={"Access-Control-Allow-Origin": "https://a"}))

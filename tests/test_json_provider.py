@@ -61,3 +61,12 @@ def test_fast_path_is_compact_utf8_in_insertion_order() -> None:
 def test_keyword_arguments_use_the_standard_library() -> None:
     app = _app()
     assert app.json.dumps({"a": 1}, indent=2) == '{\n  "a": 1\n}'
+
+
+def test_a_non_string_key_is_still_written_by_orjson() -> None:
+    # the fast path's first try has no OPT_NON_STR_KEYS: an int key must reach the second try, not
+    # the standard library (which would write NaN, not JSON, where orjson writes null)
+    app = _app()
+    with app.app_context():
+        body = jsonify({7: "int key", "f": float("nan"), "nested": [{1: True}]}).get_data()
+    assert body == b'{"7":"int key","f":null,"nested":[{"1":true}]}\n'

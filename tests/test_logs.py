@@ -399,6 +399,60 @@ def test_json_formatter_on_an_attached_handler() -> None:
     assert lines[0]["logger"] == CALL_LOGGER and "msg" not in lines[0]
 
 
+def _formatted(record: logging.LogRecord) -> dict[str, Any]:
+    return json.loads(JsonFormatter().format(record))
+
+
+def test_call_line_keeps_a_non_string_key_and_writes_it_with_orjson() -> None:
+    # the first orjson try has no OPT_NON_STR_KEYS; the second must write the line (json.dumps, the
+    # last resort, would write NaN, which is not JSON: orjson writes null)
+    record = logging.LogRecord(CALL_LOGGER, logging.INFO, __file__, 1, "cds call", (), None)
+    record.fields = {"event": "cds_call", "by_code": {7: 2}, "ratio": float("nan")}
+    line = JsonFormatter().format(record)
+    assert '"by_code":{"7":2}' in line and '"ratio":null' in line
+
+
+def test_timestamps_of_lines_in_the_same_and_in_another_second() -> None:
+    def stamp(created: float) -> str:
+        record = logging.LogRecord(CALL_LOGGER, logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        return _formatted(record)["ts"]
+
+    base = 1_796_155_200  # 2026-12-01T20:00:00Z
+    assert stamp(base + 0.25) == "2026-12-01T20:00:00.250Z"
+    assert stamp(base + 0.999) == "2026-12-01T20:00:00.999Z"
+    assert stamp(base + 61.5) == "2026-12-01T20:01:01.500Z"
+    assert stamp(base + 0.5) == "2026-12-01T20:00:00.500Z"  # back to an earlier second
+
+
+def test_call_lines_follow_the_call_loggers_level_and_filters() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(CALL_LOGGER)
+    logger.addHandler(handler)
+    old_level, seen = logger.level, []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return record.fields.get("service") != "dropped"  # type: ignore[attr-defined]
+
+    logger.addFilter(keep)
+    try:
+        logger.setLevel(logging.WARNING)
+        log_call(service="quiet")
+        logger.setLevel(logging.INFO)
+        log_call(service="dropped")
+        log_call(service="kept")
+    finally:
+        logger.removeFilter(keep)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert [json.loads(x)["service"] for x in stream.getvalue().splitlines()] == ["kept"]
+    assert [r.fields["service"] for r in seen] == ["dropped", "kept"]  # type: ignore[attr-defined]
+    assert seen[-1].funcName == "log_call" and seen[-1].pathname.endswith("logs.py")
+
+
 def test_hash_id() -> None:
     assert hash_id(PID) == hash_id(PID)
     assert re.fullmatch(r"[0-9a-f]{16}", hash_id(PID) or "")

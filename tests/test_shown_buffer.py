@@ -39,6 +39,30 @@ def test_calls_share_one_transaction_written_within_the_delay(tmp_path: Path) ->
     buffer.close()
 
 
+def test_each_batch_wakes_the_writer_again(tmp_path: Path) -> None:
+    # add() sets the wake-up and full events only when they are clear; a flush clears them, so the
+    # rows of every later batch must still be written by the thread, by time and by count
+    writes: list[int] = []
+    buffer = ShownCardBuffer(lambda rows: writes.append(len(rows)), max_delay=0.1, max_rows=3)
+
+    def written(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(writes) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    for batch in range(3):
+        buffer.add([("a",)])
+        buffer.add([("b",)])
+        written(batch + 1)
+        assert writes == [2] * (batch + 1)
+    buffer.max_delay = 60  # from now on only a full batch is written without waiting
+    buffer.add([("c",)] * 2)
+    buffer.add([("d",)])
+    written(4)
+    assert writes == [2, 2, 2, 3]
+    buffer.close()
+
+
 def test_many_rows_are_written_at_once_and_close_writes_the_rest() -> None:
     writes: list[int] = []
     buffer = ShownCardBuffer(lambda rows: writes.append(len(rows)), max_delay=60, max_rows=4)

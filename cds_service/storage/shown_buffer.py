@@ -82,9 +82,12 @@ class ShownCardBuffer:
         if self._closed or count >= BACKLOG_FACTOR * self.max_rows:
             self.flush()  # closed, or the thread cannot keep up: this call writes
             return
-        if count >= self.max_rows:
+        # Event.set takes its lock and notifies even when the flag is already set (every call but the
+        # first of a batch): a set flag has no waiter to wake, so only a clear one is set
+        if count >= self.max_rows and not self._full.is_set():
             self._full.set()
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def pending(self) -> int:
         return len(self._pending)

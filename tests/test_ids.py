@@ -1,0 +1,32 @@
+"""cds_service/ids.py: random UUIDs as str(uuid.uuid4()) writes them, never repeated after a fork."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from cds_service import ids
+
+
+def test_a_version_4_uuid_in_the_standard_form() -> None:
+    made = [ids.uuid4() for _ in range(1000)]  # several refills of the pool
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(made)) == len(made)
+
+
+def test_a_forked_child_never_hands_out_the_parents_bytes() -> None:
+    ids.uuid4()  # the pool now holds bytes the parent has not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, ",".join(ids.uuid4() for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = set(f.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {ids.uuid4() for _ in range(20)}
+    assert len(child) == 20 and not child & parent
