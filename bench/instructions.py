@@ -7,9 +7,9 @@ resources, a new patient each) through the WSGI app exactly as gunicorn calls it
 under ``valgrind --tool=callgrind``, counting only the calls (not start-up), in one of three modes:
 
 * ``full``  the service;
-* ``stub``  the service with ``pipeline.run`` replaced by a canned outcome: everything around the
-            pipeline (body read, depth check, parse, request schema, shown cards, call log, JSON
-            response, Flask, freeing the body);
+* ``stub``  the service with ``pipeline.run`` replaced by a canned outcome (made before counting):
+            everything around the pipeline (body read, depth check, parse, request schema, shown
+            cards, call log, JSON response, Flask, freeing the body);
 * ``echo``  the echo floor's app (``bench/echo_serve.py``).
 
 Instructions are not time (a byte loop runs ~4 per cycle, Python bytecode ~1-2), so compare counts of
@@ -62,7 +62,7 @@ def _environ(body: bytes) -> dict[str, Any]:
     }
 
 
-def _app(mode: str, tmp: Path, body: bytes) -> Any:
+def _app(mode: str, tmp: Path, body: bytes, calls: int) -> Any:
     if mode == "echo":
         from echo_serve import echo_app
 
@@ -77,12 +77,17 @@ def _app(mode: str, tmp: Path, body: bytes) -> Any:
         state = app.extensions["ketamine_cds"]
         real = pipeline.run(orjson.loads(body), state.rules.get(), state.settings)
         canned = orjson.dumps(real.response)
-
-        def stub(*_args: Any, **_kwargs: Any) -> Any:
+        # The stand-in's own work (a fresh copy of the response, a uuid per card, as render_cards
+        # makes them) is done before counting: it stands for the pipeline, which the stub leaves out.
+        responses = []
+        for _ in range(calls):
             response = orjson.loads(canned)
             for card in response["cards"]:
                 card["uuid"] = str(uuid.uuid4())
-            return pipeline.Outcome(response, real.evaluation, real.prefetch)
+            responses.append(response)
+
+        def stub(*_args: Any, **_kwargs: Any) -> Any:
+            return pipeline.Outcome(responses.pop(), real.evaluation, real.prefetch)
 
         pipeline.run = stub  # type: ignore[assignment]
     return app
@@ -95,7 +100,7 @@ def child(mode: str, calls: int) -> None:
 
     body = records.request_bytes(TYPICAL, "order-sign")
     bodies = [new_patient_body(body) for _ in range(calls + 3)]
-    app = _app(mode, Path(tempfile.mkdtemp()), body)
+    app = _app(mode, Path(tempfile.mkdtemp()), body, len(bodies))
 
     def start_response(status: str, _headers: Any, _exc_info: Any = None) -> None:
         if not status.startswith("200"):

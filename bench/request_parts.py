@@ -41,6 +41,7 @@ def _pieces(calls: int) -> list[tuple[str, Callable[[int], Any]]]:
     from cds_service.engine.evaluate import evaluate
     from cds_service.engine.windows import fetch_narrowing
     from cds_service.reading.facts import Facts
+    from cds_service.reading.medications import fetch_missing
     from cds_service.reading.prefetch import resolve_prefetch
     from cds_service.reading.record import PatientRecord
     from cds_service.services import SERVICES
@@ -141,6 +142,19 @@ def _pieces(calls: int) -> list[tuple[str, Callable[[int], Any]]]:
     def cards_(i: int) -> Any:
         return render_cards(evaluations[i], for_parts[i]["context"].get("patientId"))
 
+    def glue_missing(i: int) -> Any:
+        return fetch_missing(records_[i], for_parts[i], deadline_seconds=1.0, policy=None)
+
+    def glue_small(i: int) -> Any:
+        pipeline.evaluation_time(for_parts[i], state.settings.allow_time_override)
+        pipeline.fetch_policy(state.settings, None)
+        return records_[i].ignored_report()
+
+    def facts_only(i: int) -> Any:
+        request = for_parts[i]
+        now = pipeline.evaluation_time(request, True)
+        return Facts(records_[i], ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
+
     def free(i: int) -> Any:
         parsed[i] = None  # the parsed body, freed by reference counting as the call's end does
 
@@ -160,6 +174,9 @@ def _pieces(calls: int) -> list[tuple[str, Callable[[int], Any]]]:
         ("  from_prefetch (RD)", record),
         ("  Facts + evaluate (EN, OB...)", facts_evaluate),
         ("  render_cards (EN)", cards_),
+        ("  glue: fetch_missing with nothing to fetch (MD)", glue_missing),
+        ("  glue: evaluation_time, fetch_policy, ignored_report", glue_small),
+        ("  Facts() alone (OB)", facts_only),
         ("free the body (the echo too)", free),
     ]
 

@@ -141,15 +141,18 @@ def run(
     record.unread.update(prefetched.unread)  # a partial answer: what rests on these is unknown
     # Medications referenced but neither contained nor included: one read, within what is left of
     # the FHIR deadline; on failure the orders keep their display and the gap is said in a card.
-    fetch_missing(
-        record,
-        request,
-        deadline_seconds=settings.fhir_deadline - (time.perf_counter() - t0),
-        connect_timeout=settings.fhir_connect_timeout,
-        read_timeout=settings.fhir_read_timeout,
-        request_id=request_id,
-        policy=policy,
-    )
+    # Without a fhirServer there is nothing to read from (fetch_missing would look for the missing
+    # references, ~80 k instructions for a typical record, then do nothing).
+    if isinstance(request.get("fhirServer"), str):
+        fetch_missing(
+            record,
+            request,
+            deadline_seconds=settings.fhir_deadline - (time.perf_counter() - t0),
+            connect_timeout=settings.fhir_connect_timeout,
+            read_timeout=settings.fhir_read_timeout,
+            request_id=request_id,
+            policy=policy,
+        )
     facts = Facts(record, ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
     ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)
     t2 = time.perf_counter()

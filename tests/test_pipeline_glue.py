@@ -67,3 +67,22 @@ def test_templates_are_the_rule_sets_and_kept_per_rule_set(ruleset) -> None:
     assert pipeline.templates_for(ruleset) is pipeline.templates_for(ruleset)
     reloaded = SimpleNamespace(observation_kinds=ruleset.observation_kinds)  # another rule set object
     assert pipeline.templates_for(reloaded) is not pipeline.templates_for(ruleset)
+
+
+def test_missing_medications_are_looked_for_only_when_there_is_a_fhir_server(ruleset, monkeypatch) -> None:
+    from cds_service.reading import medications
+
+    looked: list[bool] = []
+
+    def fetch_missing(record: Any, request: dict[str, Any], **kwargs: Any) -> set[str]:
+        looked.append("fhirServer" in request)
+        return medications.fetch_missing(record, request, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fetch_missing", fetch_missing)
+    body = load_example("v01-clear-trd-eligible")
+    without = pipeline.run(body, ruleset, settings())
+    assert looked == []  # nothing could be read: the references are not even looked for
+    body["fhirServer"] = "http://127.0.0.1:9"  # unreachable: a fetch, if any, fails fast
+    pipeline.run(body, ruleset, settings())
+    assert looked == [True]
+    assert without.response["cards"]
