@@ -9,6 +9,10 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from cds_service.engine.loader import load_ruleset
+from cds_service.reading.observations import ObservationKinds
+
+from .conftest import RULES
 from .record_support import facts_of
 from .test_timeline import LOINC, TODAY, add, bp_as_text, bp_panel, ketamine_request, without_bp
 
@@ -81,3 +85,57 @@ def test_a_panel_whose_components_are_of_no_kind_is_read_from_its_text():
     add(request, "vitalSigns", panel)
     latest = facts_of(request).latest("diastolic_bp")
     assert latest is not None and latest.value == 96 and latest.from_text
+
+
+def _fresh_kinds() -> ObservationKinds:
+    """An index of its own: what another test's records taught the shared one cannot help."""
+    return ObservationKinds(load_ruleset(RULES).observation_kinds)
+
+
+LOCAL = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1", "code": "8480-6"}]}  # a site's code, no kind
+SYSTOLIC = {"coding": [{"system": LOINC, "code": "8480-6"}]}
+
+
+def test_a_code_remembered_with_one_system_is_no_answer_for_another():
+    """The kinds are remembered by code (across calls): the same code string in another system is
+    another concept, whichever of the two a record sent first."""
+    kinds = _fresh_kinds()
+    assert kinds.first_kind(LOCAL) is None
+    assert kinds.first_kind(SYSTOLIC) == "systolic_bp"
+    assert kinds.first_kind(LOCAL) is None
+    kinds = _fresh_kinds()
+    assert kinds.first_kind(SYSTOLIC) == "systolic_bp"
+    assert kinds.first_kind(LOCAL) is None
+    assert kinds.first_kind(SYSTOLIC) == "systolic_bp"
+
+
+def test_the_first_kind_is_the_careful_readings_first_cold_and_remembered():
+    """Every shape, asked twice (the second answer comes from what the first remembered), names
+    the kind the careful reading of all codings names first."""
+    concepts: list[Any] = [
+        SYSTOLIC,
+        LOCAL,
+        {"coding": [{"system": LOINC, "code": " 8480-6 "}]},  # compared stripped
+        {"coding": [*LOCAL["coding"], *SYSTOLIC["coding"]]},  # the kind is the second coding's
+        {"coding": [{"system": LOINC, "code": "8462-4"}, *SYSTOLIC["coding"]]},  # diastolic first
+        {"coding": [{"code": "8480-6"}]},  # no system: no kind
+        {"coding": [{"system": None, "code": "8480-6"}]},
+        {"coding": [{"system": LOINC, "code": True}]},
+        {"coding": [{"system": LOINC, "code": 1}]},
+        {"coding": [{"system": LOINC, "code": ["8480-6"]}]},  # unhashable
+        {"coding": {"system": LOINC, "code": "8480-6"}},  # one coding not in a list: read as one
+        {"coding": ["8480-6", *SYSTOLIC["coding"]]},
+        {"coding": []},
+        {"coding": "8480-6"},
+        {"text": "systolic"},
+        ["8480-6"],
+        None,
+    ]
+    kinds = _fresh_kinds()
+    for concept in concepts:
+        careful = kinds._of_concept(concept)
+        expected = careful[0] if careful else None
+        assert kinds.first_kind(concept) == expected, concept
+        assert kinds.first_kind(concept) == expected, concept
+    assert kinds.first_kind(SYSTOLIC) == "systolic_bp"
+    assert kinds.first_kind(LOCAL) is None

@@ -57,7 +57,7 @@ _FUTURE_SLACK = timedelta(hours=1)  # a reading up to an hour "ahead" is a clock
 
 class ObservationKinds:
     """A rule set's observation kinds indexed once: codes, units, positive answers, and the kinds
-    each ``coding`` list names (memoised by its JSON: records repeat the same few codes)."""
+    each ``coding`` list names (memoised by its codes or JSON: records repeat the same few codes)."""
 
     _built: dict[int, tuple[dict[str, dict[str, Any]], ObservationKinds]] = {}
 
@@ -100,6 +100,8 @@ class ObservationKinds:
         # the kinds of each coding list, by its (system, code) pairs (or JSON): content that
         # different patients' records share (the same few codes), bounded, never patient data
         self._by_coding: dict[tuple[Any, ...] | bytes, list[str]] = {}
+        # the first kind of one plain coding, by its code: (its system, kind or None); see first_kind
+        self._by_code: dict[str, tuple[str, str | None]] = {}
         # kinds whose readings are answers that may say "unknown" (see says_unknown)
         self.answered = frozenset(self.answers) | frozenset(self.unknown_answers)
 
@@ -143,25 +145,41 @@ class ObservationKinds:
             hit = cls._built[id(observation_kinds)] = (observation_kinds, cls(observation_kinds))
         return hit[1]
 
-    def of_concept(self, concept: Any) -> list[str]:
-        """The observation kinds a code concept names (the caller must not change the list).
+    def first_kind(self, concept: Any) -> str | None:
+        """The first observation kind a code concept names, or None.
 
-        The usual shape, one coding whose system and code are already known, is one hash probe:
-        a wrong shape (not a dict, no ``coding``, a coding that is not an object, an unhashable
-        code) raises on the way and takes the careful path. Only text keys are ever stored, so a
-        probe with another type (``True``, ``1``) can never match one of them."""
+        The usual shape, codings whose system and code are text, is one probe per coding by its
+        code (hashing the code alone: the system is compared, not hashed); any other shape (not a
+        dict, no ``coding``, a coding that is not an object, an unhashable code, a code seen
+        with another system) raises or misses on the way and takes the careful path. Only text
+        codes are stored, so a probe with another type (``True``, ``1``) never matches one."""
         try:
-            coding = concept["coding"]
-            n = len(coding)
-            if n == 1:
-                c = coding[0]
-                return self._by_coding[(c["system"], c["code"])]
-            if n == 2:
-                c, d = coding
-                return self._by_coding[((c["system"], c["code"]), (d["system"], d["code"]))]
-        except (KeyError, TypeError, IndexError, ValueError):
-            pass
-        return self._of_concept(concept)
+            kind = None
+            for c in concept["coding"]:
+                system, kind = self._by_code[c["code"]]
+                if system != c["system"]:
+                    raise KeyError(system)
+                if kind is not None:
+                    break
+            return kind
+        except (KeyError, TypeError):
+            return self._first_kind(concept)
+
+    def _first_kind(self, concept: Any) -> str | None:
+        """The careful path of :meth:`first_kind`; it remembers the kind of each plain coding (a
+        text system and code) by its code, for the first system seen with that code."""
+        kinds = self._of_concept(concept)
+        coding = concept.get("coding") if isinstance(concept, dict) else None
+        if type(coding) is list:
+            by_code = self._by_code
+            for c in coding:
+                if type(c) is dict:
+                    system, code = c.get("system"), c.get("code")
+                    if type(system) is str and type(code) is str and code not in by_code:
+                        if len(by_code) >= 50_000:
+                            by_code.clear()
+                        by_code[code] = (system, self.codes.get(norm_code(system, code)))
+        return kinds[0] if kinds else None
 
     def _of_concept(self, concept: Any) -> list[str]:
         coding = concept.get("coding") if isinstance(concept, dict) else None
@@ -215,26 +233,27 @@ class ObservationFacts:
         resource itself when its own code is of the kind (no pair is made per Observation); a
         panel's component, or its value written out as text, is a (resource, element) pair."""
         out: dict[str, list[Entry]] = {}
-        kinds_of = self._kinds.of_concept
-        known = self._kinds._by_coding  # of_concept's first probe, inlined: this loop sees every reading
+        first_kind = self._kinds.first_kind
+        by_code = self._kinds._by_code  # first_kind's probe, inlined: this loop sees every reading
         for o in self.record.resources("Observation"):
             try:
-                coding = o["code"]["coding"]
-                if len(coding) == 1:
-                    c = coding[0]
-                    kinds = known[(c["system"], c["code"])]
-                else:
-                    kinds = kinds_of(o["code"])
-            except (KeyError, TypeError, IndexError):
-                kinds = kinds_of(o.get("code"))
-            if kinds:
-                group = out.get(kinds[0])
+                kind = None
+                for c in o["code"]["coding"]:
+                    system, kind = by_code[c["code"]]
+                    if system != c["system"]:
+                        raise KeyError(system)
+                    if kind is not None:
+                        break
+            except (KeyError, TypeError):
+                kind = first_kind(o.get("code"))
+            if kind is not None:
+                group = out.get(kind)
                 if group is None:
-                    out[kinds[0]] = [o]
+                    out[kind] = [o]
                 else:
                     group.append(o)
-            if "component" in o or (not kinds and "valueString" in o):
-                self._read_panel(o, bool(kinds), out)  # in record order: readings may tie on time
+            if "component" in o or (kind is None and "valueString" in o):
+                self._read_panel(o, kind is not None, out)  # in record order: readings may tie on time
         return out
 
     def _read_panel(self, o: dict[str, Any], coded: bool, out: dict[str, list[Entry]]) -> None:
@@ -242,10 +261,10 @@ class ObservationFacts:
         kind, the kinds its value written out as text holds ("168/102 mmHg")."""
         listed = o.get("component")
         if type(listed) is list:
-            kinds_of = self._kinds.of_concept
+            first_kind = self._kinds.first_kind
             for comp in listed:
-                if type(comp) is dict and (ck := kinds_of(comp.get("code"))):
-                    out.setdefault(ck[0], []).append((o, comp))
+                if type(comp) is dict and (ck := first_kind(comp.get("code"))) is not None:
+                    out.setdefault(ck, []).append((o, comp))
                     coded = True
         if not coded and self._kinds.text_parts and "valueString" in o:
             for kind, element in self._kinds.read_from_text(o):
