@@ -132,6 +132,27 @@ def test_concurrent_instances_migrate_once(database_url: str) -> None:
     assert sorted(applied) == list(range(1, LATEST + 1)), "each migration applied exactly once"
 
 
+def test_opening_a_new_sqlite_file_waits_for_another_instances_write(tmp_path: Path) -> None:
+    """The WAL switch on a file still in rollback mode upgrades a read lock to a write lock, which
+    SQLite refuses at once (its deadlock rule ignores busy_timeout) while another connection holds
+    RESERVED: six instances starting together on one new file failed that way now and then."""
+    path = tmp_path / "new.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another instance mid-migration, its file still in rollback mode
+    other.execute("CREATE TABLE t (x)")
+    releaser = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    releaser.start()
+    try:
+        db = open_database(path, migrate=True)  # waits for the other writer, as busy_timeout promises
+        assert db.applied_versions() == set(range(1, LATEST + 1))
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.close()
+    finally:
+        releaser.join()
+        other.close()
+
+
 def _set_version(database_url: str, version: int) -> None:
     if database_url.startswith("postgresql://"):
         with psycopg.connect(database_url) as conn:

@@ -31,6 +31,31 @@ SCHEMA_VERSION_DDL = (
 )
 
 
+BUSY_TIMEOUT = 10.0  # seconds a statement waits for another connection's lock
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for other writers as long as busy_timeout would.
+
+    On a file still in rollback mode (a new one) the switch reads the header under a shared lock and
+    then upgrades to a write lock; SQLite refuses that upgrade with SQLITE_BUSY at once, without
+    calling the busy handler (it could deadlock), while another connection holds RESERVED, e.g. an
+    instance migrating the same new file. So retry here; once the file is in WAL mode the switch
+    takes no write lock and answers at once.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class SQLiteDatabase:
     """A SQLite file (or ``:memory:``, private to this object) with a small pool of connections."""
 
@@ -61,11 +86,15 @@ class SQLiteDatabase:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(
-            self._target, timeout=10, isolation_level=None, check_same_thread=False, uri=self._uri
+            self._target, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, uri=self._uri
         )
-        if not self._uri:
-            db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=10000")
+        try:
+            if not self._uri:
+                _switch_to_wal(db)
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
