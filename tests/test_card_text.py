@@ -129,3 +129,15 @@ def test_explanations_are_what_each_rule_bound(name: str) -> None:
         assert _json.loads(_json.dumps(rules)) == _json.loads(_json.dumps(alone))
         checked += sum(1 for r in rules if "facts" in r)
     assert checked
+
+
+REFERENCE = re.compile(
+    r"(?<![\w/.])(Patient|Condition|Medication\w*|Observation|Procedure|AllergyIntolerance|Encounter)/[\w.-]+"
+)
+
+
+def test_no_card_names_a_record_by_its_id():
+    """A card names the kind of record and why, never its reference (the explanation's evidence does)."""
+    for cid, card in CARDS:
+        m = REFERENCE.search(_text(card))
+        assert m is None, (cid, card["source"]["topic"]["code"], m and m.group(0))

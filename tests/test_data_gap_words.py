@@ -192,3 +192,52 @@ def test_the_deceased_gap_has_one_wording():
     request["prefetch"]["patient"]["deceasedBoolean"] = "unknown"
     card = gap_card(run_request(request).response)
     assert card["summary"] == "Not readable in the Patient record: deceased status", card["summary"]
+
+
+# -- an unreadable record of a value set: its kind and why, never its id (session 6 leftover) -------
+TRANYLCYPROMINE = {
+    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "313447"}],
+    "text": "tranylcypromine 10 MG Oral Tablet",
+}
+UNREADABLE = {
+    "medicationRequests": {
+        "resourceType": "MedicationRequest",
+        "id": "bad-maoi-77",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/v01"},
+        "authoredOn": "not a date",
+        "medicationCodeableConcept": TRANYLCYPROMINE,
+    },
+    "conditions": {
+        "resourceType": "Condition",
+        "id": "bad-psychosis-77",
+        "subject": {"reference": "Patient/v01"},
+        "clinicalStatus": "active",  # a string where FHIR has a CodeableConcept
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F20.0"}]},
+    },
+    "allergies": {
+        "resourceType": "AllergyIntolerance",
+        "id": "bad-allergy-77",
+        "patient": {"reference": "Patient/v01"},
+        "clinicalStatus": "active",
+        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "6130"}]},
+    },
+}
+
+
+@pytest.mark.parametrize("key", sorted(UNREADABLE))
+def test_an_unreadable_record_of_a_value_set_is_named_by_kind_and_element_never_by_id(key: str) -> None:
+    request = load_example("v01-clear-trd-eligible")
+    resource = UNREADABLE[key]
+    request["prefetch"][key].setdefault("entry", []).append({"resource": resource})
+    out = run_request(request)
+    card = gap_card(out.response)
+    text = card["summary"] + "\n" + card["detail"]
+    (row,) = [r for r in table_rows(card) if r.startswith("a readable ")]
+    assert resource["id"] not in text and "77" not in text, row
+    element = "authoredOn" if key == "medicationRequests" else "clinicalStatus"
+    assert f"a {resource['resourceType']} with {element} not readable" in row, row
+    # the explanation (for informaticians) still points at the record: as evidence, not in the label
+    rules = card["extension"]["ketamine-cds.explanation"]["rules"]
+    assert all(resource["id"] not in " ".join(r.get("missing", [])) for r in rules)

@@ -8,7 +8,7 @@ from ...reading.facts import DECEASED
 from ...reading.raw import as_dict
 from ...reading.record import Problem, ref
 from .context import patient_gap
-from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
+from .core import CompileContext, Env, Leaf, Node, Result, check_args, predicate
 from .views import med_view, unreadable_missing
 
 
@@ -40,9 +40,7 @@ def _allergy(args: Any, ctx: CompileContext) -> Node:
         if not found:
             unreadable = allergies.unreadable_to(t, vs)
             if unreadable:
-                title = t.valuesets[vs].title.lower()
-                label = f"a readable allergy record of {title} ({', '.join(unreadable[:3])} malformed)"
-                return Result(None, missing=[Missing("unreadable-record", label)])
+                return Result(None, missing=[unreadable_missing(env, vs, unreadable, "allergy record")])
             return Result(False)
         return Result(
             True,

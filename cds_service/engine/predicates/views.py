@@ -12,10 +12,37 @@ UNRESOLVED_MEDICATION = Missing(
 )
 
 
-def unreadable_missing(env: Env, vs: str, refs: list[str]) -> Missing:
-    """A relevant record that could not be read: the check cannot say 'absent'."""
+def unreadable_missing(env: Env, vs: str, refs: list[str], what: str = "record") -> Missing:
+    """A relevant record that could not be read: the check cannot say 'absent'. The label names
+    the kind of record and the elements that could not be read ("a readable record of MAOIs (a
+    MedicationRequest with authoredOn not readable)"), never an id or a value: the explanation's
+    evidence and the unreadable-entries card point at the record."""
     title = env.facts.t.valuesets[vs].title
-    return Missing("unreadable-record", f"a readable record of {title} ({', '.join(refs[:3])} malformed)")
+    if what != "record":  # "allergy record of ketamine or esketamine": the title reads as words
+        title = title.lower()
+    return Missing("unreadable-record", f"a readable {what} of {title} ({unreadable_why(env, refs)})")
+
+
+def unreadable_why(env: Env, refs: list[str]) -> str:
+    """Which records and elements: "a MedicationRequest with authoredOn not readable", "2 Conditions
+    with clinicalStatus, code not readable" (kinds from the references, elements from the record's
+    problems with them)."""
+    kinds: dict[str, int] = {}
+    for r in refs:
+        kind = r.split("/", 1)[0].split(" (", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    wanted = set(refs)
+    elements: list[str] = []
+    for p in env.facts.record.problems:
+        if p.resource in wanted and p.partial:
+            element = p.message.split(": ", 1)[0]
+            if element not in elements:
+                elements.append(element)
+    which = " and ".join(f"a {k}" if n == 1 else f"{n} {k}s" for k, n in kinds.items())
+    if not elements:
+        return f"{which} not readable"
+    shown = ", ".join(elements[:3]) + (" …" if len(elements) > 3 else "")
+    return f"{which} with {shown} not readable"
 
 
 def concept_name(concept: Any, fallback: str = "") -> str:
