@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import datatypes
 from .element_dates import dated_timing
+from .json_types import wrong_json_type
 from .kept import MISS, Kept, key_of, touch
 
 
@@ -153,7 +154,12 @@ def _ok_function(
 
 
 def _model_verdict(leaf: Leaf, value: Any) -> tuple[str, str] | None:
-    """The R4B model's verdict: None when valid, else (location inside the element, message)."""
+    """The R4B model's verdict: None when valid, else (location inside the element, message).
+    A primitive of the wrong JSON type is invalid before the model, which would coerce it
+    (``"no"`` for a boolean: json_types.py)."""
+    wrong = wrong_json_type(leaf.annotation, value)
+    if wrong is not None:
+        return wrong
     adapter = _ADAPTERS.get(id(leaf.annotation))
     if adapter is None:
         adapter = _ADAPTERS[id(leaf.annotation)] = TypeAdapter(leaf.annotation)
