@@ -181,7 +181,8 @@ def test_unreadable_relevant_allergy_is_unknown_not_absent():
     broken = ehr_allergy(recordedDate="yesterday")  # invalid dateTime in the resource
     r = allergy(request_with(broken))
     assert r.value is None
-    assert r.missing and "AllergyIntolerance/eAbc123" in r.missing[0].label
+    assert r.missing and "(an AllergyIntolerance with recordedDate not readable)" in r.missing[0].label
+    assert "eAbc123" not in r.missing[0].label  # kind and element, never the id
 
 
 def test_unreadable_unrelated_allergy_does_not_block():

@@ -124,7 +124,8 @@ def test_unreadable_relevant_condition_is_unknown_not_absent(rule_id, code):
     result = run(with_malformed_condition(code))
     o = outcome_of(result, rule_id)
     assert o.status == "unknown", (o.status, o.reason)
-    assert "malformed" in gaps_card(result)["detail"]
+    detail = gaps_card(result)["detail"]
+    assert "(a Condition with onsetDateTime not readable)" in detail, detail  # kind and element, no id
     assert any(c["source"]["topic"]["code"] == "data-unreadable-resources" for c in result.response["cards"])
 
 

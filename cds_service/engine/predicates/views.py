@@ -38,7 +38,9 @@ def unreadable_why(env: Env, refs: list[str]) -> str:
             element = p.message.split(": ", 1)[0]
             if element not in elements:
                 elements.append(element)
-    which = " and ".join(f"a {k}" if n == 1 else f"{n} {k}s" for k, n in kinds.items())
+    which = " and ".join(
+        (f"an {k}" if k[:1] in "AEIOU" else f"a {k}") if n == 1 else f"{n} {k}s" for k, n in kinds.items()
+    )
     if not elements:
         return f"{which} not readable"
     shown = ", ".join(elements[:3]) + (" …" if len(elements) > 3 else "")
