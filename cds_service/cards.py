@@ -18,6 +18,7 @@ import jinja2
 
 from .engine.evaluate import Evaluation, Outcome
 from .engine.loader import Panel, Rule
+from .engine.predicates.core import Missing
 from .engine.templating import TEMPLATES, render
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
         for o in gaps:
             for m in o.result.missing if o.result else []:
                 need = rs.data_needs.get(m.id, {})
-                label = m.label if m.specific else need.get("label", m.label)
+                label = m.label if m.specific else need_label(need, m)
                 item = items.setdefault(
                     label, {"id": m.id, "label": label, "needed_by": [], "order": need.get("order")}
                 )
@@ -122,6 +123,19 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
 
     entries.sort(key=lambda e: (e[0], e[1]))
     return [c for _, _, c in entries]
+
+
+def need_label(need: dict[str, Any], m: Missing) -> str:
+    """The data_needs label, its ``{window}`` filled with the window the rule asked for (as the
+    site configured it); without a window, the words around it go too ("…, last {window})")."""
+    label: str = need.get("label", m.label)
+    if "{window}" not in label:
+        return label
+    if m.window:
+        return label.replace("{window}", m.window)
+    for words in (", last {window}", " (last {window})", "{window}"):
+        label = label.replace(words, "")
+    return label
 
 
 _RANDOM = bytearray()  # os.urandom bytes not yet used: one system call per 256 uuids

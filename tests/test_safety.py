@@ -157,7 +157,7 @@ def test_missing_pre_dose_blood_pressure_is_unknown(rule_id):
     result = run(build_request(base_case(observations=observations)))
     assert outcome_of(result, rule_id).status == "unknown"
     card = gaps_card(result)
-    assert "blood pressure today" in card["summary"]
+    assert "blood pressure (last 24 hours)" in card["summary"]
     assert card["indicator"] == "warning", "a gap that blocks a safety check is a warning"
     assert any("85354-9" in str(s) for s in card.get("suggestions", [])), "suggests measuring BP"
 

@@ -23,11 +23,13 @@ class Missing:
     """A piece of data a predicate needed and did not find (``id`` keys ``data_needs`` in
     ``rules/common.yaml``: its label and the order to suggest). ``specific``: the label says more
     than the generic data_needs one (a weight recorded in no known unit, a rule's own wording), so
-    the data-gap card shows it instead."""
+    the data-gap card shows it instead. ``window``: how recent the data must be, as configured
+    ("30 days", "24 hours"), for a data_needs label that says it (``{window}``)."""
 
     id: str
     label: str
     specific: bool = False
+    window: str = ""
 
 
 @dataclass(slots=True)

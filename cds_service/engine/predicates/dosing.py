@@ -18,6 +18,7 @@ from .core import (
     compare,
     predicate,
 )
+from .observations import window_text
 from .views import clinical_number, med_view, num, obs_view
 
 # A weight outside this range is a recording error, not a patient: the mg/kg check asks again.
@@ -34,6 +35,7 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
     vs = ctx.valueset(a["valueset"], "medication", ("valueset",))
     routes = tuple(ctx.value(a.get("routes")) or ())
     within = ctx.number(a, "weight_within_days", 30)
+    span = window_text(within)
     cmp = {k: ctx.number(a, k) for k in COMPARATORS if k in a}
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
@@ -59,7 +61,7 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             else:
                 if weight is None or not weight.value:
                     return Result(
-                        None, missing=[Missing("weight", f"body weight within the last {within:g} days")]
+                        None, missing=[Missing("weight", f"body weight within the last {span}", window=span)]
                     )
                 per_kg = o.dose / weight.value
                 mg = o.dose

@@ -40,6 +40,7 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
         window = spec["within_hours"] / 24
     label = a.get("label") or _window_label(kind, window)
     own = bool(a.get("label"))  # a rule's own wording is not overruled by the generic data_needs label
+    span = _hours_text(spec["within_hours"]) if spec.get("within_hours") is not None else window_text(window)
 
     def holds(env: Env, obs: ObservationFact) -> bool | None:
         if positive is not None:
@@ -59,10 +60,10 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
             if holds(env, p):
                 return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         if obs is None:
-            return Result(None, missing=[Missing(kind, label, own)]) if ask else Result(False)
+            return Result(None, missing=[Missing(kind, label, own, span)]) if ask else Result(False)
         verdict = holds(env, obs)
         if verdict is None:
-            return Result(None, missing=[Missing(kind, label, own)]) if ask else Result(False)
+            return Result(None, missing=[Missing(kind, label, own, span)]) if ask else Result(False)
         return Result(verdict, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf(
@@ -89,11 +90,12 @@ def _has_observation(args: Any, ctx: CompileContext) -> Node:
     within = ctx.number(a, "within_days")
     label = a.get("label") or _window_label(kind, within)
     own = bool(a.get("label"))
+    span = window_text(within)
 
     def run(env: Env, _a: dict[str, Any]) -> Result:
         obs = env.facts.latest(kind, within_days=within)
         if obs is None:
-            return Result(None, missing=[Missing(kind, label, own)])
+            return Result(None, missing=[Missing(kind, label, own, span)])
         return Result(True, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf("has_observation", run, {"kind": kind, "within": within}, {f"observation:{kind}"})
@@ -106,3 +108,16 @@ def _window_label(kind: str, days: float | None) -> str:
     if days < 1:
         return f"{name} within the last {round(days * 24)} hours"
     return f"{name} within the last {days:g} days"
+
+
+def _hours_text(hours: float) -> str:
+    return f"{hours:g} hour{'s' if hours != 1 else ''}"
+
+
+def window_text(days: float | None) -> str:
+    """A window as the site configured it: "30 days", "24 hours", "1 day" ("" for none)."""
+    if days is None:
+        return ""
+    if days < 1:
+        return _hours_text(round(days * 24))
+    return f"{days:g} day{'s' if days != 1 else ''}"
