@@ -95,6 +95,8 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
             for m in o.result.missing if o.result else []:
                 need = rs.data_needs.get(m.id, {})
                 label = m.label if m.specific else need_label(need, m)
+                if m.why:  # recorded, but not usable: said so, not "missing"
+                    label = f"a {m.quality} {label} — {m.why}"
                 item = items.setdefault(
                     label, {"id": m.id, "label": label, "needed_by": [], "order": need.get("order")}
                 )

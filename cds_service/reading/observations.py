@@ -43,6 +43,7 @@ class ObservationFact:
     text: str = ""
     preliminary: bool = False  # status preliminary/unknown: a signal, never a clearance
     from_text: bool = False  # read from a panel's value written out as text ("168/102 mmHg")
+    unusable: str = ""  # why a kind with a unit has no value: "the latest has no unit" (no value, no id)
 
 
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
@@ -386,6 +387,21 @@ class ObservationFacts:
         hit = self._newest[key] = (prelims, final)
         return hit
 
+    def unreadable_in(self, kind: str, within_days: float | None = None) -> bool:
+        """Whether a dated reading of the kind in the window (none future-dated) could not be read
+        (reported in the record's problems): a gap then says so rather than "missing". For the gap
+        path only: :meth:`newest` already read these."""
+        future = self.now + _FUTURE_SLACK
+        oldest = self.now - timedelta(days=within_days) if within_days is not None else None
+        for item in self._candidates(kind):
+            if item[0] > future:
+                continue
+            if oldest is not None and item[0] < oldest:
+                break
+            if self._checked(kind, item) is None:
+                return True
+        return False
+
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
         """The newest readable *final* observation of a kind, optionally no older than ``within_days``
         (preliminary ones never clear a check: see :meth:`preliminary`)."""
@@ -490,6 +506,17 @@ def code_key(code: str) -> str:
     return code.strip().replace(".", "").upper()
 
 
+def _unusable(q: dict[str, Any], unit: str) -> str:
+    """Why a reading of a kind measured in ``unit`` has no value: by its unit, never its number."""
+    if not q:  # a valueInteger: a number without a unit
+        return "the latest has no unit"
+    if as_float(q.get("value")) is None:
+        return "the latest has no numeric value"
+    if unit_code(q) is None:
+        return "the latest has no unit"
+    return f"the latest is in a unit not convertible to {unit}"
+
+
 def _obs_fact(
     reference: str,
     kind: str,
@@ -515,6 +542,7 @@ def _obs_fact(
             unit if value is not None else None,
             preliminary=preliminary,
             from_text=from_text,
+            unusable=_unusable(q, unit) if value is None else "",
         )
     for number in (
         as_float(q.get("value")),

@@ -24,12 +24,16 @@ class Missing:
     ``rules/common.yaml``: its label and the order to suggest). ``specific``: the label says more
     than the generic data_needs one (a weight recorded in no known unit, a rule's own wording), so
     the data-gap card shows it instead. ``window``: how recent the data must be, as configured
-    ("30 days", "24 hours"), for a data_needs label that says it (``{window}``)."""
+    ("30 days", "24 hours"), for a data_needs label that says it (``{window}``). ``quality`` and
+    ``why``: the data is there but not usable ("usable", "the latest has no unit"): the card says
+    "a usable <label> — <why>", not that it is missing."""
 
     id: str
     label: str
     specific: bool = False
     window: str = ""
+    quality: str = ""
+    why: str = ""
 
 
 @dataclass(slots=True)

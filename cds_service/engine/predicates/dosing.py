@@ -18,7 +18,7 @@ from .core import (
     compare,
     predicate,
 )
-from .observations import window_text
+from .observations import observation_gap, window_text
 from .views import clinical_number, med_view, num, obs_view
 
 # A weight outside this range is a recording error, not a patient: the mg/kg check asks again.
@@ -47,9 +47,9 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             gap = Missing("weight", "body weight in a known unit (kg, g, lb, oz)", specific=True)
             return Result(None, missing=[gap])
         if weight is not None and not (weight.value and MIN_WEIGHT_KG <= weight.value <= MAX_WEIGHT_KG):
-            recorded = f"recorded: {clinical_number(weight.value, 'kg')} kg"
+            why = f"the latest is outside {MIN_WEIGHT_KG:g}–{MAX_WEIGHT_KG:g} kg"
             return Result(
-                None, missing=[Missing("weight", f"a plausible body weight ({recorded})", specific=True)]
+                None, missing=[Missing("weight", "body weight", window=span, quality="plausible", why=why)]
             )
         results = []
         for o in orders:
@@ -61,7 +61,12 @@ def _dose_per_kg(args: Any, ctx: CompileContext) -> Node:
             else:
                 if weight is None or not weight.value:
                     return Result(
-                        None, missing=[Missing("weight", f"body weight within the last {span}", window=span)]
+                        None,
+                        missing=[
+                            observation_gap(
+                                env, "weight", f"body weight within the last {span}", False, span, within
+                            )
+                        ],
                     )
                 per_kg = o.dose / weight.value
                 mg = o.dose

@@ -60,10 +60,18 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
             if holds(env, p):
                 return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         if obs is None:
-            return Result(None, missing=[Missing(kind, label, own, span)]) if ask else Result(False)
+            return (
+                Result(None, missing=[observation_gap(env, kind, label, own, span, window)])
+                if ask
+                else Result(False)
+            )
         verdict = holds(env, obs)
         if verdict is None:
-            return Result(None, missing=[Missing(kind, label, own, span)]) if ask else Result(False)
+            if not ask:
+                return Result(False)
+            if obs.unusable and not own:  # recorded, but in no unit it can be read in
+                return Result(None, missing=[Missing(kind, label, own, span, "usable", obs.unusable)])
+            return Result(None, missing=[Missing(kind, label, own, span)])
         return Result(verdict, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf(
@@ -95,10 +103,18 @@ def _has_observation(args: Any, ctx: CompileContext) -> Node:
     def run(env: Env, _a: dict[str, Any]) -> Result:
         obs = env.facts.latest(kind, within_days=within)
         if obs is None:
-            return Result(None, missing=[Missing(kind, label, own, span)])
+            return Result(None, missing=[observation_gap(env, kind, label, own, span, within)])
         return Result(True, bind={kind: obs_view(obs)}, evidence=[obs.ref])
 
     return Leaf("has_observation", run, {"kind": kind, "within": within}, {f"observation:{kind}"})
+
+
+def observation_gap(env: Env, kind: str, label: str, own: bool, span: str, days: float | None) -> Missing:
+    """No readable reading of the kind in the window: "missing", unless one there could not be read
+    (its element is named in the record's problems), which the gap then says."""
+    if not own and env.facts.unreadable_in(kind, days):
+        return Missing(kind, label, own, span, "readable", "the latest could not be read")
+    return Missing(kind, label, own, span)
 
 
 def _window_label(kind: str, days: float | None) -> str:
