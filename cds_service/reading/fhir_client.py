@@ -478,9 +478,7 @@ class FhirClient:
         if not jobs:
             return results, failures
         pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(jobs)), thread_name_prefix="fhir-fetch")
-        futures: dict[K, Future[list[dict[str, Any]]]] = {
-            key: pool.submit(job) for key, job in jobs.items()
-        }
+        futures: dict[K, Future[list[dict[str, Any]]]] = {key: pool.submit(job) for key, job in jobs.items()}
         try:
             _, pending = wait(futures.values(), timeout=max(self.budget.remaining(), 0))
             if pending:
