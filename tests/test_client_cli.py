@@ -547,9 +547,9 @@ def test_call_service_that_has_no_such_hook(fhir: str, service_url: str) -> None
 def test_fhir_server_without_npm_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in client.SERVER_FILES:
         shutil.copyfile(client.FHIR_SERVER_DIR / name, tmp_path / name)
-    monkeypatch.setattr(client, "FHIR_SERVER_DIR", tmp_path)
+    monkeypatch.setattr(client.node_server, "FHIR_SERVER_DIR", tmp_path)
     monkeypatch.setenv(client.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(client.shutil, "which", lambda name: None)
+    monkeypatch.setattr(client.node_server.shutil, "which", lambda name: None)
     result = run("fhir-server", "--seed")
     assert result.exit_code == 1
     assert "npm is not on PATH" in result.output
@@ -573,7 +573,7 @@ def test_fhir_server_installs_its_packages_once_into_the_cache(
         assert folder.parent == tmp_path / "cache" and folder != bundled
         assert (folder / "node_modules" / "@medplum" / "fhir-router").is_dir()
         assert len(said) == 1 and "npm ci" in said[0]
-        monkeypatch.setattr(client.shutil, "which", lambda name: None)  # a second run needs no npm
+        monkeypatch.setattr(client.node_server.shutil, "which", lambda name: None)  # a second run needs no npm
         assert client.fhir_server_folder(bundled, say=said.append) == folder
         assert len(said) == 1
         assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no staging left
@@ -584,7 +584,7 @@ def test_fhir_server_installs_its_packages_once_into_the_cache(
 def test_fhir_server_outside_a_checkout_names_what_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client, "FHIR_SERVER_DIR", tmp_path)
+    monkeypatch.setattr(client.node_server, "FHIR_SERVER_DIR", tmp_path)
     result = run("fhir-server")
     assert result.exit_code == 1
     assert "is incomplete (package.json, package-lock.json, server.mjs missing)" in result.output
