@@ -573,7 +573,7 @@ def test_fhir_server_installs_its_packages_once_into_the_cache(
         assert folder.parent == tmp_path / "cache" and folder != bundled
         assert (folder / "node_modules" / "@medplum" / "fhir-router").is_dir()
         assert len(said) == 1 and "npm ci" in said[0]
-        monkeypatch.setattr(client.node_server.shutil, "which", lambda name: None)  # a second run needs no npm
+        monkeypatch.setattr(client.node_server.shutil, "which", lambda name: None)  # a second run: no npm
         assert client.fhir_server_folder(bundled, say=said.append) == folder
         assert len(said) == 1
         assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no staging left
