@@ -42,6 +42,9 @@ _ROUTE_PATTERNS = [
 
 def route_of(concept: Any) -> str | None:
     if isinstance(concept, dict) and concept.get("text"):  # written out: the patient's words
+        text = concept["text"]
+        if text.__class__ is str and "coding" not in concept:  # the words alone (concept_text's)
+            return _route_in(text)
         return _route_in(concept_text(concept))
     return _route_of_names(concept_text(concept))
 
@@ -132,27 +135,36 @@ _DOSINGS: dict[tuple[bool, tuple[Any, ...]], Amounts] = {}
 _DOSINGS_LIMIT = 20_000
 
 
-def _typed(value: Any) -> tuple[type, Any]:
-    """A number with its type: ``True == 1 == 1.0`` share a hash, but are not read alike
-    (a boolean is no number to the reading; ``300.0`` is said as written)."""
-    return type(value), value
-
-
 def _quantity(q: Any) -> tuple[Any, ...] | None:
-    """What :mod:`.units` reads of a Quantity; a value of another shape is its own (no) key."""
-    if isinstance(q, dict):
-        return (_typed(q.get("value")), q.get("unit"), q.get("system"), q.get("code"))
+    """What :mod:`.units` reads of a Quantity, each number with its type (``True == 1 == 1.0``
+    share a hash, but are not read alike: a boolean is no number to the reading, ``300.0`` is said
+    as written); a value of another shape is its own (no) key."""
     if q is None:
         return None
+    if q.__class__ is dict:
+        value = q.get("value")
+        return (value.__class__, value, q.get("unit"), q.get("system"), q.get("code"))
     raise TypeError("not a Quantity")
 
 
 def _ratio(r: Any) -> tuple[Any, ...] | None:
-    if isinstance(r, dict):
-        return (_quantity(r.get("numerator")), _quantity(r.get("denominator")))
     if r is None:
         return None
+    if r.__class__ is dict:
+        return (_quantity(r.get("numerator")), _quantity(r.get("denominator")))
     raise TypeError("not a Ratio")
+
+
+def _rate(entry: Any) -> tuple[Any, ...] | None:
+    """The key of one ``doseAndRate`` entry: its dose and rate (an entry's ``type`` is words)."""
+    if entry.__class__ is not dict:
+        return None
+    rate, ratio = entry.get("rateQuantity"), entry.get("rateRatio")
+    return (
+        _quantity(entry.get("doseQuantity")),
+        None if rate is None else _quantity(rate),
+        None if ratio is None else _ratio(ratio),
+    )
 
 
 def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | None:
@@ -161,30 +173,36 @@ def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | N
         return None
     try:
         if administered:
-            return (
+            key: tuple[Any, ...] = (
                 _quantity(element.get("dose")),
                 _quantity(element.get("rateQuantity")),
                 _ratio(element.get("rateRatio")),
             )
-        entries = element.get("doseAndRate")
-        rates = tuple(
-            (_quantity(e.get("doseQuantity")), _quantity(e.get("rateQuantity")), _ratio(e.get("rateRatio")))
-            if isinstance(e, dict)
-            else None
-            for e in (entries if isinstance(entries, list) else ())
-        )
-        timing = element.get("timing")
-        repeat = timing.get("repeat") if isinstance(timing, dict) else None
-        if not isinstance(repeat, dict):
-            return (rates,)
-        key = (
-            rates,
-            _typed(repeat.get("frequency")),
-            _typed(repeat.get("period")),
-            repeat.get("periodUnit"),
-            _typed(repeat.get("duration")),
-            repeat.get("durationUnit"),
-        )
+        else:
+            entries = element.get("doseAndRate")
+            if entries.__class__ is not list:
+                rates: tuple[Any, ...] = ()
+            elif len(entries) == 1:  # the commonest sig: one dose
+                rates = (_rate(entries[0]),)
+            else:
+                rates = tuple([_rate(e) for e in entries])
+            timing = element.get("timing")
+            repeat = timing.get("repeat") if isinstance(timing, dict) else None
+            if not isinstance(repeat, dict):
+                key = (rates,)
+            else:
+                f, p, d = repeat.get("frequency"), repeat.get("period"), repeat.get("duration")
+                key = (
+                    rates,
+                    f.__class__,
+                    f,
+                    p.__class__,
+                    p,
+                    repeat.get("periodUnit"),
+                    d.__class__,
+                    d,
+                    repeat.get("durationUnit"),
+                )
         hash(key)  # a list or an object where a number belongs: read, not kept
     except TypeError:
         return None
@@ -197,7 +215,7 @@ def _route(dosage: dict[str, Any], sig: bool) -> str | None:
     if route is None and sig:
         text = dosage.get("text")
         if text:
-            route = route_of({"text": text})
+            route = _route_in(text) if text.__class__ is str else route_of({"text": text})
     return route
 
 

@@ -135,8 +135,10 @@ class MedUse:
     @property
     def ref(self) -> str:
         r = self._ref
-        if r is None:
-            r = self._ref = ref(self.resource)
+        if r is None:  # record.ref's, written out for the common case (a string id)
+            res = self.resource
+            rid = res.get("id")
+            r = self._ref = f"{res.get('resourceType', '?')}/{rid}" if isinstance(rid, str) else ref(res)
         return r
 
     @property
@@ -185,15 +187,27 @@ class MedUse:
 
 # -- when a record was in effect ----------------------------------------------------------------------
 def _request_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:
+    """The first dosage's timing bounds, else the dispense validity period; started, else, when
+    authored."""
+    start = end = None
     dosages = res.get("dosageInstruction")
-    dosage = dosages[0] if isinstance(dosages, list) and dosages and isinstance(dosages[0], dict) else {}
-    bounds = as_dict(as_dict(as_dict(dosage.get("timing")).get("repeat")).get("boundsPeriod"))
+    if isinstance(dosages, list) and dosages and isinstance(dosages[0], dict):
+        timing = dosages[0].get("timing")
+        repeat = timing.get("repeat") if isinstance(timing, dict) else None
+        bounds = repeat.get("boundsPeriod") if isinstance(repeat, dict) else None
+        if isinstance(bounds, dict):
+            start, end = parse_date(bounds.get("start")), parse_date(bounds.get("end"))
     request = res.get("dispenseRequest")
-    validity = as_dict(request.get("validityPeriod")) if isinstance(request, dict) else {}
-    start = parse_date(bounds.get("start")) or parse_date(validity.get("start"))
-    return start or parse_date(res.get("authoredOn")), (
-        parse_date(bounds.get("end")) or parse_date(validity.get("end"))
-    )
+    if isinstance(request, dict) and (start is None or end is None):
+        validity = request.get("validityPeriod")
+        if isinstance(validity, dict):
+            if start is None:
+                start = parse_date(validity.get("start"))
+            if end is None:
+                end = parse_date(validity.get("end"))
+    if start is None:
+        start = parse_date(res.get("authoredOn"))
+    return start, end
 
 
 def _statement_dates(res: dict[str, Any]) -> tuple[date | None, date | None]:

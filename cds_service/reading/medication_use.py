@@ -9,6 +9,7 @@ and each question about a value set reads only the groups of its drugs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
@@ -24,7 +25,7 @@ from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, s
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology
-from .timeline import ENDED_MED_STATUS, NEVER_TAKEN_MED_STATUS, in_effect
+from .timeline import ENDED_MED_STATUS, NEVER_TAKEN_MED_STATUS, SUPPLY_KINDS, in_effect
 
 __all__ = [
     "READS",
@@ -358,13 +359,19 @@ class MedicationFacts:
                 if status not in NEVER_TAKEN_MED_STATUS and u.start and (today - u.start).days <= window:
                     out.append(u)
             elif status in ENDED_MED_STATUS and kind != "MedicationDispense":
-                # records of the same drug: a stopped record counts until its last supply
+                # the supplies of the same drug: a stopped record counts until its last supply
+                # (all that ended_on reads of the other records)
                 if by_ingredient is None:
                     by_ingredient = {}
                     for v in uses:
-                        for ing in v.drug.ingredients:
-                            by_ingredient.setdefault(ing, []).append(v)
-                same = [v for ing in u.drug.ingredients for v in by_ingredient.get(ing, ())]
+                        if v.kind in SUPPLY_KINDS:
+                            for ing in v.drug.ingredients:
+                                by_ingredient.setdefault(ing, []).append(v)
+                ingredients = u.drug.ingredients
+                if len(ingredients) == 1:
+                    same: Iterable[MedUse] = by_ingredient.get(next(iter(ingredients)), ())
+                else:
+                    same = [v for ing in ingredients for v in by_ingredient.get(ing, ())]
                 if in_effect(u, same, today, grace_days):
                     out.append(u)
             # in_effect of a record not ended, inline (most of a long list): neither never
@@ -405,6 +412,8 @@ class MedicationFacts:
         # each record's span once: (start, end as far as today, ongoing, the record)
         spans: dict[str, list[_Span]] = {}
         drug_in = self.t.drug_in
+        last: DrugMatch | None = None
+        ingredients: frozenset[str] = frozenset()
         for u in self.uses_in(valueset):
             start, kind = u.start, u.kind
             if start is None or kind == "MedicationAdministration":
@@ -418,7 +427,10 @@ class MedicationFacts:
             if end is None:
                 end = today if ongoing else start
             span = (start, end if end < today else today, ongoing, u)
-            for ing in drug_in(u.drug, valueset):
+            if u.drug is not last:  # a course's records follow one another, one drug
+                last = u.drug
+                ingredients = drug_in(last, valueset)
+            for ing in ingredients:
                 spans.setdefault(ing, []).append(span)
         trials: list[Trial] = []
         for ing, items in spans.items():

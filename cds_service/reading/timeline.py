@@ -20,6 +20,8 @@ from .dates import parse_date
 ENDED_MED_STATUS = frozenset({"completed", "stopped"})
 # Never taken or never handed over: never counts.
 NEVER_TAKEN_MED_STATUS = frozenset({"cancelled", "entered-in-error", "not-taken", "declined", "not-done"})
+# The records that say when a supply ran out or a dose was given (what ended_on reads of the others).
+SUPPLY_KINDS = frozenset({"MedicationDispense", "MedicationAdministration"})
 
 
 class Use(Protocol):  # the parts of facts.MedUse this module reads
@@ -39,7 +41,7 @@ def ended_on(use: Use, same_drug: Iterable[Use], today: date) -> date | None:
     supply = [
         min(d, today)
         for u in same_drug
-        if u.kind in ("MedicationDispense", "MedicationAdministration")
+        if u.kind in SUPPLY_KINDS
         and (d := u.end or u.start) is not None
         and (use.start is None or d >= use.start)
     ]
