@@ -584,6 +584,31 @@ def draft_timing_code_and_dose_range(req):
     ]
 
 
+# Elements no fact reads, inside one read as a whole, written with another JSON type than FHIR's (a
+# boolean or a number as text, which the R4B model's lax mode takes): the drug is still its code.
+@case(V8, "ddi-maoi")
+def draft_coding_user_selected_written_as_text(req):
+    draft(req)["medicationCodeableConcept"]["coding"][0]["userSelected"] = "true"
+
+
+@case(V8, "ddi-maoi")
+def draft_coding_extension_with_a_number_written_as_text(req):
+    draft(req)["medicationCodeableConcept"]["coding"][0]["extension"] = [
+        {"url": "http://example.org/fhir/StructureDefinition/rank", "valueInteger": "1"}
+    ]
+
+
+@case(V8, "ddi-maoi")
+def maoi_coding_user_selected_written_as_text(req):
+    for r in phenelzine_request_only(req):
+        r["medicationCodeableConcept"]["coding"][0]["userSelected"] = "true"
+
+
+@case(V8, "dose-esketamine")
+def draft_timing_count_written_as_text(req):
+    draft(req)["dosageInstruction"][0]["timing"]["repeat"]["count"] = "1"
+
+
 # Epic writes several doseAndRate entries, typed by http://epic.com/CodeSystem/dose-rate-type
 # ("admin-amount" in mL or tablets, "calculated" in mg, "ordered"), in either order.
 V2 = "v02-one-failed-trial"  # ketamine 40 mg IV over 40 min

@@ -35,14 +35,28 @@ def _expected(kind: str, value: Any) -> str | None:
     return None
 
 
+#: Keys inside an element read as a whole that no reader reads (an extension, ``Coding.userSelected``,
+#: a timing's counts, maxima and offset): their JSON type is left to the model, as before, so a
+#: ``"userSelected": "true"`` never costs the drug its code (the order's safety checks).
+_UNREAD: dict[str, frozenset[str]] = {
+    "Coding": frozenset({"userSelected"}),
+    "TimingRepeat": frozenset({"count", "countMax", "durationMax", "frequencyMax", "periodMax", "offset"}),
+}
+_NOTHING_UNREAD: frozenset[str] = frozenset()
+
 _FIELDS: dict[Any, dict[str, Any]] = {}
 
 
 def _fields(model: Any) -> dict[str, Any]:
-    """A complex type's annotations by JSON key."""
+    """A complex type's annotations by JSON key, but for keys no reader reads (:data:`_UNREAD`)."""
     known = _FIELDS.get(model)
     if known is None:
-        known = {(info.alias or name): info.annotation for name, info in model.model_fields.items()}
+        unread = _UNREAD.get(model.__name__, _NOTHING_UNREAD)
+        known = {
+            key: info.annotation
+            for name, info in model.model_fields.items()
+            if (key := info.alias or name) not in unread and key not in ("extension", "modifierExtension")
+        }
         _FIELDS[model] = known
     return known
 
