@@ -165,6 +165,25 @@ def test_non_json_content_type_is_415(client):
     assert resp.get_json()["field"] == "Content-Type"
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),
+        ("Application/JSON", 200),
+        ("application/json; charset=utf-8", 200),
+        ("application/fhir+json", 200),
+        ("application/jsonx", 415),
+        ("text/json", 415),
+        ("", 415),
+    ],
+)
+def test_content_types_json_and_plus_json_only(client, content_type, status):
+    resp = client.post(
+        "/cds-services/order-sign", data=json.dumps(base_request()), headers={"Content-Type": content_type}
+    )
+    assert resp.status_code == status
+
+
 def test_body_over_limit_is_413(tmp_path):
     from cds_service.app import create_app
 
