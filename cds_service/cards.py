@@ -10,8 +10,6 @@ it in ``extension``.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 import jinja2
@@ -20,6 +18,7 @@ from .engine.evaluate import Evaluation, Outcome
 from .engine.loader import Panel, Rule
 from .engine.predicates.core import Missing
 from .engine.templating import TEMPLATES, render
+from .ids import uuid4
 
 log = logging.getLogger(__name__)
 
@@ -140,24 +139,6 @@ def need_label(need: dict[str, Any], m: Missing) -> str:
     return label
 
 
-_RANDOM = bytearray()  # os.urandom bytes not yet used: one system call per 256 uuids
-_RANDOM_LOCK = threading.Lock()
-
-
-def _uuid() -> str:
-    """``str(uuid.uuid4())`` without building a UUID object: 122 random bits from
-    ``os.urandom``, version 4, RFC 4122 variant."""
-    with _RANDOM_LOCK:
-        if len(_RANDOM) < 16:
-            _RANDOM.extend(os.urandom(4096))
-        b = _RANDOM[-16:]
-        del _RANDOM[-16:]
-    b[6] = b[6] & 0x0F | 0x40
-    b[8] = b[8] & 0x3F | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def _safety_gap(gaps: list[Outcome]) -> bool:
     """A gap blocks a safety check (a rule that would warn or stop) rather than an info rule."""
     return any(o.rule.indicator in ("warning", "critical") for o in gaps)
@@ -254,7 +235,7 @@ def _rule_card(
     ctx = _rule_context(o, base)
     indicator = o.indicator or rule.indicator
     card: dict[str, Any] = {
-        "uuid": _uuid(),
+        "uuid": uuid4(),
         "summary": summary_text(_rule_text(o, "summary", ctx), rule.title),
         "indicator": indicator,
         "source": _source(rule),
@@ -373,7 +354,7 @@ def _panel_card(
     memo: Memo | None = None,
 ) -> dict[str, Any]:
     card: dict[str, Any] = {
-        "uuid": _uuid(),
+        "uuid": uuid4(),
         "summary": summary_text(_render(panel.summary, ctx, panel.id), panel.title),
         "indicator": indicator,
         "detail": _render(panel.detail, ctx, panel.id),
@@ -420,7 +401,7 @@ def _suggestion_code(spec: dict[str, Any], ev: Evaluation) -> dict[str, Any] | N
 def _suggestion(
     label: str, code: dict[str, Any] | None, patient_id: str | None, *, recommended: bool
 ) -> dict[str, Any]:
-    suggestion: dict[str, Any] = {"label": label[:120], "uuid": _uuid()}
+    suggestion: dict[str, Any] = {"label": label[:120], "uuid": uuid4()}
     if recommended:
         suggestion["isRecommended"] = True
     if code:

@@ -137,10 +137,33 @@ def test_rules_with_fixed_texts_and_a_binding_that_shadows_a_global():
 def test_card_ids_are_random_version_4_uuids():
     import uuid
 
-    from cds_service.cards import _uuid
+    from cds_service.cards import uuid4 as _uuid
 
     ids = {_uuid() for _ in range(5000)}
     assert len(ids) == 5000
     for text in ids:
         u = uuid.UUID(text)
         assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+
+
+def test_a_forked_worker_never_repeats_the_card_ids_of_another():
+    """Cards drew their ids from a pool of their own that a fork copied (gunicorn workers forked
+    from a parent that had rendered a card would hand out the same card uuids, and feedback is
+    keyed by them); they use cds_service.ids, which forgets its bytes after a fork."""
+    import os
+
+    from cds_service import cards
+
+    cards.uuid4()  # the pool now holds bytes not yet handed out
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, ",".join(cards.uuid4() for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = set(f.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {cards.uuid4() for _ in range(20)}
+    assert len(child) == 20 and not child & parent
