@@ -87,7 +87,7 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
         entries.append((SEVERITY[indicator], min(order[o.rule.id] for o in [*led, *outcomes]), card))
 
     # 3. data gaps: every rule that could not decide, grouped by what it lacks
-    gaps = [o for o in ev.outcomes if o.status == "unknown"]
+    gaps = ev.unknown
     if gaps and DATA_GAPS in rs.panels:
         items: dict[str, dict[str, Any]] = {}
         for o in gaps:
