@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from functools import cached_property
 from typing import Any
 
 from .dates import parse_date
 from .elements import Reads
+from .lazy import lazy
 from .record import PatientRecord, ref
 from .terminology import Terminology, codings, concept_text
 
@@ -36,15 +36,16 @@ class ConditionFacts:
     today: date
     malformed_conditions: list[dict[str, Any]]
     _condition_facts: dict[int, ConditionFact | None]
+    _conditions_by_valueset: dict[tuple[str, bool], list[ConditionFact]]  # this request's memo
 
     # Conditions are matched on their raw codes first and validated only when a rule reads them:
     # most of a large record is never relevant and never pays for validation.
-    @cached_property
+    @lazy
     def _coded_conditions(self) -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
         """(resource, its codings) for every coded Condition, codings read once per request."""
         return [(c, cs) for c in self.record.resources("Condition") if (cs := codings(c.get("code")))]
 
-    @cached_property
+    @lazy
     def _condition_codes(self) -> frozenset[tuple[str, str]]:
         """Every code of the record's Conditions: most value sets share none of them, and a set
         intersection says so without visiting a Condition."""
@@ -77,10 +78,6 @@ class ConditionFacts:
             )
         self._condition_facts[key] = fact
         return fact
-
-    @cached_property
-    def _conditions_by_valueset(self) -> dict[tuple[str, bool], list[ConditionFact]]:
-        return {}
 
     def conditions_in(self, valueset: str, *, active_only: bool = False) -> list[ConditionFact]:
         """Readable Conditions coded in the value set, in record order (memoised per request:

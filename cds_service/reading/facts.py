@@ -16,13 +16,13 @@ and procedures are here.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from functools import cached_property
 from typing import Any
 
 from .allergies import Allergies, read_allergies
 from .conditions import ConditionFact, ConditionFacts
 from .dates import age_on, parse_date, parse_datetime
 from .elements import Reads
+from .lazy import lazy
 from .medication_use import MedicationFacts, MedUse, Trial
 from .observations import ObservationFact, ObservationFacts, ObservationKinds
 from .record import PatientRecord, ref
@@ -63,6 +63,12 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         # Relevant records that could not be read: a rule that would have read them is unknown, not false.
         self.malformed_conditions: list[dict[str, Any]] = []
         self._condition_facts = {}
+        self._conditions_by_valueset = {}
+        self._candidates_by_kind = {}
+        self._observed = {}
+        self._checked_facts = {}
+        self._newest = {}
+        self._series = {}
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known
@@ -88,21 +94,21 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
             return None
         return self.record.unreadable_because(p, reads)
 
-    @cached_property
+    @lazy
     def birth_date(self) -> date | None:
         p = self.record.patient
         if p is None or not self.record.readable(p, BIRTH_DATE):
             return None
         return parse_date(p.get("birthDate"))
 
-    @cached_property
+    @lazy
     def age(self) -> int | None:
         """Age in whole years; None when unknown, or when a partial birth date ("2008", "2008-09")
         leaves it between two values (see :attr:`age_range`)."""
         low, high = self.age_range
         return low if low == high else None
 
-    @cached_property
+    @lazy
     def age_range(self) -> tuple[int | None, int | None]:
         """(youngest, oldest) the patient can be: a birth date recorded as a year or a month could be
         any day in it, so "2008" on 2026-05-04 is 17 or 18 — never assumed to be 1 January."""
@@ -117,7 +123,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
             latest = (date(born.year + born.month // 12, born.month % 12 + 1, 1)) - timedelta(days=1)
         return age_on(latest, self.today), age_on(born, self.today)
 
-    @cached_property
+    @lazy
     def sex(self) -> str | None:
         p = self.record.patient
         if p is None or not self.record.readable(p, GENDER):
@@ -125,7 +131,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         g = p.get("gender")
         return g if g in ("male", "female", "other") else None
 
-    @cached_property
+    @lazy
     def deceased(self) -> tuple[bool | None, date | None]:
         """(deceased?, on which day) from ``Patient.deceased[x]``; (None, None) when unreadable.
 
@@ -143,7 +149,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         return False, None
 
     # allergies ----------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def allergies(self) -> Allergies:
         return read_allergies(self.record, self.t)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
@@ -13,6 +12,7 @@ import orjson
 
 from .dates import parse_datetime
 from .elements import Reads
+from .lazy import lazy
 from .raw import as_dict, as_float
 from .record import PatientRecord, ref
 from .terminology import codings, concept_text, norm_code
@@ -226,8 +226,16 @@ class ObservationFacts:
     now: datetime
     _kinds: ObservationKinds
     _obs_units: dict[str, str]  # kind -> the UCUM unit its values are compared in (rules' unit)
+    # this request's memos (set in Facts.__init__): candidates by kind; when each panel read so far
+    # was made (by identity: the record outlives it); the fact of each candidate already read (by
+    # the candidate's identity); newest by (kind, window); series by kind
+    _candidates_by_kind: dict[str, list[Candidate]]
+    _observed: dict[int, datetime | None]
+    _checked_facts: dict[int, ObservationFact | None]
+    _newest: dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]
+    _series: dict[str, list[ObservationFact]]
 
-    @cached_property
+    @lazy
     def _observations_by_kind(self) -> dict[str, list[Entry]]:
         """The readings of each kind, in record order: one code probe per Observation and nothing
         else, so an observation of a kind no rule asks for costs only that probe. A reading is the
@@ -270,15 +278,6 @@ class ObservationFacts:
         if not coded and self._kinds.text_parts and "valueString" in o:
             for kind, element in self._kinds.read_from_text(o):
                 out.setdefault(kind, []).append((o, element))
-
-    @cached_property
-    def _candidates_by_kind(self) -> dict[str, list[Candidate]]:
-        return {}
-
-    @cached_property
-    def _observed(self) -> dict[int, datetime | None]:
-        """When each panel read so far was made (by identity: the record outlives it)."""
-        return {}
 
     def _candidates(self, kind: str) -> list[Candidate]:
         """(time, resource, element) of a kind, newest first, not yet validated: read when a rule
@@ -327,11 +326,6 @@ class ObservationFacts:
         self._candidates_by_kind[kind] = out
         return out
 
-    @cached_property
-    def _checked_facts(self) -> dict[int, ObservationFact | None]:
-        """The fact of each candidate already read (by the candidate's identity), this request."""
-        return {}
-
     def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
         memo = self._checked_facts
         key = id(item)  # the candidate lists live as long as the request: ids stay unique
@@ -351,10 +345,6 @@ class ObservationFacts:
             )
         memo[key] = fact
         return fact
-
-    @cached_property
-    def _newest(self) -> dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]:
-        return {}
 
     def newest(
         self, kind: str, within_days: float | None = None
@@ -410,10 +400,6 @@ class ObservationFacts:
     def preliminary(self, kind: str, *, within_days: float | None = None) -> list[ObservationFact]:
         """Preliminary readings newer than the latest final one in the window (safety signals)."""
         return list(self.newest(kind, within_days)[0])
-
-    @cached_property
-    def _series(self) -> dict[str, list[ObservationFact]]:
-        return {}
 
     def series(self, kind: str) -> list[ObservationFact]:
         """Every readable final observation of a kind, oldest first (scores over time; memoised per

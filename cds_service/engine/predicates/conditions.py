@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import CompileContext, Env, Leaf, Node, Result, check_args, predicate
+from .core import FALSE, CompileContext, Env, Leaf, Node, Result, check_args, predicate
 from .views import condition_view, unreadable_missing
 
 
@@ -29,13 +29,13 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
                 and 0 <= (today - (c.onset or c.recorded)).days <= recent
             ]
         if not found:
-            unreadable = env.facts.unreadable_conditions_in(vs)
+            # conditions_in has read the value set, so any unreadable Condition of it is listed
+            unreadable = env.facts.malformed_conditions and env.facts.unreadable_conditions_in(vs)
             if unreadable:
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
+            return FALSE  # the shared answer: nothing bound, nothing cited
         return Result(
-            bool(found),
-            bind={bind_as: [condition_view(c) for c in found]} if found else {},
-            evidence=[c.ref for c in found],
+            True, bind={bind_as: [condition_view(c) for c in found]}, evidence=[c.ref for c in found]
         )
 
     return Leaf(

@@ -9,6 +9,7 @@ from ...reading.facts import ObservationFact
 from ...reading.observations import says_only
 from .core import (
     COMPARATORS,
+    FALSE,
     CompileContext,
     Env,
     Leaf,
@@ -61,14 +62,12 @@ def _observation(args: Any, ctx: CompileContext) -> Node:
                 return Result(True, bind={kind: obs_view(p)}, evidence=[p.ref], reason="preliminary reading")
         if obs is None:
             return (
-                Result(None, missing=[observation_gap(env, kind, label, own, span, window)])
-                if ask
-                else Result(False)
+                Result(None, missing=[observation_gap(env, kind, label, own, span, window)]) if ask else FALSE
             )
         verdict = holds(env, obs)
         if verdict is None:
             if not ask:
-                return Result(False)
+                return FALSE
             if obs.unusable and not own:  # recorded, but in no unit it can be read in
                 return Result(None, missing=[Missing(kind, label, own, span, "usable", obs.unusable)])
             return Result(None, missing=[Missing(kind, label, own, span)])

@@ -8,7 +8,7 @@ from ...reading.facts import DECEASED
 from ...reading.raw import as_dict
 from ...reading.record import Problem, ref
 from .context import patient_gap
-from .core import CompileContext, Env, Leaf, Node, Result, check_args, predicate
+from .core import FALSE, CompileContext, Env, Leaf, Node, Result, check_args, predicate
 from .views import med_view, unreadable_missing
 
 
@@ -41,7 +41,7 @@ def _allergy(args: Any, ctx: CompileContext) -> Node:
             unreadable = allergies.unreadable_to(t, vs)
             if unreadable:
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable, "allergy record")])
-            return Result(False)
+            return FALSE
         return Result(
             True,
             bind={bind_as: [f.view(t) for f in found]},
@@ -75,7 +75,7 @@ def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
         f, t = env.facts, env.facts.t
         orders = f.orders_in(order_vs)
         if not orders:
-            return Result(False)
+            return FALSE
         records = [(u, "record") for u in f.active_uses(vs, grace_days=grace)]
         recent = [s for s in f.sessions(vs) if s.start and (f.today - s.start).days <= within]
         records += [(s, "administered") for s in recent]
@@ -101,7 +101,7 @@ def _concurrent_medication(args: Any, ctx: CompileContext) -> Node:
         unreadable = f.unreadable_medications_in(vs)
         if unreadable:
             return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
-        return Result(False)
+        return FALSE
 
     key = {"order_vs": order_vs, "vs": vs, "grace": grace, "within": within, "other": other}
     return Leaf("concurrent_medication", run, key, {f"valueset:{order_vs}", f"valueset:{vs}"})
@@ -184,7 +184,7 @@ def _unreadable(args: Any, ctx: CompileContext) -> Node:
         _ = (f.patient, f.medication_uses, f.orders)
         problems = f.record.problems
         if not problems:
-            return Result(False)
+            return FALSE
         # the entries' references are evidence (the explanation), never card text
         evidence = [p.resource for p in problems if "/" in p.resource]
         return Result(True, bind=_entries(problems), evidence=evidence)
