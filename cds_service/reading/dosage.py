@@ -274,6 +274,42 @@ def _form_route(form: str | None) -> str | None:
 _NO_DOSING = Dosing()
 
 
+def first_dosage(res: dict[str, Any], rtype: str) -> Any:
+    """The dosage a record's dose is read from: an administration's own, else the first of the
+    record's dosages (None when it has none)."""
+    if rtype == "MedicationAdministration":
+        return res.get("dosage")
+    elements = res.get("dosage" if rtype == "MedicationStatement" else "dosageInstruction")
+    return elements[0] if isinstance(elements, list) and elements else None
+
+
+def dose_unread(element: Any, dosing: Dosing) -> str | None:
+    """Why a dosage that states a dose gives no daily dose in mg (``dosing``: what was read of
+    it): a dose in no unit of mass (a unit missing or unknown, a count such as tablets), a dose
+    per kg, a range, or a sig written only as text; None when it states no dose at all, or when
+    the dose was read. Words for a card: never a value, a unit as written or the sig's text."""
+    if not isinstance(element, dict) or not element:
+        return None
+    entries = element.get("doseAndRate")
+    if isinstance(entries, dict):
+        entries = [entries]
+    stated = [
+        e for e in as_list(entries) if isinstance(e, dict) and ("doseQuantity" in e or "doseRange" in e)
+    ]
+    if stated:
+        if dosing.dose is None:
+            if any("doseQuantity" in e for e in stated):
+                return "a dose in no unit of mass (a missing or unknown unit, or a count such as tablets)"
+            return "a dose range"
+        if dosing.dose_unit != "mg":
+            return "a dose per kg of body weight"
+        return None
+    text = element.get("text")
+    if text.strip() if isinstance(text, str) else text is not None:
+        return "a dose written only as text"
+    return None
+
+
 def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None, form: str | None = None) -> Dosing:
     """What the record's (first) dosage says; without a route of its own, the route the drug's
     dose ``form`` implies. ``memo`` holds this request's readings by the dosage's whole JSON
@@ -281,11 +317,7 @@ def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None, form: s
     one sig), and the records sharing one get the same (frozen) reading; across requests only the
     amounts are kept (:data:`_DOSINGS`)."""
     administered = rtype == "MedicationAdministration"
-    if administered:
-        element: Any = res.get("dosage")
-    else:
-        elements = res.get("dosage" if rtype == "MedicationStatement" else "dosageInstruction")
-        element = elements[0] if isinstance(elements, list) and elements else None
+    element = first_dosage(res, rtype)
     if not isinstance(element, dict) or not element:
         return _NO_DOSING if form is None else Dosing(route=_form_route(form))
     key = None

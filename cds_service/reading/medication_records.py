@@ -10,12 +10,13 @@ list are only ever asked whether they are in effect.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
 from .dates import parse_date
-from .dosage import Dosing, Memo, dosing_of
+from .dosage import Dosing, Memo, dose_unread, dosing_of, first_dosage
 from .elements import Reads
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
@@ -72,6 +73,8 @@ READS: dict[str, tuple[Reads, Reads]] = {
 # (an unreadable ``authoredOn`` or ``status``, say) may cost its safety checks. The rest of what a
 # request is read for is validated apart: unreadable, it is reported and its dates and status unknown.
 DRAFT_IDENTITY = Reads("MedicationRequest", "medication[x]", modifiers_ok=True)
+
+_INDEX = re.compile(r"\[\d+\]")  # "dosageInstruction[0].timing" -> "dosageInstruction.timing"
 
 
 class Reading:
@@ -179,6 +182,25 @@ class MedUse:
         if d.dose is None or d.dose_unit != "mg":
             return None
         return d.dose * (d.per_day or 1)
+
+    @property
+    def daily_dose_unread(self) -> str | None:
+        """Why the dose this record states could not be read as a daily dose in mg (words for a
+        card, never a value nor an id: see :func:`~.dosage.dose_unread`); None when it was read,
+        or when the record states no dose (no dosage, or one with neither a dose nor a sig).
+        Asked only where a daily dose is missing (an antidepressant trial's): never on the path
+        every record takes."""
+        if self.daily_dose is not None:
+            return None
+        element = first_dosage(self.resource, self.kind)
+        reading = self._reading
+        if not isinstance(element, dict) or not element or reading is None:
+            return None
+        if not reading.record.readable(self.resource, reading.dosage_reads):
+            why = reading.record.unreadable_because(self.resource, reading.dosage_reads) or ""
+            element_name = _INDEX.sub("", why.split(": ", 1)[0]) or "its dosage"
+            return f"a dosage with {element_name} not readable"
+        return dose_unread(element, self.dosing)
 
     def describe(self) -> str:
         name = self.drug.text or "/".join(sorted(self.drug.ingredients))

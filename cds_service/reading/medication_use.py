@@ -10,7 +10,6 @@ and each question about a value set reads only the groups of its drugs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
 from itertools import chain
@@ -44,18 +43,49 @@ _NOT_A_USE = frozenset({"entered-in-error", "draft"})  # a record's status that 
 INACTIVE_MED_STATUS = {"completed", "stopped", "cancelled", "entered-in-error", "not-taken", "ended"}
 
 
-@dataclass
-class Trial:
-    """Use of one ingredient consolidated from every record of it (dose changes are one trial)."""
+#: why a daily dose is only a lower bound: a dose in mg without how often (a timing code alone, none)
+FREQUENCY_UNREAD = "a dose without how often it is taken"
 
-    ingredient: str
-    start: date
-    end: date
-    ongoing: bool
-    refs: list[str]
-    max_daily_dose: float | None
-    stop_reasons: list[str]
-    text_matched: bool
+
+class Trial:
+    """Use of one ingredient consolidated from every record of it (dose changes are one trial).
+
+    Its dose is read when first asked for (:attr:`max_daily_dose`): most trials a rule looks at
+    are left out before their dose matters (ended before the episode, too short, stopped for
+    intolerance)."""
+
+    __slots__ = (
+        "ingredient",
+        "start",
+        "end",
+        "ongoing",
+        "refs",
+        "stop_reasons",
+        "text_matched",
+        "_uses",
+        "_dose",
+    )
+
+    def __init__(
+        self,
+        ingredient: str,
+        start: date,
+        end: date,
+        ongoing: bool,
+        uses: list[MedUse],
+    ) -> None:
+        self.ingredient = ingredient
+        self.start = start
+        self.end = end
+        self.ongoing = ongoing
+        self._uses = uses
+        self.refs: list[str] = [u.ref for u in uses]
+        self.stop_reasons: list[str] = [u.stop_reason for u in uses if u.stop_reason]
+        self.text_matched = any(u.drug.matched_by == "text" for u in uses)
+        self._dose: tuple[float | None, tuple[str, ...], list[str]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Trial({self.ingredient!r}, {self.start}, {self.end}, ongoing={self.ongoing})"
 
     @property
     def days(self) -> int:
@@ -64,6 +94,46 @@ class Trial:
     @property
     def weeks(self) -> int:
         return self.days // 7
+
+    def _doses(self) -> tuple[float | None, tuple[str, ...], list[str]]:
+        d = self._dose
+        if d is None:
+            doses: list[float] = []
+            unread: dict[str, None] = {}
+            unread_refs: list[str] = []
+            for u in self._uses:
+                daily = u.daily_dose
+                if daily is not None:
+                    doses.append(daily)
+                    if u.doses_per_day is None:  # the dose once a day: at least that (a lower bound)
+                        unread[FREQUENCY_UNREAD] = None
+                        unread_refs.append(u.ref)
+                    continue
+                why = u.daily_dose_unread
+                if why is not None:
+                    unread[why] = None
+                    unread_refs.append(u.ref)
+            d = self._dose = (max(doses) if doses else None, tuple(unread), unread_refs)
+        return d
+
+    @property
+    def max_daily_dose(self) -> float | None:
+        """The highest daily dose in mg its records state and that could be read (None: none); a
+        dose without a frequency counts once a day, as a lower bound (see :attr:`dose_unread`)."""
+        return self._doses()[0]
+
+    @property
+    def dose_unread(self) -> tuple[str, ...]:
+        """Why doses its records state could not be read as mg/day (each reason once, in record
+        order; see :attr:`MedUse.daily_dose_unread`, :data:`FREQUENCY_UNREAD`): then
+        :attr:`max_daily_dose` is only a lower bound (or None), and "no dose recorded" is not
+        true. Empty when every stated dose was read."""
+        return self._doses()[1]
+
+    @property
+    def dose_unread_refs(self) -> list[str]:
+        """The records whose stated dose could not be read."""
+        return self._doses()[2]
 
 
 _start = attrgetter("start")  # a sort key for records (and trials) that all have a start
@@ -82,17 +152,7 @@ def _trial(ingredient: str, spans: list[_Span]) -> Trial:
         explicit = [u.end for u in uses if u.kind != "MedicationDispense" and u.end is not None]
         if explicit:
             end = min(end, max(explicit))
-    doses = [d for u in uses if (d := u.daily_dose) is not None]
-    return Trial(
-        ingredient,
-        spans[0][0],
-        end,
-        ongoing,
-        [u.ref for u in uses],
-        max(doses) if doses else None,
-        [u.stop_reason for u in uses if u.stop_reason],
-        any(u.drug.matched_by == "text" for u in uses),
-    )
+    return Trial(ingredient, spans[0][0], end, ongoing, uses)
 
 
 # -- the medication half of Facts -------------------------------------------------------------------

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from ...reading.facts import Facts, ObservationFact, Trial
-from .core import CompileContext, Env, Leaf, Node, Result, check_args, predicate
+from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
 from .views import num
 
 NON_RESPONSE_WORDS = (
@@ -18,6 +18,8 @@ NON_RESPONSE_WORDS = (
     "lack of efficacy",
     "ineffective",
 )
+#: the data gap when trials whose dose could not be read decide TRD (rules/common.yaml data_needs)
+GAP = "daily dose of an antidepressant trial"
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -68,6 +70,8 @@ def _trd(args: Any, ctx: CompileContext) -> Node:
 
     def run(env: Env, s: dict[str, Any]) -> Result:
         summary = assess_trd(env.facts, s)
+        if summary["met"] is None:
+            return _undecided(env, s, summary)
         return Result(
             summary["met"],
             bind={"trd": summary},
@@ -76,6 +80,21 @@ def _trd(args: Any, ctx: CompileContext) -> Node:
         )
 
     return Leaf("trd", run, spec, {f"valueset:{spec['vs']}", f"valueset:{spec['episode_vs']}"})
+
+
+def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
+    """Unknown: counting the trials whose recorded dose could not be read would meet TRD, leaving
+    them out would not. The gap names what could not be read (kinds of dose, never a value, an id
+    or the drug); the evidence points at the records."""
+    trials = summary["undecided_trials"]
+    reasons = list(dict.fromkeys(why for t in trials for why in t["dose_unread"]))
+    return Result(
+        None,
+        bind={"trd": summary},
+        evidence=[r for t in trials for r in t["dose_unread_refs"]],
+        missing=[Missing("trd-trial-dose", GAP, quality="readable", why="; ".join(reasons))],
+        reason=f"{summary['count']} adequate failed trial(s), {len(trials)} more by a dose not read",
+    )
 
 
 def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
@@ -100,9 +119,11 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     by_ingredient: dict[str, list[Trial]] = {}
     for trial in facts.trials(s["vs"]):
         by_ingredient.setdefault(trial.ingredient, []).append(trial)
+    undecided: list[dict[str, Any]] = []  # ingredients counted or not by a dose that could not be read
     for ingredient, trials in by_ingredient.items():
         best: dict[str, Any] | None = None
         reasons: list[str] = []
+        undecided_by: tuple[Trial, str] | None = None
         for t in trials:
             if t.end < episode_start:
                 if earlier_episode is not None:
@@ -125,7 +146,15 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                 reasons.append(f"{t.days} d is shorter than the adequate {s['min_days']:g} d")
                 continue
             minimum = (s["doses"] or {}).get(ingredient)
-            if minimum is not None and t.max_daily_dose is not None and t.max_daily_dose < minimum:
+            # A dose recorded but not readable (no unit, tablets, text only …) is not "no dose
+            # recorded": below the minimum is then unknown, unless a readable dose reached it.
+            unread = minimum is not None and t.dose_unread and not (t.max_daily_dose or 0) >= minimum
+            if (
+                minimum is not None
+                and not unread
+                and t.max_daily_dose is not None
+                and t.max_daily_dose < minimum
+            ):
                 reasons.append(
                     f"{num(t.max_daily_dose)} mg/day is below the minimal adequate dose of "
                     f"{num(minimum)} mg/day ({s['doses_source']})"
@@ -136,6 +165,10 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
                 reasons.append(
                     f"{change['kind']} improved {change['improvement_pct']:.0f}% (response, not failure)"
                 )
+                continue
+            if unread:  # an adequate failed trial or not, by a dose that could not be read
+                why = "; ".join(t.dose_unread)
+                undecided_by = (t, f"dose recorded but could not be read ({why}): adequacy not assessed")
                 continue
             view = _trial_view(facts, t)  # a counted trial: the ones left out show only their last
             view["dose_assessed"] = minimum is not None and t.max_daily_dose is not None
@@ -157,14 +190,25 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
             break
         if best is not None:
             counted.append(best)
+        elif undecided_by is not None:
+            trial, why = undecided_by
+            view = _trial_view(facts, trial)
+            view["why"] = why
+            view["dose_unread"] = list(trial.dose_unread)
+            view["dose_unread_refs"] = list(trial.dose_unread_refs)
+            not_counted.append(view)
+            undecided.append(view)
         else:
             last = _trial_view(facts, trials[-1])
             last["why"] = reasons[-1] if reasons else "not assessable"
             not_counted.append(last)
     counted.sort(key=lambda v: v["start"])
     not_counted.sort(key=lambda v: v["start"])
-    return {
-        "met": len(counted) >= s["min_trials"],
+    met: bool | None = len(counted) >= s["min_trials"]
+    if not met and len(counted) + len(undecided) >= s["min_trials"]:
+        met = None  # the trials whose dose could not be read decide it
+    summary: dict[str, Any] = {
+        "met": met,
         "count": len(counted),
         "min_trials": s["min_trials"],
         "min_days": s["min_days"],
@@ -175,6 +219,9 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         "earlier_left_out": [v for v in not_counted if v["why"].startswith("earlier episode")],
         "text_matched": any(v["text_matched"] for v in counted + not_counted),
     }
+    if undecided:  # (only then: the explanation of every other call binds what it always did)
+        summary["undecided_trials"] = undecided
+    return summary
 
 
 def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
