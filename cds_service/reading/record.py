@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ..services import PREFETCH_TYPES
@@ -20,6 +21,8 @@ from .elements import Reads, error_for, walk
 from .fhir_client import is_error_outcome
 
 IGNORED_LIMIT = 50  # distinct ignored element paths reported per request (hostile input stays small)
+_KIND = itemgetter("resourceType")
+_ID = itemgetter("id")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class PatientRecord:
         for key, items in resources.items():
             expected = PREFETCH_TYPES.get(key)
             segments.append((key, items))
+            if expected and record._take_whole(expected, items, seen):
+                continue
             group = by_type.get(expected) if expected else None
             ids = seen.get(expected) if expected else None
             for res in items:
@@ -99,6 +104,32 @@ class PatientRecord:
                 record._origin[id(res)] = "context.draftOrders"
         record.selections = [s for s in context.get("selections") or [] if isinstance(s, str)]
         return record
+
+    def _take_whole(self, expected: str, items: list[Any], seen: dict[str, set[str]]) -> bool:
+        """A prefetch key's resources taken at once, in C, when each is an object of the key's own
+        type (not the Patient) with a string id seen neither before nor twice in the key: the usual
+        key, for which the loop of :meth:`from_prefetch` would keep every one, in order. Whether they
+        were taken (if not, nothing was done: the loop decides)."""
+        if expected == "Patient" or not items:
+            return False
+        try:
+            kinds = list(map(_KIND, items))  # KeyError, TypeError: no resourceType, not an object
+            ids = list(map(_ID, items))  # KeyError: no id
+            "".join(ids)  # TypeError: an id that is not a string
+        except (KeyError, TypeError):
+            return False
+        if kinds.count(expected) != len(kinds):
+            return False
+        known = seen.get(expected)
+        fresh = set(ids)
+        if len(fresh) != len(ids) or (known is not None and not known.isdisjoint(fresh)):
+            return False
+        if known is None:
+            seen[expected] = fresh
+        else:
+            known |= fresh
+        self.by_type.setdefault(expected, []).extend(items)
+        return True
 
     def _place(
         self,
