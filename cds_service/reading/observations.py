@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,8 +31,11 @@ PRELIMINARY_OBS_STATUS = ("preliminary", "unknown")
 _NOT_READINGS = ("entered-in-error", "cancelled", "registered")  # statuses that are no reading
 
 
-@dataclass(frozen=True)
-class ObservationFact:
+class ObservationFact(NamedTuple):
+    """One reading of a kind, validated. A named tuple, not a frozen dataclass: a frozen
+    dataclass sets each of its ten fields through ``object.__setattr__`` (~15 k instructions per
+    fact, ~10 facts per call); a tuple is made in one step, and stays as immutable."""
+
     ref: str
     kind: str
     when: datetime
