@@ -15,6 +15,12 @@ from .terminology import Terminology, codings, concept_text
 CONDITION = Reads(
     "Condition", "code", "clinicalStatus", "verificationStatus", "onset[x]", "abatement[x]", "recordedDate"
 )
+# a Condition's statuses read on their own: one recorded in error is left out, and one resolved
+# is not current, whatever else in it cannot be read (only a status that was read decides that)
+VERIFICATION = Reads("Condition", "verificationStatus")
+CLINICAL = Reads("Condition", "clinicalStatus")
+NOT_RECORDED = ("refuted", "entered-in-error")
+ACTIVE = ("active", "recurrence", "relapse")
 
 
 @dataclass(frozen=True)
@@ -57,14 +63,17 @@ class ConditionFacts:
         if key in self._condition_facts:
             return self._condition_facts[key]
         fact = None
-        if not self.record.readable(c, CONDITION):
+        verification = first_code(c.get("verificationStatus"))
+        if verification in NOT_RECORDED and self.record.readable(c, VERIFICATION):
+            pass  # refuted or entered in error: no Condition, readable or not (nothing reported)
+        elif not self.record.readable(c, CONDITION):
             self.malformed_conditions.append(c)
-        elif first_code(c.get("verificationStatus")) not in ("refuted", "entered-in-error"):
+        elif verification not in NOT_RECORDED:
             clinical = first_code(c.get("clinicalStatus"))
             abatement = parse_date(c.get("abatementDateTime")) or parse_date(
                 (c.get("abatementPeriod") or {}).get("end")
             )
-            active = clinical in ("active", "recurrence", "relapse") or (
+            active = clinical in ACTIVE or (
                 clinical is None and (abatement is None or abatement > self.today)
             )
             fact = ConditionFact(
@@ -97,13 +106,24 @@ class ConditionFacts:
             self._conditions_by_valueset[key] = found
         return found
 
-    def unreadable_conditions_in(self, valueset: str) -> list[str]:
-        """References of unreadable Conditions whose code is in the value set."""
+    def unreadable_conditions_in(self, valueset: str, *, active_only: bool = False) -> list[str]:
+        """References of unreadable Conditions whose code is in the value set (``active_only``:
+        not those whose clinical status, read, says they are not current: a readable copy of
+        them would not count either)."""
         if (valueset, False) not in self._conditions_by_valueset:
             self.conditions_in(valueset)  # reads (and so finds the unreadable ones of) the value set
         if not self.malformed_conditions:
             return []
-        return [ref(c) for c in self.malformed_conditions if self.t.concept_in(c.get("code"), valueset)]
+        return [
+            ref(c)
+            for c in self.malformed_conditions
+            if self.t.concept_in(c.get("code"), valueset) and not (active_only and self._not_current(c))
+        ]
+
+    def _not_current(self, c: dict[str, Any]) -> bool:
+        """The Condition's clinical status was read and says it is not current (resolved, …)."""
+        clinical = first_code(c.get("clinicalStatus"))
+        return clinical is not None and clinical not in ACTIVE and self.record.readable(c, CLINICAL)
 
 
 def first_code(concept: Any) -> str | None:

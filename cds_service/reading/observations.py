@@ -236,6 +236,7 @@ class ObservationFacts:
     _checked_facts: dict[int, ObservationFact | None]
     _newest: dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]
     _series: dict[str, list[ObservationFact]]
+    _undated_unreadable: set[str]  # kinds with an unreadable reading whose date could not be read
 
     @lazy
     def _observations_by_kind(self) -> dict[str, list[Entry]]:
@@ -316,8 +317,13 @@ class ObservationFacts:
                             when = when.replace(tzinfo=UTC)
                 if when is None:
                     when = _observed_at(o)
-            if when is None:
-                self.record.readable(o, OBSERVATION)  # relevant but undated: report it if unreadable
+            if when is None:  # relevant but undated: reported if unreadable, and then, if it is
+                # a reading, it may be the latest (see unreadable_in)
+                if not self.record.readable(o, OBSERVATION) and not (
+                    ("dataAbsentReason" in element and _absent(element))
+                    or (answered and self._kinds.says_unknown(kind, element))
+                ):
+                    self._undated_unreadable.add(kind)
                 continue
             if "dataAbsentReason" in element and _absent(element):
                 continue
@@ -380,12 +386,16 @@ class ObservationFacts:
         return hit
 
     def unreadable_in(self, kind: str, within_days: float | None = None) -> bool:
-        """Whether a dated reading of the kind in the window (none future-dated) could not be read
-        (reported in the record's problems): a gap then says so rather than "missing". For the gap
-        path only: :meth:`newest` already read these."""
+        """Whether a reading of the kind in the window (none future-dated), or one whose date could
+        not be read (it may be the latest), could not be read (reported in the record's problems):
+        a gap then says so rather than "missing". For the gap path only: :meth:`newest` already
+        read these."""
+        candidates = self._candidates(kind)
+        if kind in self._undated_unreadable:
+            return True
         future = self.now + _FUTURE_SLACK
         oldest = self.now - timedelta(days=within_days) if within_days is not None else None
-        for item in self._candidates(kind):
+        for item in candidates:
             if item[0] > future:
                 continue
             if oldest is not None and item[0] < oldest:

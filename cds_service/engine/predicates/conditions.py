@@ -30,7 +30,9 @@ def _condition(args: Any, ctx: CompileContext) -> Node:
             ]
         if not found:
             # conditions_in has read the value set, so any unreadable Condition of it is listed
-            unreadable = env.facts.malformed_conditions and env.facts.unreadable_conditions_in(vs)
+            unreadable = env.facts.malformed_conditions and env.facts.unreadable_conditions_in(
+                vs, active_only=active_only
+            )
             if unreadable:
                 return Result(None, missing=[unreadable_missing(env, vs, unreadable)])
             return FALSE  # the shared answer: nothing bound, nothing cited
