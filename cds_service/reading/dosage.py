@@ -283,6 +283,16 @@ def first_dosage(res: dict[str, Any], rtype: str) -> Any:
     return elements[0] if isinstance(elements, list) and elements else None
 
 
+def states_dose(element: dict[str, Any]) -> bool:
+    """Whether a dosage records a dose in any shape, valid or not (a ``doseAndRate``, a sig's
+    text): one that records none is "dose not recorded", whatever else in it (a route, a timing)
+    cannot be read."""
+    if element.get("doseAndRate"):
+        return True
+    text = element.get("text")
+    return text.strip() != "" if isinstance(text, str) else text is not None
+
+
 def dose_unread(element: Any, dosing: Dosing) -> str | None:
     """Why a dosage that states a dose gives no daily dose in mg (``dosing``: what was read of
     it): a dose in no unit of mass (a unit missing or unknown, a count such as tablets), a dose

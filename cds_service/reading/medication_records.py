@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from .dates import parse_date
-from .dosage import Dosing, Memo, dose_unread, dosing_of, first_dosage
+from .dosage import Dosing, Memo, dose_unread, dosing_of, first_dosage, states_dose
 from .elements import Reads
 from .raw import add_days, as_dict, as_float, as_list
 from .record import PatientRecord, ref
@@ -194,8 +194,8 @@ class MedUse:
             return None
         element = first_dosage(self.resource, self.kind)
         reading = self._reading
-        if not isinstance(element, dict) or not element or reading is None:
-            return None
+        if not isinstance(element, dict) or not states_dose(element) or reading is None:
+            return None  # no dose recorded: an invalid route or timing beside it is no unread dose
         if not reading.record.readable(self.resource, reading.dosage_reads):
             why = reading.record.unreadable_because(self.resource, reading.dosage_reads) or ""
             element_name = _INDEX.sub("", why.split(": ", 1)[0]) or "its dosage"
