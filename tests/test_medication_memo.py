@@ -68,6 +68,42 @@ def test_concepts_differing_in_their_words_keep_their_own() -> None:
     assert texts["MedicationDispense/disp-1"] == "Nardil phenelzine"
 
 
+def test_each_record_after_another_is_identified_by_its_own_concept() -> None:
+    """Records following one another with an equal concept share the drug; one whose concept
+    differs from the one before in a code, a system, its text or a display is matched on its own,
+    and one whose code is a number or a boolean (equal in Python to 1) names no drug by it."""
+    phenelzine = PHENELZINE["coding"][0]
+    variants = [
+        PHENELZINE,
+        dict(PHENELZINE, coding=[dict(phenelzine, code="8124")]),  # another code
+        PHENELZINE,
+        dict(PHENELZINE, coding=[dict(phenelzine, system="http://example.org/local")]),
+        dict(PHENELZINE, text="phenelzine (Nardil) 15 mg"),
+        dict(PHENELZINE, coding=[dict(phenelzine, display="tranylcypromine")]),
+        {"coding": [{"system": RXNORM, "code": 1}], "text": "Nardil"},
+        {"coding": [{"system": RXNORM, "code": True}], "text": "Nardil"},
+        PHENELZINE,
+    ]
+    request = ketamine_request()
+    for n, concept in enumerate(variants):
+        add(request, "medicationDispenses", _dispense(n, concept))
+    facts = facts_of(request)
+    by_ref = {u.ref: u.drug for u in facts.medication_uses}
+    by_ref.update({r: d for r, d in facts.malformed_meds})
+    for n, concept in enumerate(variants):
+        expected = facts.t.match_drug(copy.deepcopy(concept))
+        got = by_ref.get(f"MedicationDispense/disp-{n}")
+        if not expected.ingredients:
+            assert got is None, n  # no drug: not a use
+            continue
+        assert got is not None, n
+        assert (got.ingredients, got.products, got.text) == (
+            expected.ingredients,
+            expected.products,
+            expected.text,
+        ), n
+
+
 def test_each_record_of_a_memoised_concept_is_still_validated() -> None:
     """A dispense sharing the course's concept but with an invalid element it is read for is
     unreadable (the MAOI check asks for it), whatever its siblings said."""
@@ -83,7 +119,6 @@ def test_a_memoised_sig_keeps_each_records_own_route() -> None:
     facts = facts_of(_course(route_iv))
     routes = {u.ref: u.route for u in facts.medication_uses if u.kind == "MedicationDispense"}
     assert routes["MedicationDispense/disp-8"] == "iv" and routes["MedicationDispense/disp-2"] == "oral"
-
 
 
 def test_active_uses_agrees_with_in_effect_for_every_record_not_ended() -> None:

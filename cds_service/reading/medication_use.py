@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, timedelta
-from functools import cached_property
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -20,6 +19,7 @@ import orjson
 from orjson import dumps
 
 from .dosage import ROUTES, Dosing, Memo, infusion_minutes, minutes, per_day, route_of
+from .lazy import lazy
 from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, stop_reason
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
@@ -170,7 +170,7 @@ class MedicationFacts:
     _trials: dict[tuple[str, int], list[Trial]]
     _uses_in: dict[str, list[MedUse]]
 
-    @cached_property
+    @lazy
     def medication_uses(self) -> list[MedUse]:
         """Every medication record read (drafts aside), in record order: one loop per kind with
         the common shape inline (the drug inline, a status string), as it runs for every record
@@ -182,6 +182,12 @@ class MedicationFacts:
         drugs = self._drugs
         match = self.t.match_drug
         malformed = self.malformed_meds
+        # A course's records follow one another with one concept: equal to the last one (a C
+        # comparison), it names the same drug. Safe as a key: match_drug reads only its strings
+        # (codes, systems, text, displays; another type is skipped), and equal dicts have equal
+        # strings. (Not so for a dosage, whose reading tells 1 from 1.0 and True.)
+        last_concept: Any = None
+        last_drug = DrugMatch()
         for rtype, (core, dosage_reads) in READS.items():
             resources = record.resources(rtype)
             if not resources:
@@ -196,14 +202,18 @@ class MedicationFacts:
                     if use is not None:
                         append(use)
                     continue
-                try:  # the drug, by the concept's JSON (what _drug_of does)
-                    content = dumps(concept)
-                except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
-                    drug = match(concept)
+                if concept == last_concept:
+                    drug = last_drug
                 else:
-                    drug = drugs.get(content)
-                    if drug is None:
-                        drug = drugs[content] = match(concept)
+                    try:  # the drug, by the concept's JSON (what _drug_of does)
+                        content = dumps(concept)
+                    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+                        drug = match(concept)
+                    else:
+                        drug = drugs.get(content)
+                        if drug is None:
+                            drug = drugs[content] = match(concept)
+                    last_concept, last_drug = concept, drug
                 if not drug.ingredients or status in _NOT_A_USE:
                     continue
                 if ("intent" in res or "doNotPerform" in res) and (
@@ -218,12 +228,12 @@ class MedicationFacts:
                 append(MedUse(None, rtype, drug, status, start, end, reason, res, reading))
         return uses
 
-    @cached_property
+    @lazy
     def medications(self) -> MedicationResolver:
         """Which drug each record names (inline, contained, included or fetched Medication)."""
         return MedicationResolver(self.record, self.t)
 
-    @cached_property
+    @lazy
     def drafts(self) -> list[MedUse]:
         """Every draft MedicationRequest of the request (the whole order set), identified."""
         out = []
@@ -235,7 +245,7 @@ class MedicationFacts:
                 out.append(use)
         return out
 
-    @cached_property
+    @lazy
     def orders(self) -> list[MedUse]:
         """The orders being decided on: the selected draft orders (order-select) or all of them."""
         selected = set(self.record.selections)
@@ -283,13 +293,13 @@ class MedicationFacts:
         _ = self.orders
         return [r for r, drug in self.malformed_orders if self.t.drug_in(drug, valueset)]
 
-    @cached_property
+    @lazy
     def _drugs(self) -> dict[bytes, DrugMatch]:
         """This request's drug matches by the concept's JSON (a course's request and dispenses
         repeat one concept); words and all, as it lives only as long as the request."""
         return {}
 
-    @cached_property
+    @lazy
     def _dosings(self) -> Memo:
         """This request's dosage readings (see :func:`~.dosage.dosing_of`)."""
         return {}
@@ -356,7 +366,7 @@ class MedicationFacts:
         together are concurrent medications."""
         return [u for u in self.drafts if u is not excluding and self.t.drug_in(u.drug, valueset)]
 
-    @cached_property
+    @lazy
     def _uses_by_drug(self) -> list[list[MedUse]]:
         """The records grouped by what value-set membership depends on (ingredients and products),
         each numbered with its place in the record (``seq``): a long list holds a few drugs, asked
@@ -375,7 +385,7 @@ class MedicationFacts:
             members.append(u)
         return list(groups.values())
 
-    @cached_property
+    @lazy
     def _groups_in(self) -> dict[str, list[list[MedUse]]]:
         """The groups of :attr:`_uses_by_drug` by the medication value sets their drug is in."""
         index: dict[str, list[list[MedUse]]] = {}
@@ -453,7 +463,7 @@ class MedicationFacts:
             hit = self._orders_in[valueset] = [o for o in self.orders if drug_in(o.drug, valueset)]
         return hit
 
-    @cached_property
+    @lazy
     def _orders_in(self) -> dict[str, list[MedUse]]:
         return {}
 

@@ -20,12 +20,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
 from .elements import Reads
 from .fhir_client import CallBudget, FetchPolicy, FhirClient, FhirFetchError
+from .lazy import lazy
 from .raw import as_dict, as_list
 from .record import PatientRecord, Problem
 from .terminology import DrugMatch, Terminology, concept_text, form_from_text
@@ -64,7 +64,7 @@ class MedicationResolver:
     terminology: Terminology
     unresolved: dict[str, str] = field(default_factory=dict)  # reference -> display ("" if none)
 
-    @cached_property
+    @lazy
     def index(self) -> dict[str, dict[str, Any]]:
         return {r["id"]: r for r in self.record.resources("Medication") if isinstance(r.get("id"), str)}
 
