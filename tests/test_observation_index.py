@@ -139,3 +139,43 @@ def test_the_first_kind_is_the_careful_readings_first_cold_and_remembered():
         assert kinds.first_kind(concept) == expected, concept
     assert kinds.first_kind(SYSTOLIC) == "systolic_bp"
     assert kinds.first_kind(LOCAL) is None
+
+
+def test_a_panels_components_of_every_shape_are_filed_under_the_careful_readings_first_kind():
+    """The panel loop probes each component's codes inline (as the loop over Observations does):
+    every shape of component, cold and remembered, is filed under the kind the careful reading of
+    its codings names first, in order, or under none."""
+    components: list[Any] = [
+        {"code": SYSTOLIC},
+        {"code": LOCAL},
+        {"code": {"coding": [*LOCAL["coding"], *SYSTOLIC["coding"]]}},
+        {"code": {"coding": [{"system": LOINC, "code": "8462-4"}, *SYSTOLIC["coding"]]}},
+        {"code": {"coding": [{"system": LOINC, "code": ["8480-6"]}]}},
+        {"code": {"coding": {"system": LOINC, "code": "8480-6"}}},
+        {"code": {"coding": ["8480-6", *SYSTOLIC["coding"]]}},
+        {"code": {"coding": [{"code": "8480-6"}]}},
+        {"code": None},
+        {"valueQuantity": {"value": 1}},
+        "8480-6",
+        ["8480-6"],
+        None,
+    ]
+    for _ in range(2):  # cold, then with the codes remembered
+        request = without_bp(ketamine_request())
+        panel = bp_panel(120, 80, "final", TODAY, oid="odd")
+        panel["component"] = components
+        add(request, "vitalSigns", panel)
+        facts = facts_of(request)
+        kinds = facts._kinds
+        filed = [
+            (kind, id(entry[1]))
+            for kind, entries in facts._observations_by_kind.items()
+            for entry in entries
+            if type(entry) is tuple and entry[0] is panel
+        ]
+        expected = []
+        for comp in components:
+            careful = kinds._of_concept(comp.get("code")) if isinstance(comp, dict) else []
+            if careful:
+                expected.append((careful[0], id(comp)))
+        assert sorted(filed, key=str) == sorted(expected, key=str)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dates import parse_date
 from .elements import Reads
@@ -23,8 +22,10 @@ NOT_RECORDED = ("refuted", "entered-in-error")
 ACTIVE = ("active", "recurrence", "relapse")
 
 
-@dataclass(frozen=True)
-class ConditionFact:
+class ConditionFact(NamedTuple):
+    """A readable Condition (a named tuple: made in one step, where a frozen dataclass sets each
+    field through ``object.__setattr__``)."""
+
     ref: str
     concept: dict[str, Any]
     text: str

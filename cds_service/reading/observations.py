@@ -274,9 +274,24 @@ class ObservationFacts:
         listed = o.get("component")
         if type(listed) is list:
             first_kind = self._kinds.first_kind
+            by_code = self._kinds._by_code
             for comp in listed:
-                if type(comp) is dict and (ck := first_kind(comp.get("code"))) is not None:
-                    out.setdefault(ck, []).append((o, comp))
+                try:  # first_kind's probe, inlined (a panel's components: one coding each, most often)
+                    ck = None
+                    for c in comp["code"]["coding"]:
+                        system, ck = by_code[c["code"]]
+                        if system != c["system"]:
+                            raise KeyError(system)
+                        if ck is not None:
+                            break
+                except (KeyError, TypeError):
+                    ck = first_kind(comp.get("code")) if type(comp) is dict else None
+                if ck is not None:
+                    group = out.get(ck)
+                    if group is None:
+                        out[ck] = [(o, comp)]
+                    else:
+                        group.append((o, comp))
                     coded = True
         if not coded and self._kinds.text_parts and "valueString" in o:
             for kind, element in self._kinds.read_from_text(o):
@@ -298,7 +313,19 @@ class ObservationFacts:
                     continue
                 when = whens.get(id(o), _UNREAD)
                 if when is _UNREAD:
-                    when = whens[id(o)] = _observed_at(o)
+                    when = None  # as below: the usual full effectiveDateTime read inline
+                    value = o.get("effectiveDateTime")
+                    if type(value) is str:
+                        try:
+                            when = fromisoformat(value)
+                        except ValueError:
+                            pass
+                        else:
+                            if when.tzinfo is None:
+                                when = when.replace(tzinfo=UTC)
+                    if when is None:
+                        when = _observed_at(o)
+                    whens[id(o)] = when
             else:
                 o = element = entry
                 if o.get("status") in _NOT_READINGS:
