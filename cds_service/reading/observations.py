@@ -307,29 +307,15 @@ class ObservationFacts:
         answered = kind in self._kinds.answered
         whens = self._observed  # a BP panel's time is read once for both of its components
         for entry in self._observations_by_kind.get(kind, ()):
-            if type(entry) is tuple:
+            if type(entry) is tuple:  # a panel's component: the panel's time is read once
                 o, element = entry
-                if o.get("status") in _NOT_READINGS:
-                    continue
                 when = whens.get(id(o), _UNREAD)
-                if when is _UNREAD:
-                    when = None  # as below: the usual full effectiveDateTime read inline
-                    value = o.get("effectiveDateTime")
-                    if type(value) is str:
-                        try:
-                            when = fromisoformat(value)
-                        except ValueError:
-                            pass
-                        else:
-                            if when.tzinfo is None:
-                                when = when.replace(tzinfo=UTC)
-                    if when is None:
-                        when = _observed_at(o)
-                    whens[id(o)] = when
             else:
                 o = element = entry
-                if o.get("status") in _NOT_READINGS:
-                    continue
+                when = _UNREAD
+            if o.get("status") in _NOT_READINGS:
+                continue
+            if when is _UNREAD:
                 # parse_datetime inlined for the usual full effectiveDateTime (every reading of a
                 # kind asked for passes here); any other value takes _observed_at
                 when = None
@@ -344,6 +330,8 @@ class ObservationFacts:
                             when = when.replace(tzinfo=UTC)
                 if when is None:
                     when = _observed_at(o)
+                if element is not o:
+                    whens[id(o)] = when
             if when is None:  # relevant but undated: reported if unreadable, and then, if it is
                 # a reading, it may be the latest (see unreadable_in)
                 if not self.record.readable(o, OBSERVATION) and not (
