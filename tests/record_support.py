@@ -52,3 +52,18 @@ def run_request(request: dict[str, Any]):
     from cds_service.config import Settings
 
     return pipeline.run(request, load_ruleset(RULES), Settings(rules_dir=RULES, allow_time_override=True))
+
+
+def weight(request: dict[str, Any]) -> dict[str, Any]:
+    """The request's one body-weight Observation (LOINC 29463-7) in its vitalSigns prefetch."""
+    (found,) = [
+        e["resource"]
+        for e in request["prefetch"]["vitalSigns"]["entry"]
+        if any(c.get("code") == "29463-7" for c in e["resource"]["code"]["coding"])
+    ]
+    return found
+
+
+def bp_panels(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's panels (Observations with components) in its vitalSigns prefetch."""
+    return [e["resource"] for e in request["prefetch"]["vitalSigns"]["entry"] if "component" in e["resource"]]

@@ -150,20 +150,10 @@ def test_a_forked_worker_never_repeats_the_card_ids_of_another():
     """Cards drew their ids from a pool of their own that a fork copied (gunicorn workers forked
     from a parent that had rendered a card would hand out the same card uuids, and feedback is
     keyed by them); they use cds_service.ids, which forgets its bytes after a fork."""
-    import os
-
     from cds_service import cards
 
+    from .support.forks import child_and_parent_ids
+
     cards.uuid4()  # the pool now holds bytes not yet handed out
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.write(write, ",".join(cards.uuid4() for _ in range(20)).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child = set(f.read().split(","))
-    os.waitpid(pid, 0)
-    parent = {cards.uuid4() for _ in range(20)}
+    child, parent = child_and_parent_ids(cards.uuid4)
     assert len(child) == 20 and not child & parent

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import load_example
-from .record_support import run_request
+from .record_support import bp_panels, run_request, weight
 
 
 def gap_rows(request: dict[str, Any]) -> tuple[str, list[str]]:
@@ -23,19 +23,6 @@ def gap_rows(request: dict[str, Any]) -> tuple[str, list[str]]:
     (card,) = [c for c in out.response["cards"] if c["source"]["topic"]["code"] == "data-gaps"]
     rows = [line for line in card["detail"].splitlines() if line.startswith("| ")][1:]
     return card["summary"], [row.split(" | ")[0].removeprefix("| ") for row in rows]
-
-
-def bp_panels(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e["resource"] for e in request["prefetch"]["vitalSigns"]["entry"] if "component" in e["resource"]]
-
-
-def weight(request: dict[str, Any]) -> dict[str, Any]:
-    (found,) = [
-        e["resource"]
-        for e in request["prefetch"]["vitalSigns"]["entry"]
-        if any(c.get("code") == "29463-7" for c in e["resource"]["code"]["coding"])
-    ]
-    return found
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 from cds_service import ids
+
+from .support.forks import child_and_parent_ids
 
 
 def test_a_version_4_uuid_in_the_standard_form() -> None:
@@ -18,15 +19,5 @@ def test_a_version_4_uuid_in_the_standard_form() -> None:
 
 def test_a_forked_child_never_hands_out_the_parents_bytes() -> None:
     ids.uuid4()  # the pool now holds bytes the parent has not handed out yet
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next ids, to the parent
-        os.close(read)
-        os.write(write, ",".join(ids.uuid4() for _ in range(20)).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child = set(f.read().split(","))
-    os.waitpid(pid, 0)
-    parent = {ids.uuid4() for _ in range(20)}
+    child, parent = child_and_parent_ids(ids.uuid4)
     assert len(child) == 20 and not child & parent

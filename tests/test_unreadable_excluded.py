@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import load_example
-from .record_support import facts_of, run_request
+from .record_support import bp_panels, facts_of, run_request, weight
 
 VER = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CLIN = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -104,19 +104,6 @@ def gap_rows(request: dict[str, Any]) -> list[str]:
     gaps = [c for c in cards if c["source"]["topic"]["code"] == "data-gaps"]
     rows = [line for c in gaps for line in c["detail"].splitlines() if line.startswith("| ")][1:]
     return [row.split(" | ")[0].removeprefix("| ") for row in rows]
-
-
-def weight(request: dict[str, Any]) -> dict[str, Any]:
-    (found,) = [
-        e["resource"]
-        for e in request["prefetch"]["vitalSigns"]["entry"]
-        if any(c.get("code") == "29463-7" for c in e["resource"]["code"]["coding"])
-    ]
-    return found
-
-
-def bp_panels(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e["resource"] for e in request["prefetch"]["vitalSigns"]["entry"] if "component" in e["resource"]]
 
 
 @pytest.mark.parametrize("when", ["yesterday", "2026-13-45T08:00:00Z", 20260503])
