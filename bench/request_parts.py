@@ -39,6 +39,7 @@ def _pieces(calls: int) -> list[tuple[str, Callable[[int], Any]]]:
     from cds_service import api, gc_policy, logs, pipeline
     from cds_service.cards import render_cards
     from cds_service.engine.evaluate import evaluate
+    from cds_service.engine.med_windows import medication_horizon
     from cds_service.engine.windows import fetch_narrowing
     from cds_service.reading.facts import Facts
     from cds_service.reading.medications import fetch_missing
@@ -136,7 +137,10 @@ def _pieces(calls: int) -> list[tuple[str, Callable[[int], Any]]]:
     def facts_evaluate(i: int) -> Any:
         request = for_parts[i]
         now = pipeline.evaluation_time(request, True)
-        facts = Facts(records_[i], ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
+        horizon = medication_horizon(ruleset)
+        facts = Facts(
+            records_[i], ruleset.terminology, ruleset.observation_kinds, now, request["hook"], horizon
+        )
         evaluations[i] = evaluate(ruleset, facts)
 
     def cards_(i: int) -> Any:

@@ -16,6 +16,7 @@ from .cards import render_cards
 from .config import Settings
 from .engine.evaluate import Evaluation, evaluate
 from .engine.loader import RuleSet
+from .engine.med_windows import medication_horizon
 from .engine.windows import fetch_narrowing
 from .errors import ApiError
 from .reading.facts import Facts, parse_datetime
@@ -153,7 +154,14 @@ def run(
             request_id=request_id,
             policy=policy,
         )
-    facts = Facts(record, ruleset.terminology, ruleset.observation_kinds, now, request["hook"])
+    facts = Facts(
+        record,
+        ruleset.terminology,
+        ruleset.observation_kinds,
+        now,
+        request["hook"],
+        medication_horizon(ruleset),  # medication records no rule can need are not read
+    )
     ev = evaluate(ruleset, facts, jurisdiction=jurisdiction)
     t2 = time.perf_counter()
     cards = render_cards(ev, context.get("patientId"))

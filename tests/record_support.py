@@ -7,6 +7,7 @@ from typing import Any
 
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import load_ruleset
+from cds_service.engine.med_windows import medication_horizon
 from cds_service.engine.predicates import CompileContext, Env, Result, compile_node
 from cds_service.pipeline import evaluation_time
 from cds_service.reading.facts import Facts
@@ -26,7 +27,8 @@ def facts_of(request: dict[str, Any], now: datetime | None = None) -> Facts:
         resolve_prefetch(request, policy=LOCAL_FHIR).resources, request["context"]
     )
     when = now or evaluation_time(request, True)
-    return Facts(record, ruleset.terminology, ruleset.observation_kinds, when, request["hook"])
+    horizon = medication_horizon(ruleset)  # as the pipeline reads the record
+    return Facts(record, ruleset.terminology, ruleset.observation_kinds, when, request["hook"], horizon)
 
 
 def run_predicate(spec: dict[str, Any], facts: Facts) -> Result:

@@ -23,6 +23,7 @@ from .conditions import ConditionFact, ConditionFacts
 from .dates import age_on, parse_date, parse_datetime
 from .elements import Reads
 from .lazy import lazy
+from .med_horizon import Horizon
 from .medication_use import MedicationFacts, MedUse, Trial
 from .observations import ObservationFact, ObservationFacts, ObservationKinds
 from .record import PatientRecord, ref
@@ -53,8 +54,12 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         observation_kinds: dict[str, dict[str, Any]],
         now: datetime,
         hook: str,
+        medication_horizon: Horizon | None = None,
     ) -> None:
+        """``medication_horizon``: how far back the rules read medication records
+        (``engine/med_windows.py``); records beyond it are not read. None: every record is."""
         self.record = record
+        self.medication_horizon = medication_horizon
         self.t = terminology
         self.now = now
         self.today = now.date()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from . import datatypes
 from .dates import parse_date
 from .dosage import Dosing, Memo, dose_unread, dosing_of, first_dosage, states_dose
 from .elements import Reads
@@ -286,6 +287,142 @@ DATES: dict[str, Callable[[dict[str, Any]], tuple[date | None, date | None]]] = 
     "MedicationDispense": _dispense_dates,
     "MedicationAdministration": _administration_dates,
 }
+
+
+# -- records certainly ended before a day (the medication horizon, .med_horizon) -----------------------
+# The R4 status codes of each kind of record: another value makes the record's meaning uncertain.
+_STATUSES = {
+    "MedicationRequest": frozenset(
+        {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"}
+    ),
+    "MedicationStatement": frozenset(
+        {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"}
+    ),
+    "MedicationDispense": frozenset(
+        {
+            "preparation",
+            "in-progress",
+            "cancelled",
+            "on-hold",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "declined",
+            "unknown",
+        }
+    ),
+    "MedicationAdministration": frozenset(
+        {"in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped", "unknown"}
+    ),
+}
+_DATETIME = datatypes.PRIMITIVES["dateTime"]  # True only when certainly valid R4
+_UCUM = "http://unitsofmeasure.org"
+_SUPPLY_KEYS = frozenset({"value", "unit", "system", "code"})
+_DAY_UNITS = frozenset({"d", "day", "days"})
+
+
+def _day(value: Any) -> int | None:
+    """A certainly valid dateTime that names a day (a year or a month does not), as its ordinal."""
+    if value.__class__ is str and len(value) >= 10 and _DATETIME(value):
+        return _fromisoformat(value[:10]).toordinal()
+    return None
+
+
+def _plain_days(supply: Any) -> int | None:
+    """A daysSupply that is a whole number of days (UCUM ``d``, or a day unit, or no unit)."""
+    if supply.__class__ is not dict or not _SUPPLY_KEYS.issuperset(supply):
+        return None
+    value = supply.get("value")
+    if value.__class__ is not int or not 0 <= value <= 3650:
+        return None
+    if "unit" in supply and supply["unit"] not in _DAY_UNITS:
+        return None
+    if "code" in supply and supply["code"] != "d":
+        return None
+    if "system" in supply and supply["system"] != _UCUM:
+        return None
+    return value
+
+
+def _period_end(period: Any) -> int | None:
+    return _day(period.get("end")) if period.__class__ is dict and "end" in period else None
+
+
+def _request_end(res: dict[str, Any]) -> int | None:
+    """The end :func:`_request_dates` reads (the first dosage's timing bounds, else the validity
+    period), when every element on its way has the shape it expects."""
+    if "dosageInstruction" in res:
+        dosages = res["dosageInstruction"]
+        if dosages.__class__ is not list:
+            return None
+        first = dosages[0] if dosages else {}
+        if first.__class__ is not dict:
+            return None
+        timing = first.get("timing", {})
+        if timing.__class__ is not dict:
+            return None
+        repeat = timing.get("repeat", {})
+        if repeat.__class__ is not dict or "boundsDuration" in repeat or "boundsRange" in repeat:
+            return None
+        if "boundsPeriod" in repeat:
+            bounds = repeat["boundsPeriod"]
+            if bounds.__class__ is not dict:
+                return None
+            if "end" in bounds:
+                return _day(bounds["end"])
+    request = res.get("dispenseRequest")
+    if request is None:
+        return None
+    return _period_end(request.get("validityPeriod")) if request.__class__ is dict else None
+
+
+def _statement_end(res: dict[str, Any]) -> int | None:
+    if "effectiveDateTime" in res:  # no end (or two effective[x]: not certain either way)
+        return None
+    return _period_end(res.get("effectivePeriod"))
+
+
+def _dispense_end(res: dict[str, Any]) -> int | None:
+    """Handed over (else prepared) plus the days supplied: what :func:`_dispense_dates` reads."""
+    start = _day(res["whenHandedOver"] if "whenHandedOver" in res else res.get("whenPrepared"))
+    if start is None:
+        return None
+    if "daysSupply" not in res:
+        return start
+    days = _plain_days(res["daysSupply"])
+    return None if days is None else start + days
+
+
+def _administration_end(res: dict[str, Any]) -> int | None:
+    """The latest date an administration names (its start, and its end, are no later)."""
+    if "effectiveDateTime" in res:
+        return None if "effectivePeriod" in res else _day(res["effectiveDateTime"])
+    period = res.get("effectivePeriod")
+    if period.__class__ is not dict or not ("start" in period or "end" in period):
+        return None
+    days = [_day(period[k]) for k in ("start", "end") if k in period]
+    return None if None in days else max(days)  # type: ignore[type-var]
+
+
+_ENDS: dict[str, Callable[[dict[str, Any]], int | None]] = {
+    "MedicationRequest": _request_end,
+    "MedicationStatement": _statement_end,
+    "MedicationDispense": _dispense_end,
+    "MedicationAdministration": _administration_end,
+}
+
+
+def ended_before(res: dict[str, Any], rtype: str, cutoff: int) -> bool:
+    """Whether the record's use certainly ended before the day ``cutoff`` (an ordinal), as its
+    validated reading would say: an R4 status, no modifier extension, and the dates its end is
+    read from (:data:`DATES`) valid, to the day, in the elements that reading takes them from.
+    Whatever is not certain is False (the record is read). A stopped or completed request or
+    statement ends then too (``timeline.ended_on``: its own past end comes first)."""
+    status = res.get("status")
+    if status.__class__ is not str or status not in _STATUSES[rtype] or "modifierExtension" in res:
+        return False
+    end = _ENDS[rtype](res)
+    return end is not None and end < cutoff
 
 
 def stop_reason(res: dict[str, Any]) -> str:

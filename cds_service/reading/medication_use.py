@@ -20,7 +20,8 @@ from orjson import dumps
 
 from .dosage import ROUTES, Dosing, Memo, infusion_minutes, minutes, per_day, route_of
 from .lazy import lazy
-from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, stop_reason
+from .med_horizon import HorizonFacts
+from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, ended_before, stop_reason
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology
@@ -156,7 +157,7 @@ def _trial(ingredient: str, spans: list[_Span]) -> Trial:
 
 
 # -- the medication half of Facts -------------------------------------------------------------------
-class MedicationFacts:
+class MedicationFacts(HorizonFacts):
     """Medication records, trials and sessions (a mixin of :class:`~.facts.Facts`)."""
 
     record: PatientRecord
@@ -174,7 +175,12 @@ class MedicationFacts:
     def medication_uses(self) -> list[MedUse]:
         """Every medication record read (drafts aside), in record order: one loop per kind with
         the common shape inline (the drug inline, a status string), as it runs for every record
-        of a long medication list; :meth:`_med_use` reads the rest alike."""
+        of a long medication list; :meth:`_med_use` reads the rest alike.
+
+        A record no rule can need is not read at all (:mod:`.med_horizon`): its drug is read only
+        within windows and it certainly ended before the longest of them. Not so a dispense or
+        administration of a drug a stopped or completed record read here shares, when that record
+        ends with its last supply (``timeline.ended_on``), nor a record of a draft order's id."""
         uses: list[MedUse] = []
         append = uses.append
         record = self.record
@@ -182,18 +188,25 @@ class MedicationFacts:
         drugs = self._drugs
         match = self.t.match_drug
         malformed = self.malformed_meds
+        horizon = self.medication_horizon
+        cutoff_of = self._cutoff_of
+        drafts = self._draft_ids if horizon is not None else frozenset()
+        stopped = self._ends_with_supply
+        today = self.today
         # A course's records follow one another with one concept: equal to the last one (a C
         # comparison), it names the same drug. Safe as a key: match_drug reads only its strings
         # (codes, systems, text, displays; another type is skipped), and equal dicts have equal
         # strings. (Not so for a dosage, whose reading tells 1 from 1.0 and True.)
         last_concept: Any = None
         last_drug = DrugMatch()
+        cutoff: int | None = None  # last_drug's (see _cutoff_of)
         for rtype, (core, dosage_reads) in READS.items():
             resources = record.resources(rtype)
             if not resources:
                 continue
             dates = DATES[rtype]
             reading = Reading(record, dosage_reads, self._dosings)
+            supply = rtype in SUPPLY_KINDS  # (requests and statements come first: READS' order)
             for res in resources:
                 concept = res.get("medicationCodeableConcept")
                 status = res.get("status")
@@ -201,6 +214,12 @@ class MedicationFacts:
                     use = self._med_use(res, rtype)
                     if use is not None:
                         append(use)
+                        if (
+                            not supply
+                            and use.status in ENDED_MED_STATUS
+                            and (use.end is None or use.end > today)
+                        ):
+                            stopped.update(use.drug.ingredients)
                     continue
                 if concept == last_concept:
                     drug = last_drug
@@ -214,18 +233,28 @@ class MedicationFacts:
                         if drug is None:
                             drug = drugs[content] = match(concept)
                     last_concept, last_drug = concept, drug
+                    cutoff = cutoff_of(drug) if horizon is not None else None
                 if not drug.ingredients or status in _NOT_A_USE:
                     continue
                 if ("intent" in res or "doNotPerform" in res) and (
                     res.get("intent") == "proposal" or res.get("doNotPerform") is True
                 ):
                     continue
+                if (
+                    cutoff is not None
+                    and ended_before(res, rtype, cutoff)
+                    and not (supply and stopped and not stopped.isdisjoint(drug.ingredients))
+                    and not (drafts and (rid := res.get("id")).__class__ is str and rid in drafts)
+                ):
+                    continue  # no rule can need it: not read
                 if not readable(res, core):
                     malformed.append((ref(res), drug))
                     continue
                 start, end = dates(res)
                 reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
                 append(MedUse(None, rtype, drug, status, start, end, reason, res, reading))
+                if not supply and status in ENDED_MED_STATUS and (end is None or end > today):
+                    stopped.update(drug.ingredients)
         return uses
 
     @lazy
@@ -352,6 +381,8 @@ class MedicationFacts:
                 or res.get("doNotPerform") is True  # a request NOT to give the drug (a modifier element)
             ):
                 return None
+            if self.medication_horizon is not None and self._beyond_horizon(res, kind, drug):
+                return None  # no rule can need it: not read
             core, dosage_reads = READS[kind]
             if not record.readable(res, core):
                 self.malformed_meds.append((ref(res), drug))
