@@ -105,7 +105,8 @@ class HorizonFacts:
         return cut
 
     def _beyond_horizon(self, res: dict[str, Any], rtype: str, drug: DrugMatch) -> bool:
-        """What :attr:`~.medication_use.MedicationFacts.medication_uses` skips, for a record it does not read inline."""
+        """What :attr:`~.medication_use.MedicationFacts.medication_uses` skips, for a record it does
+        not read inline."""
         cutoff = self._cutoff_of(drug)
         if cutoff is None or not ended_before(res, rtype, cutoff):
             return False
