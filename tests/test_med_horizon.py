@@ -1,11 +1,11 @@
-"""The medication horizon: records no rule can need are not read (issue 8's speed target).
+"""The medication horizon: records no rule can need are left out of the medication uses (issue 8's
+speed target).
 
 The interaction rules ask whether a drug is in effect today (with grace/washout days); TRD counting,
 the pathway and course tracking read the whole history of their drugs. A record of a drug read only
-within windows, whose own end lies before the longest of them (plus a margin), can change no card:
-it is not walked, so nothing is reported about it. Everything else is read as before: a drug read
-over the whole history, a record whose end is not certain (no date, an unreadable one, a supply
-that is not a plain number of days, an odd status), one recent enough.
+within windows, whose validated end lies before the longest of them (plus a margin), can change no
+card: once validated (and reported, as any record) it is left out of the uses. Everything else is
+kept: a drug read over the whole history, a record without an end, one recent enough.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def card_rules(outcome: Any) -> set[str]:
     return {o.rule.id for o in outcome.evaluation.fired}
 
 
-# -- (a) an old record of a windowed drug is not read -------------------------------------------------
-def test_an_old_gabapentin_dispense_is_not_read_so_its_invalid_elements_are_not_reported():
+# -- (a) an old record of a windowed drug is validated and reported, then left out --------------------
+def test_an_old_gabapentin_dispense_is_validated_and_reported_but_left_out_of_the_uses():
     request = add(
         ketamine_request(),
         "medicationDispenses",
@@ -74,13 +74,15 @@ def test_an_old_gabapentin_dispense_is_not_read_so_its_invalid_elements_are_not_
         dispense("gaba-2023b", GABAPENTIN, "2023-04-01", note="not a list"),  # a read element, invalid
     )
     outcome = run_request(request)
-    assert ("MedicationDispense", "performer") not in ignored(outcome.response)
-    assert not [p for p in outcome.evaluation.facts.record.problems if "gaba-2023" in p.resource]
+    facts = outcome.evaluation.facts
+    assert ("MedicationDispense", "performer") in ignored(outcome.response)  # as on main
+    assert [p.resource for p in facts.record.problems] == ["MedicationDispense/gaba-2023b"]
+    assert facts.unreadable_medications_in("gabapentinoids") == ["MedicationDispense/gaba-2023b"]
+    assert facts.uses_in("gabapentinoids") == []  # the readable one: no use of it
     assert "ddi-cns-depressants" not in card_rules(outcome)
-    assert "data-unreadable-resources" not in card_rules(outcome)
 
 
-def test_an_old_stopped_benzodiazepine_request_is_not_read():
+def test_an_old_stopped_benzodiazepine_request_is_left_out_of_the_uses():
     request = add(
         ketamine_request(),
         "medicationRequests",
@@ -97,19 +99,20 @@ def test_an_old_stopped_benzodiazepine_request_is_not_read():
         },
     )
     outcome = run_request(request)
-    assert ("MedicationRequest", "category") not in ignored(outcome.response)
+    assert ("MedicationRequest", "category") in ignored(outcome.response)
+    assert outcome.evaluation.facts.uses_in("benzodiazepines") == []
     assert "ddi-cns-depressants" not in card_rules(outcome)
 
 
-def test_an_old_maoi_is_read_as_an_antidepressant():
-    """Tranylcypromine is an MAOI (a 14-day washout) and an antidepressant (TRD trials): read."""
+def test_an_old_maoi_is_kept_as_an_antidepressant():
+    """Tranylcypromine is an MAOI (a 14-day washout) and an antidepressant (TRD trials): kept."""
     request = add(
         ketamine_request(),
         "medicationDispenses",
         dispense("maoi-2021", TRANYLCYPROMINE, "2021-01-05", **BAD_UNREAD),
     )
     outcome = run_request(request)
-    assert ("MedicationDispense", "performer") in ignored(outcome.response)
+    assert [u.ref for u in outcome.evaluation.facts.uses_in("maoi")] == ["MedicationDispense/maoi-2021"]
     assert "ddi-maoi" not in card_rules(outcome)
 
 
@@ -158,8 +161,8 @@ def test_a_maoi_stopped_ten_days_ago_still_gives_its_card():
 
 def test_a_stopped_request_ending_with_its_supply_still_reads_its_old_dispenses():
     """A stopped order whose recorded end is still ahead ended with its last supply: its
-    dispenses are read, however old (the last one ran out years ago: not in effect). Left
-    unread, the order would count until it was last updated, four days ago."""
+    dispenses are kept, however old (the last one ran out years ago: not in effect). Left
+    out, the order would count until it was last updated, four days ago."""
     request = add(
         ketamine_request(),
         "medicationRequests",
@@ -177,9 +180,10 @@ def test_a_stopped_request_ending_with_its_supply_still_reads_its_old_dispenses(
             "meta": {"lastUpdated": "2026-04-30T10:00:00Z"},
         },
     )
-    add(request, "medicationDispenses", dispense("lzp-d", LORAZEPAM, "2021-01-05", **BAD_UNREAD))
+    add(request, "medicationDispenses", dispense("lzp-d", LORAZEPAM, "2021-01-05"))
     outcome = run_request(request)
-    assert ("MedicationDispense", "performer") in ignored(outcome.response)
+    refs = [u.ref for u in outcome.evaluation.facts.uses_in("benzodiazepines")]
+    assert refs == ["MedicationRequest/lzp-open", "MedicationDispense/lzp-d"]
     assert "ddi-cns-depressants" not in card_rules(outcome)  # ended with its supply, 2021-02-04
 
 
@@ -193,50 +197,26 @@ def test_an_antidepressant_of_years_ago_still_counts_as_a_trial():
     assert [(t.start.isoformat(), len(t.refs)) for t in trials] == [("2019-01-01", 4)]
 
 
-# -- (d) a record whose end is not certain is read as today --------------------------------------------
-def test_an_undated_gabapentin_dispense_is_read():
-    request = add(
-        ketamine_request(), "medicationDispenses", dispense("gaba-undated", GABAPENTIN, None, **BAD_UNREAD)
-    )
+# -- (d) a record without a certain end is kept -------------------------------------------------------
+def test_an_undated_gabapentin_dispense_is_kept():
+    request = add(ketamine_request(), "medicationDispenses", dispense("gaba-undated", GABAPENTIN, None))
     outcome = run_request(request)
-    assert ("MedicationDispense", "performer") in ignored(outcome.response)
-
-
-def test_an_unreadable_date_on_a_gabapentin_dispense_is_read_and_reported():
-    for when in ("2023-02-30", "2023-03-01T10:00", "March 2023", "2023"):
-        request = add(ketamine_request(), "medicationDispenses", dispense("gaba-bad", GABAPENTIN, when))
-        outcome = run_request(request)
-        problems = [p for p in outcome.evaluation.facts.record.problems if p.resource.endswith("/gaba-bad")]
-        if when == "2023":  # a valid year: read (a partial date is not a day), nothing to report
-            assert not problems and "gaba-bad" in str(outcome.evaluation.facts.uses_in("gabapentinoids")), (
-                when
-            )
-        else:
-            assert problems and "whenHandedOver" in problems[0].message, when
-
-
-def test_a_supply_not_in_plain_days_or_an_odd_status_is_read():
-    cases = [
-        {"daysSupply": {"value": 30, "unit": "wk", "system": "http://unitsofmeasure.org", "code": "wk"}},
-        {"daysSupply": {"value": 30.5, "unit": "days"}},
-        {"status": "dispensed"},  # not an R4 MedicationDispense status
-        {"modifierExtension": [{"url": "https://example.org/x", "valueBoolean": True}]},
+    assert [u.ref for u in outcome.evaluation.facts.uses_in("gabapentinoids")] == [
+        "MedicationDispense/gaba-undated"
     ]
-    for fields in cases:
-        request = add(
-            ketamine_request(),
-            "medicationDispenses",
-            dispense("gaba-odd", GABAPENTIN, "2023-03-01", **{**BAD_UNREAD, **fields}),
-        )
-        outcome = run_request(request)
-        read = ("MedicationDispense", "performer") in ignored(outcome.response) or any(
-            p.resource.endswith("/gaba-odd") for p in outcome.evaluation.facts.record.problems
-        )
-        assert read, fields
 
 
-def test_facts_without_a_horizon_read_every_record():
-    """Facts built without the rule set's horizon (tools, other callers) read everything."""
+def test_an_unreadable_date_on_an_old_gabapentin_dispense_is_reported_and_asked_for():
+    for when in ("2023-02-30", "2023-03-01T10:00", "March 2023"):
+        request = add(ketamine_request(), "medicationDispenses", dispense("gaba-bad", GABAPENTIN, when))
+        facts = run_request(request).evaluation.facts
+        problems = [p for p in facts.record.problems if p.resource.endswith("/gaba-bad")]
+        assert problems and "whenHandedOver" in problems[0].message, when
+        assert facts.unreadable_medications_in("gabapentinoids") == ["MedicationDispense/gaba-bad"], when
+
+
+def test_facts_without_a_horizon_keep_every_record():
+    """Facts built without the rule set's horizon (tools, other callers) keep every record."""
     from cds_service.reading.facts import Facts
 
     request = add(ketamine_request(), "medicationDispenses", dispense("gaba-2023", GABAPENTIN, "2023-03-01"))
@@ -295,7 +275,8 @@ def test_a_site_parameter_that_lengthens_a_window_lengthens_the_horizon(tmp_path
             dispense("gaba-2025", GABAPENTIN, "2025-06-01", **BAD_UNREAD),
         )
         outcome = pipeline.run(request, ruleset, Settings(rules_dir=RULES, allow_time_override=True))
-        assert (("MedicationDispense", "performer") in ignored(outcome.response)) is fires
+        assert ("MedicationDispense", "performer") in ignored(outcome.response)  # validated either way
+        assert bool(outcome.evaluation.facts.uses_in("gabapentinoids")) is fires
         assert ("test-gabapentinoid-washout" in card_rules(outcome)) is fires
 
 
@@ -307,87 +288,3 @@ def test_the_bundled_rules_read_antidepressants_and_ketamine_over_the_whole_hist
     assert horizon is not None
     assert {"antidepressants", "ssri", "ketamine-any", "esketamine"} <= horizon.history
     assert horizon.windows["maoi"] == 14 and horizon.windows["benzodiazepines"] >= 7
-
-
-# -- ended_before: certain, or the record is read ----------------------------------------------------
-def _ended_before_cases() -> list[tuple[str, dict[str, Any], bool]]:
-    bounds = {"dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": {"end": "2023-01-31"}}}}]}
-    validity = {"dispenseRequest": {"validityPeriod": {"start": "2022-07-01", "end": "2023-01-31"}}}
-    return [
-        ("MedicationRequest", {"status": "completed", **bounds}, True),
-        ("MedicationRequest", {"status": "active", **validity}, True),
-        ("MedicationRequest", {"status": "active", "authoredOn": "2020-01-01"}, False),  # no end
-        (
-            "MedicationRequest",
-            {
-                "status": "stopped",
-                "dosageInstruction": [{"timing": {"repeat": {"boundsDuration": {"value": 1}}}}],
-            },
-            False,
-        ),
-        ("MedicationRequest", {"status": "stopped", "dosageInstruction": {"timing": {}}, **validity}, False),
-        ("MedicationRequest", {"status": "active", **bounds, "modifierExtension": []}, False),
-        (
-            "MedicationStatement",
-            {"status": "completed", "effectivePeriod": {"end": "2023-01-31T10:00:00Z"}},
-            True,
-        ),
-        ("MedicationStatement", {"status": "completed", "effectiveDateTime": "2020-01-01"}, False),
-        ("MedicationStatement", {"status": "completed", "effectivePeriod": {"end": "2023-01"}}, False),
-        (
-            "MedicationDispense",
-            {"status": "completed", "whenHandedOver": "2023-01-01", "daysSupply": DAYS},
-            True,
-        ),
-        ("MedicationDispense", {"status": "completed", "whenHandedOver": "2023-01-01"}, True),  # its day
-        ("MedicationDispense", {"status": "completed", "whenPrepared": "2023-01-01"}, True),
-        (
-            "MedicationDispense",
-            {"status": "completed", "whenHandedOver": None, "whenPrepared": "2023-01-01"},
-            False,
-        ),
-        (
-            "MedicationDispense",
-            {"status": "completed", "whenHandedOver": "2023-01-01", "daysSupply": {"value": "30"}},
-            False,
-        ),
-        (
-            "MedicationDispense",
-            {"status": "completed", "whenHandedOver": "2023-01-01", "daysSupply": {"value": True}},
-            False,
-        ),
-        (
-            "MedicationDispense",
-            {"status": "completed", "whenHandedOver": "2023-01-01T10:00:00"},
-            False,
-        ),  # no zone
-        ("MedicationDispense", {"status": ["completed"], "whenHandedOver": "2023-01-01"}, False),
-        ("MedicationAdministration", {"status": "completed", "effectiveDateTime": "2023-01-01"}, True),
-        (
-            "MedicationAdministration",
-            {"status": "completed", "effectivePeriod": {"start": "2023-01-01"}},
-            True,
-        ),
-        (
-            "MedicationAdministration",
-            {"status": "completed", "effectivePeriod": {"start": "2023-01-01", "end": "x"}},
-            False,
-        ),
-        ("MedicationAdministration", {"status": "done", "effectiveDateTime": "2023-01-01"}, False),
-    ]
-
-
-def test_ended_before_is_true_only_when_the_end_is_certain_and_agrees_with_the_reading():
-    from datetime import date
-
-    from cds_service.reading.medication_records import DATES, ended_before
-
-    cutoff = date(2023, 3, 1).toordinal()
-    for rtype, fields, expected in _ended_before_cases():
-        res = {"resourceType": rtype, "id": "x", **fields}
-        assert ended_before(res, rtype, cutoff) is expected, (rtype, fields)
-        if expected:  # the reading the record would get says it ended before the cutoff too
-            start, end = DATES[rtype](res)
-            last = end or start
-            assert last is not None and last.toordinal() < cutoff, (rtype, fields)
-            assert not ended_before(res, rtype, last.toordinal())  # not before its own last day

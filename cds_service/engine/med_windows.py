@@ -6,8 +6,8 @@ progress); a gabapentin dispense that ran out three years ago can change none of
 TRD counting, the pathway and course tracking read their drugs' whole history. This module derives,
 from the compiled rule set (site parameters included, as :mod:`.windows` does for observations),
 the longest window each medication value set is read with, and the value sets read over the whole
-history; the medication facts then skip the records no rule can need
-(:mod:`~..reading.med_horizon`).
+history; the medication facts then leave out of their uses the records no rule can need, once
+validated (:mod:`~..reading.med_horizon`: validation and its reports are as for any record).
 
 Unknown means the whole history: a predicate that reads medication records and is not known here
 (declared nowhere in :mod:`.unread`, or reading them in a way not listed below) turns the horizon
@@ -79,7 +79,7 @@ def _days(values: list[Any]) -> float:
 
 def medication_horizon(ruleset: RuleSet) -> Horizon | None:
     """The rule set's medication horizon; None when some rule reads medication records in a
-    way not known here (then every record is read)."""
+    way not known here (then every record is kept)."""
     key = ruleset.fingerprint
     if key in _cache:
         return _cache[key]

@@ -20,7 +20,7 @@ predicate reads is ``engine/unread.py``'s declaration: one that reads a key and 
 reads over the history, :data:`HISTORY_KINDS_IN`), or one declared nowhere, turns the narrowing of
 that key off; so does a predicate that names a kind it is not declared to read. The templates
 discovery serves are unchanged (CDS Hooks 2.0.1 tokens cannot name a date); medication history is
-never narrowed (the records no rule can need are skipped when read: :mod:`.med_windows`).
+never narrowed.
 """
 
 from __future__ import annotations

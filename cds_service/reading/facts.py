@@ -57,7 +57,8 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         medication_horizon: Horizon | None = None,
     ) -> None:
         """``medication_horizon``: how far back the rules read medication records
-        (``engine/med_windows.py``); records beyond it are not read. None: every record is."""
+        (``engine/med_windows.py``); records beyond it are validated, then left out. None: every
+        record is kept."""
         self.record = record
         self.medication_horizon = medication_horizon
         self.t = terminology

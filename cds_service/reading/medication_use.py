@@ -21,7 +21,7 @@ from orjson import dumps
 from .dosage import ROUTES, Dosing, Memo, infusion_minutes, minutes, per_day, route_of
 from .lazy import lazy
 from .med_horizon import HorizonFacts
-from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, ended_before, stop_reason
+from .medication_records import DATES, DRAFT_IDENTITY, READS, MedUse, Reading, stop_reason
 from .medications import MedicationResolver
 from .record import PatientRecord, ref
 from .terminology import DrugMatch, Terminology
@@ -177,10 +177,11 @@ class MedicationFacts(HorizonFacts):
         the common shape inline (the drug inline, a status string), as it runs for every record
         of a long medication list; :meth:`_med_use` reads the rest alike.
 
-        A record no rule can need is not read at all (:mod:`.med_horizon`): its drug is read only
-        within windows and it certainly ended before the longest of them. Not so a dispense or
-        administration of a drug a stopped or completed record read here shares, when that record
-        ends with its last supply (``timeline.ended_on``), nor a record of a draft order's id."""
+        A record is validated (and reported) as always; one no rule can need is then left out of
+        the uses (:mod:`.med_horizon`): its drug is read only within windows and its validated
+        dates end before the longest of them. Not so a dispense or administration of a drug a
+        stopped or completed record here shares, when that record ends with its last supply
+        (``timeline.ended_on``), nor a record of a draft order's id."""
         uses: list[MedUse] = []
         append = uses.append
         record = self.record
@@ -199,7 +200,7 @@ class MedicationFacts(HorizonFacts):
         # strings. (Not so for a dosage, whose reading tells 1 from 1.0 and True.)
         last_concept: Any = None
         last_drug = DrugMatch()
-        cutoff: int | None = None  # last_drug's (see _cutoff_of)
+        cutoff: date | None = None  # last_drug's (see _cutoff_of)
         for rtype, (core, dosage_reads) in READS.items():
             resources = record.resources(rtype)
             if not resources:
@@ -240,17 +241,19 @@ class MedicationFacts(HorizonFacts):
                     res.get("intent") == "proposal" or res.get("doNotPerform") is True
                 ):
                     continue
-                if (
-                    cutoff is not None
-                    and ended_before(res, rtype, cutoff)
-                    and not (supply and stopped and not stopped.isdisjoint(drug.ingredients))
-                    and not (drafts and (rid := res.get("id")).__class__ is str and rid in drafts)
-                ):
-                    continue  # no rule can need it: not read
                 if not readable(res, core):
                     malformed.append((ref(res), drug))
                     continue
                 start, end = dates(res)
+                if (
+                    cutoff is not None
+                    and end is not None
+                    and end < cutoff
+                    and (not supply or (start is not None and start < cutoff))
+                    and not (supply and stopped and not stopped.isdisjoint(drug.ingredients))
+                    and not (drafts and (rid := res.get("id")).__class__ is str and rid in drafts)
+                ):
+                    continue  # validated, and no rule can need it: no use made of it
                 reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
                 append(MedUse(None, rtype, drug, status, start, end, reason, res, reading))
                 if not supply and status in ENDED_MED_STATUS and (end is None or end > today):
@@ -381,13 +384,13 @@ class MedicationFacts(HorizonFacts):
                 or res.get("doNotPerform") is True  # a request NOT to give the drug (a modifier element)
             ):
                 return None
-            if self.medication_horizon is not None and self._beyond_horizon(res, kind, drug):
-                return None  # no rule can need it: not read
             core, dosage_reads = READS[kind]
             if not record.readable(res, core):
                 self.malformed_meds.append((ref(res), drug))
                 return None
             start, end = DATES[kind](res)
+            if self.medication_horizon is not None and self._beyond_horizon(res, kind, drug, start, end):
+                return None  # validated, and no rule can need it: no use made of it
         reason = stop_reason(res) if "statusReason" in res or "note" in res else ""
         reading = Reading(record, dosage_reads, self._dosings)
         return MedUse(None, kind, drug, status, start, end, reason, res, reading)
