@@ -266,7 +266,7 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
         if any(u.start <= covered_until < u.end for u in trials if u is not t):
             continue
         depressed = [d for d, k, v in scores if covered_until < d <= next_start and v >= thresholds[k]]
-        gap_start, gap_end = covered_until, min([next_start, *depressed])
+        gap_start, gap_end = covered_until, min([next_start] + depressed)
         if (gap_end - gap_start).days >= s["remission_days"]:
             inside = [(d, k, v) for d, k, v in scores if gap_start < d < gap_end]
             days = (gap_end - gap_start).days
