@@ -10,16 +10,25 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# A C compiler for the compiled hot path (setup.py; the slim image has Python's headers, not gcc).
+# In this stage only: the runtime stage gets the built extension modules, no compiler.
+# --build-arg KETAMINE_CDS_PURE_PYTHON=1 builds the pure-Python image instead.
+ARG KETAMINE_CDS_PURE_PYTHON=
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY cds_service ./cds_service
 COPY rules ./rules
 COPY fhir_examples ./fhir_examples
 COPY fhir_server/__init__.py fhir_server/package.json fhir_server/package-lock.json fhir_server/server.mjs fhir_server/README.md ./fhir_server/
 # pip compiles the bytecode at install (the container may run read-only); pip and setuptools are
-# then removed from the runtime environment: nothing installs anything at run time.
+# then removed from the runtime environment: nothing installs anything at run time. The last line
+# prints whether the hot path was compiled (a failed compile leaves a working pure-Python image).
 RUN python -m venv /opt/ketamine-cds \
-    && /opt/ketamine-cds/bin/pip install . \
+    && KETAMINE_CDS_PURE_PYTHON="$KETAMINE_CDS_PURE_PYTHON" /opt/ketamine-cds/bin/pip install . \
+    && /opt/ketamine-cds/bin/ketamine-cds --version \
     && /opt/ketamine-cds/bin/pip uninstall -y pip setuptools
 
 # -- runtime: the slim base, the virtual environment, a non-root user --------------------------------

@@ -37,8 +37,27 @@ SITE_OPTION = click.option(
 )
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """The version, and whether the hot path runs compiled (setup.py) or as Python, and why."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from . import _accel
+
+    click.echo(f"ketamine-cds, version {version('ketamine-cds')}\n{_accel.describe()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ketamine-cds")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and whether the compiled hot path is in use, then exit.",
+)
 def main() -> None:
     """CDS Hooks 2.0 decision support for ketamine and esketamine in depression."""
 
@@ -183,8 +202,14 @@ def serve(
             return app
 
     # a log line (JSON, with the rule-set version) like every other one the service writes
+    from . import _accel
+
     logging.getLogger("cds_service.serve").info(
-        "ketamine-cds serving http://%s:%s/cds-services (%d workers)", host, port, workers
+        "ketamine-cds serving http://%s:%s/cds-services (%d workers; %s)",
+        host,
+        port,
+        workers,
+        _accel.describe(),
     )
     Server().run()
 

@@ -17,12 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
 from importlib import metadata
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,7 @@ import requests
 from cds_service.engine.loader import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
+PURE = {"KETAMINE_CDS_PURE_PYTHON": "1"}
 WHEEL_DATA = {"rules": "cds_service/rules", "fhir_examples": "cds_service/fhir_examples"}
 SERVER_FILES = ("package.json", "package-lock.json", "server.mjs")
 
@@ -63,7 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for rel in _source_files():  # a clean tree: what a fresh clone holds, no build leftovers
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes((ROOT / rel).read_bytes())
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", *PURE)}
     # the test venv builds, without isolation (setuptools>=77 comes with the [test] extra)
     setuptools = tuple(int(x) for x in metadata.version("setuptools").split(".")[:1])
     assert setuptools >= (77,), "setuptools>=77 needed: .venv/bin/pip install -e '.[test]'"
@@ -76,8 +79,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     unpacked = next((base / "unpacked").iterdir())
     wheel_build = _run([py, "-c", hooks, "build_wheel", base / "dist"], cwd=unpacked, env=env)
     wheel = base / "dist" / wheel_build.stdout.strip().splitlines()[-1]
-    # `pip install <dir>` builds a wheel from the source folder itself, with the same hook
-    dir_build = _run([py, "-c", hooks, "build_wheel", base / "from-dir"], cwd=src, env=env)
+    # `pip install <dir>` builds a wheel from the source folder itself, with the same hook; pure
+    # Python (one compiled build per run is enough: the file lists are compared, less extensions)
+    dir_build = _run([py, "-c", hooks, "build_wheel", base / "from-dir"], cwd=src, env=env | PURE)
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
     install = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q"]
@@ -127,10 +131,12 @@ def test_the_docker_build_context_builds_the_same_wheel(built: dict[str, Path]) 
                 (context / rel).parent.mkdir(parents=True, exist_ok=True)
                 (context / rel).write_bytes(path.read_bytes())
     hooks = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
-    done = _run([sys.executable, "-c", hooks, built["base"] / "docker-dist"], cwd=context)
+    env = dict(os.environ) | PURE  # compiling needs setup.py, which the COPY list is checked to hold
+    done = _run([sys.executable, "-c", hooks, built["base"] / "docker-dist"], cwd=context, env=env)
     wheel = built["base"] / "docker-dist" / done.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as from_context, zipfile.ZipFile(built["wheel"]) as reference:
-        assert sorted(from_context.namelist()) == sorted(reference.namelist())
+        assert _without_extensions(from_context.namelist()) == _without_extensions(reference.namelist())
+    assert "setup.py" in copy_sources(stages()[0])
 
 
 def test_wheel_and_sdist_carry_the_data_and_every_module(built: dict[str, Path]) -> None:
@@ -145,13 +151,46 @@ def test_wheel_and_sdist_carry_the_data_and_every_module(built: dict[str, Path])
     assert not [m for m in missing if m not in names], [m for m in missing if m not in names]
     assert not [n for n in names if "node_modules" in n or "__pycache__" in n]
     assert "ketamine_cds-0.1.0.dist-info/licenses/LICENSE" in names
-    with zipfile.ZipFile(built["dir_wheel"]) as from_dir:
-        assert set(from_dir.namelist()) == names  # pip install <dir> is the same
+    with zipfile.ZipFile(built["dir_wheel"]) as from_dir:  # pip install <dir> is the same
+        assert _without_extensions(from_dir.namelist()) == _without_extensions(names)
     with tarfile.open(built["sdist"]) as tar:
         sdist = set(tar.getnames())
     top = next(iter(sdist)).split("/")[0]
     for needed in ("rules/trd.yaml", "rules/valuesets/tca.yaml", "fhir_server/package-lock.json", "LICENSE"):
         assert f"{top}/{needed}" in sdist, needed
+
+
+def _without_extensions(names: object) -> list[str]:
+    return sorted(n for n in names if not n.endswith(tuple(EXTENSION_SUFFIXES)))  # type: ignore[attr-defined]
+
+
+def _c_compiler() -> str | None:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc)
+
+
+def test_the_wheel_carries_the_compiled_hot_path(
+    built: dict[str, Path], installed: dict[str, object]
+) -> None:
+    """Every module setup.py lists is compiled into the wheel, with its source beside it and its
+    hash in the record; the installed command says so. Without a C compiler: pure, and says why."""
+    with zipfile.ZipFile(built["wheel"]) as whl:
+        names = set(whl.namelist())
+        record = json.loads(whl.read("cds_service/_compiled.json"))
+    listed = re.search(r"^COMPILED = \[(.*?)^\]", (ROOT / "setup.py").read_text(), re.M | re.S)
+    assert listed is not None
+    modules = re.findall(r'"(cds_service[\w.]+)"', listed.group(1))
+    assert len(modules) > 10
+    version = _cli(installed, "--version").stdout
+    if _c_compiler() is None:
+        assert not record["modules"] and "pure Python" in version, version
+        return
+    assert sorted(record["modules"]) == sorted(modules) and not record["not_compiled"]
+    for name in modules:
+        path = name.replace(".", "/")
+        assert f"{path}.py" in names
+        assert any(n.startswith(f"{path}.") and n.endswith(tuple(EXTENSION_SUFFIXES)) for n in names), name
+    assert f"compiled hot path: {len(modules)} of {len(modules)} modules" in version, version
 
 
 def test_metadata(built: dict[str, Path]) -> None:
