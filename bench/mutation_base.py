@@ -4,6 +4,7 @@ dates moved in their own precision, the pool of resources to transplant, the val
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -56,11 +57,16 @@ PERIOD_KEYS = {k: k.replace("DateTime", "Period") for k in CHOICE_DATES}
 
 
 class Pool:
-    """Resources of every seed request (medication records above all), to transplant into another."""
+    """Resources of every seed request, to transplant into another: at most two medication records
+    per kind and drug (the trial history every case shares would crowd out the rarer drugs), and
+    the other resources the rules read."""
+
+    PER_DRUG = 2
 
     def __init__(self) -> None:
         self.medications: list[dict[str, Any]] = []
         self.others: list[dict[str, Any]] = []
+        self._per_drug: dict[str, int] = {}
 
     def add(self, request: dict[str, Any]) -> None:
         for _, res in resources(request):
@@ -71,7 +77,10 @@ class Pool:
                 "MedicationDispense",
                 "MedicationAdministration",
             ):
-                if res.get("status") != "draft":
+                drug = res.get("medicationCodeableConcept") or res.get("medicationReference")
+                key = f"{rtype} {json.dumps(drug, sort_keys=True)}"
+                if res.get("status") != "draft" and self._per_drug.get(key, 0) < self.PER_DRUG:
+                    self._per_drug[key] = self._per_drug.get(key, 0) + 1
                     self.medications.append(res)
             elif rtype in ("Condition", "Observation", "AllergyIntolerance", "Procedure"):
                 self.others.append(res)

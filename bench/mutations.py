@@ -211,7 +211,8 @@ def m_stopped_recent(rng: random.Random, request: dict[str, Any], pool: Pool) ->
             repeat = ((dosage or {}).get("timing") or {}).get("repeat")
             if isinstance(repeat, dict) and "boundsPeriod" in repeat:
                 repeat["boundsPeriod"] = {"start": start, "end": end}
-        validity = (res.get("dispenseRequest") or {}).get("validityPeriod")
+        request_part = res.get("dispenseRequest")
+        validity = request_part.get("validityPeriod") if isinstance(request_part, dict) else None
         if isinstance(validity, dict):
             validity.update(start=start, end=end)
     return f"stopped-recent:{_rtype(res)}:{res['status']}:{days}d"
@@ -497,7 +498,10 @@ def mutate(
         if len(labels) >= count:
             break
         name = rng.choices(names, weights)[0]
-        label = MUTATORS[name](rng, request, pool)
+        try:
+            label = MUTATORS[name](rng, request, pool)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+            label = f"{name}:partial"  # an earlier mutation left a shape this one does not expect
         if label:
             labels.append(label)
     return labels
