@@ -7,7 +7,7 @@ from typing import Any
 
 from ...reading.facts import Facts, ObservationFact, Trial
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
-from .views import num
+from .views import num, unreadable_why
 
 NON_RESPONSE_WORDS = (
     "inadequate response",
@@ -20,6 +20,8 @@ NON_RESPONSE_WORDS = (
 )
 #: the data gap when trials whose dose could not be read decide TRD (rules/common.yaml data_needs)
 GAP = "daily dose of an antidepressant trial"
+#: the data gap when antidepressant records whose status or dates could not be read decide it
+RECORD_GAP = "record of an antidepressant trial"
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -83,18 +85,27 @@ def _trd(args: Any, ctx: CompileContext) -> Node:
 
 
 def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
-    """Unknown: counting the trials whose recorded dose could not be read would meet TRD, leaving
-    them out would not. The gap names what could not be read (kinds of dose, never a value, an id
-    or the drug); the evidence points at the records."""
-    trials = summary["undecided_trials"]
-    reasons = list(dict.fromkeys(why for t in trials for why in t["dose_unread"]))
-    return Result(
-        None,
-        bind={"trd": summary},
-        evidence=[r for t in trials for r in t["dose_unread_refs"]],
-        missing=[Missing("trd-trial-dose", GAP, quality="readable", why="; ".join(reasons))],
-        reason=f"{summary['count']} adequate failed trial(s), {len(trials)} more by a dose not read",
-    )
+    """Unknown: what could not be read decides TRD — trials whose recorded dose could not be read
+    (counted, TRD would be met), antidepressant records whose status or dates could not be read
+    (read, they could add a trial or take a counted one away). Each gap names what could not be
+    read (kinds of dose, kinds of record and their elements; never a value, an id or the drug);
+    the evidence points at the records."""
+    trials = summary.get("undecided_trials", [])
+    records = summary.get("unread_records", [])
+    evidence = [r for t in trials for r in t["dose_unread_refs"]]
+    missing = []
+    parts = [f"{summary['count']} adequate failed trial(s)"]
+    if trials:
+        reasons = list(dict.fromkeys(why for t in trials for why in t["dose_unread"]))
+        missing.append(Missing("trd-trial-dose", GAP, quality="readable", why="; ".join(reasons)))
+        parts.append(f"{len(trials)} more by a dose not read")
+    if records:
+        evidence += records
+        missing.append(
+            Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unreadable_why(env, records))
+        )
+        parts.append(f"{len(records)} antidepressant record(s) not read could change it")
+    return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
 
 
 def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +131,7 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     for trial in facts.trials(s["vs"]):
         by_ingredient.setdefault(trial.ingredient, []).append(trial)
     undecided: list[dict[str, Any]] = []  # ingredients counted or not by a dose that could not be read
+    earlier: set[str] = set()  # ingredients with a trial left out as the earlier episode's
     for ingredient, trials in by_ingredient.items():
         best: dict[str, Any] | None = None
         reasons: list[str] = []
@@ -127,6 +139,7 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         for t in trials:
             if t.end < episode_start:
                 if earlier_episode is not None:
+                    earlier.add(ingredient)
                     reasons.append(
                         f"earlier episode: ended {t.end.isoformat()}, before {earlier_episode['why']}"
                     )
@@ -205,8 +218,20 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     counted.sort(key=lambda v: v["start"])
     not_counted.sort(key=lambda v: v["start"])
     met: bool | None = len(counted) >= s["min_trials"]
-    if not met and len(counted) + len(undecided) >= s["min_trials"]:
-        met = None  # the trials whose dose could not be read decide it
+    unread = _unread_records(facts, s, counted, undecided, earlier if earlier_episode else None)
+    if met and len(counted) - len(unread["could_remove"]) < s["min_trials"]:
+        met = None  # unread records of counted drugs could take trials away
+        unread_refs = unread["remove_refs"]
+    else:
+        unread_refs = unread["add_refs"]
+        if not met and len(counted) + len(undecided) + len(unread["could_add"]) >= s["min_trials"]:
+            met = None  # the trials whose dose could not be read, or unread records, decide it
+        elif not met and earlier_episode is not None and earlier_episode["off"] and unread["any_refs"]:
+            # an unread record may fall in the stretch off antidepressants that separated the
+            # episodes: the earlier episode's trials might then be this one's
+            widened = unread["could_add"] | (earlier - {v["ingredient"] for v in counted + undecided})
+            if len(counted) + len(undecided) + len(widened) >= s["min_trials"]:
+                met, unread_refs = None, unread["any_refs"]
     summary: dict[str, Any] = {
         "met": met,
         "count": len(counted),
@@ -219,9 +244,47 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         "earlier_left_out": [v for v in not_counted if v["why"].startswith("earlier episode")],
         "text_matched": any(v["text_matched"] for v in counted + not_counted),
     }
-    if undecided:  # (only then: the explanation of every other call binds what it always did)
+    # (only then: the explanation of every other call binds what it always did)
+    if undecided:
         summary["undecided_trials"] = undecided
+    if met is None and unread_refs:
+        summary["unread_records"] = unread_refs
     return summary
+
+
+def _unread_records(
+    facts: Facts,
+    s: dict[str, Any],
+    counted: list[dict[str, Any]],
+    undecided: list[dict[str, Any]],
+    earlier: set[str] | None,
+) -> dict[str, Any]:
+    """What the antidepressant records whose status or dates could not be read could do: only
+    their drug was read. One of a drug no counted (or dose-undecided) trial has could be one more
+    adequate failed trial (``could_add``); one of a counted drug cannot add a trial but could take
+    that one away — the course still going on, a stop for intolerance, a later score showing a
+    response (``could_remove``). References by what they could do, and all of them."""
+    out: dict[str, Any] = {"could_add": set(), "could_remove": set(), "add_refs": [], "remove_refs": []}
+    refs = facts.unreadable_medications_in(s["vs"])
+    out["any_refs"] = refs
+    if not refs:
+        return out
+    wanted = set(refs)
+    have = {v["ingredient"] for v in counted}
+    pending = {v["ingredient"] for v in undecided}
+    for r, drug in facts.malformed_meds:
+        if r not in wanted:
+            continue
+        for ing in sorted(facts.t.drug_in(drug, s["vs"])):
+            if ing in have:
+                out["could_remove"].add(ing)
+                if r not in out["remove_refs"]:
+                    out["remove_refs"].append(r)
+            elif ing not in pending:
+                out["could_add"].add(ing)
+                if r not in out["add_refs"]:
+                    out["add_refs"].append(r)
+    return out
 
 
 def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
@@ -229,7 +292,8 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
 
     Evidence: consecutive scores below the remission threshold spanning that long, or a stretch with
     no antidepressant that has only remission scores in it (or, when ``untreated_gap_days`` long,
-    no scores at all). Returns its end (the current episode's earliest start) and a sentence.
+    no scores at all). Returns its end (the current episode's earliest start), a sentence, and
+    whether it is a stretch off antidepressants (a record not read might fall in it).
     """
     thresholds = s["remission_below"] or {}
     scores = sorted(
@@ -238,7 +302,7 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
         for o in facts.series(kind)
         if o.value is not None and o.when.date() <= facts.today
     )
-    found: list[tuple[date, date, str]] = []
+    found: list[tuple[date, date, str, bool]] = []  # (start, end, why, off antidepressants)
     run: list[tuple[date, str, float]] = []
     for day, kind, value in [*scores, (facts.today, "", float("inf"))]:
         if kind and value < thresholds[kind]:
@@ -252,6 +316,7 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
                     run[-1][0],
                     f"remission from {run[0][0].isoformat()} to {run[-1][0].isoformat()} "
                     f"({label} below {num(thresholds[run[0][1]])} throughout)",
+                    False,
                 )
             )
         run = []
@@ -277,6 +342,7 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
                         gap_end,
                         f"{days // 30} months off antidepressants in remission "
                         f"({gap_start.isoformat()} to {gap_end.isoformat()})",
+                        True,
                     )
                 )
             elif not inside and days >= s["untreated_gap_days"]:
@@ -286,12 +352,13 @@ def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
                         gap_end,
                         f"{days // 30} months without antidepressants or depression "
                         f"scores ({gap_start.isoformat()} to {gap_end.isoformat()})",
+                        True,
                     )
                 )
     if not found:
         return None
-    start, end, why = max(found, key=lambda f: f[1])
-    return {"start": start, "end": end, "why": why}
+    start, end, why, off = max(found, key=lambda f: f[1])
+    return {"start": start, "end": end, "why": why, "off": off}
 
 
 def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
