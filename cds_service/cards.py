@@ -89,19 +89,8 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
     # 3. data gaps: every rule that could not decide, grouped by what it lacks
     gaps = ev.unknown
     if gaps and DATA_GAPS in rs.panels:
-        items: dict[str, dict[str, Any]] = {}
-        for o in gaps:
-            for m in o.result.missing if o.result else []:
-                need = rs.data_needs.get(m.id, {})
-                label = m.label if m.specific else need_label(need, m)
-                if m.why:  # recorded, but not usable: said so, not "missing"
-                    label = f"a {m.quality} {label} — {m.why}"
-                item = items.setdefault(
-                    label, {"id": m.id, "label": label, "needed_by": [], "order": need.get("order")}
-                )
-                if o.rule.title not in item["needed_by"]:
-                    item["needed_by"].append(o.rule.title)
-        view = [{**i, "needed_by": ", ".join(i["needed_by"])} for i in items.values()]
+        items = _gap_items(gaps, rs.data_needs)
+        view = [{**i, "needed_by": ", ".join(i["needed_by"])} for i in items]
         panel = rs.panels[DATA_GAPS]
         card = _panel_card(
             panel,
@@ -112,9 +101,10 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
             ev,
             memo,
         )
+        # the action, not the row: "Order: body weight (last 30 days)" whether missing or unreadable
         suggestions = [
-            _suggestion(f"Order: {i['label']}", i["order"], patient_id, recommended=True)
-            for i in items.values()
+            _suggestion(f"Order: {i['need']}", i["order"], patient_id, recommended=True)
+            for i in items
             if i.get("order")
         ]
         if suggestions:
@@ -124,6 +114,39 @@ def render_cards(ev: Evaluation, patient_id: str | None) -> list[dict[str, Any]]
 
     entries.sort(key=lambda e: (e[0], e[1]))
     return [c for _, _, c in entries]
+
+
+def _gap_items(gaps: list[Outcome], data_needs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The data-gap rows: one per need (its label), whichever kinds and rules ask for it. A need
+    recorded but not usable is said so ("a readable pregnancy status — the latest could not be
+    read"), never beside a second row saying it is missing (the hCG test another kind asks for is
+    the same need)."""
+    items: dict[str, dict[str, Any]] = {}
+    for o in gaps:
+        for m in o.result.missing if o.result else []:
+            need = data_needs.get(m.id, {})
+            base = m.label if m.specific else need_label(need, m)
+            item = items.get(base)
+            if item is None:
+                item = items[base] = {
+                    "id": m.id,
+                    "need": base,
+                    "label": base,
+                    "needed_by": [],
+                    "order": need.get("order"),
+                    "whys": [],
+                }
+            if m.why and (m.quality, m.why) not in item["whys"]:  # recorded, but not usable: said so
+                item["whys"].append((m.quality, m.why))
+            if o.rule.title not in item["needed_by"]:
+                item["needed_by"].append(o.rule.title)
+    out = []
+    for item in items.values():
+        whys = item.pop("whys")
+        if whys:
+            item["label"] = f"a {whys[0][0]} {item['need']} — {'; '.join(dict.fromkeys(w for _, w in whys))}"
+        out.append(item)
+    return out
 
 
 def need_label(need: dict[str, Any], m: Missing) -> str:
