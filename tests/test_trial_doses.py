@@ -87,8 +87,15 @@ def _nothing_recorded(d: Dosage) -> None:
 
 
 def _twice_daily_by_code_only(d: Dosage) -> None:
-    """``timing.code`` BID without ``repeat`` (an EHR habit): 25 mg twice a day is 50 mg/day."""
+    """``timing.code`` BID without ``repeat`` (an EHR habit): 25 mg twice a day is 50 mg/day
+    (HL7's timing-abbreviation code, read through rules/terminology/timing.yaml)."""
     d["timing"] = {"code": {"coding": [{"system": GTS, "code": "BID"}], "text": "BID"}}
+
+
+def _twice_daily_by_a_local_code_only(d: Dosage) -> None:
+    """A site's own frequency code without ``repeat``: how often is unknown, never assumed."""
+    local = {"system": "http://example.org/sig-codes", "code": "2X"}
+    d["timing"] = {"code": {"coding": [local], "text": "BID"}}
 
 
 UNREADABLE = {
@@ -97,7 +104,7 @@ UNREADABLE = {
     "unit tab": _in_tablets,
     "unit {pill}": _in_pills_ucum,
     "text-only sig": _text_only,
-    "frequency by a timing code only": _twice_daily_by_code_only,
+    "frequency by a local timing code only": _twice_daily_by_a_local_code_only,
 }
 
 
@@ -193,3 +200,13 @@ def test_an_unreadable_dose_beside_a_readable_low_one_leaves_adequacy_unknown() 
     """25 mg/day prescribed, the dispenses in tablets: the dispensed dose may have been higher."""
     fired, _ = _fired(_request(_in_tablets, ("MedicationDispense",)))
     assert not {"trd-met", "trd-not-established"} & fired
+
+
+def test_a_dose_whose_frequency_is_an_hl7_timing_code_is_read() -> None:
+    """25 mg BID (timing.code alone) is 50 mg/day, the minimal adequate dose: sertraline counts."""
+    req = _request(_twice_daily_by_code_only)
+    fired, _ = _fired(req)
+    assert "trd-met" in fired
+    summary = run_predicate(_trd_spec(), facts_of(req)).bind["trd"]
+    (sertraline,) = [t for t in summary["counted"] if t["ingredient"] == "sertraline"]
+    assert sertraline["max_daily_dose"] == 50

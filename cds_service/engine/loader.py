@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from ..reading.dosage import timing_codes
 from ..reading.terminology import Terminology
 from ..validation import schema_validator
 from .predicates import CompileContext, CompileError, Evaluator, Node, compile_node
@@ -292,6 +293,8 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
     obs_path = rules_dir / "terminology" / "observations.yaml"
     meds = _load(meds_path, "terminology", problems)
     obs = _load(obs_path, "observations", problems)
+    timing_path = rules_dir / "terminology" / "timing.yaml"  # optional: without it no code is read
+    timing = _load(timing_path, "timing", problems) if timing_path.exists() else None
     valuesets: list[dict[str, Any]] = []
     vs_ids: dict[str, str] = {}
     for path in sorted((rules_dir / "valuesets").glob("*.yaml")):
@@ -321,6 +324,7 @@ def _load_ruleset(rules_dir: Path, site_path: Path, fp: str) -> RuleSet:
                         f"product {code!r} is not in terminology/medications.yaml",
                     )
     terminology = Terminology.build(meds[0] if meds else {}, valuesets)
+    terminology.timing = timing_codes(timing[0]) if timing else {}
     observation_kinds: dict[str, dict[str, Any]] = (obs[0].get("observations") if obs else None) or {}
 
     # site configuration

@@ -101,15 +101,44 @@ def infusion_minutes(
 
 
 def per_day(repeat: dict[str, Any]) -> float | None:
-    freq, period, unit = (
-        as_float(repeat.get("frequency")),
-        as_float(repeat.get("period")),
-        repeat.get("periodUnit"),
-    )
+    freq, period = as_float(repeat.get("frequency")), as_float(repeat.get("period"))
+    return _per_day(freq, period, repeat.get("periodUnit"))
+
+
+def _per_day(freq: float | None, period: float | None, unit: Any) -> float | None:
     if freq is None or period is None or period <= 0:
         return None
     days = {"h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}.get(str(unit))
     return freq / (period * days) if days else None
+
+
+#: ``Timing.code`` (system, code) -> the (frequency, period, periodUnit) it abbreviates
+TimingCodes = dict[tuple[str, str], tuple[float, float, str]]
+
+
+def timing_codes(table: dict[str, Any]) -> TimingCodes:
+    """The table of rules/terminology/timing.yaml, by (system, code)."""
+    return {
+        (system, str(code)): (float(r["frequency"]), float(r["period"]), str(r["periodUnit"]))
+        for system in table.get("systems") or ()
+        for code, r in (table.get("codes") or {}).items()
+    }
+
+
+def _coded(timing: dict[str, Any], codes: TimingCodes) -> tuple[float, float, str] | None:
+    """The repeat a sig's ``Timing.code`` abbreviates, if the rule set knows the code (its system
+    and code both): another system's code, a code alone or words alone are not read."""
+    concept = timing.get("code")
+    if not codes or concept.__class__ is not dict:
+        return None
+    for c in as_list(concept.get("coding")):
+        if c.__class__ is dict:
+            system, code = c.get("system"), c.get("code")
+            if system.__class__ is str and code.__class__ is str:
+                hit = codes.get((system, code))
+                if hit is not None:
+                    return hit
+    return None
 
 
 @dataclass(frozen=True)
@@ -167,8 +196,9 @@ def _rate(entry: Any) -> tuple[Any, ...] | None:
     )
 
 
-def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | None:
-    """What a dosage's amounts are read from; None when a part has a shape no reading takes."""
+def _dosage_key(element: Any, administered: bool = False, coded: Any = None) -> tuple[Any, ...] | None:
+    """What a dosage's amounts are read from (``coded``: what its timing code was read as); None
+    when a part has a shape no reading takes."""
     if not isinstance(element, dict):
         return None
     try:
@@ -189,7 +219,7 @@ def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | N
             timing = element.get("timing")
             repeat = timing.get("repeat") if isinstance(timing, dict) else None
             if not isinstance(repeat, dict):
-                key = (rates,)
+                key = (rates,) if coded is None else (rates, coded)
             else:
                 f, p, d = repeat.get("frequency"), repeat.get("period"), repeat.get("duration")
                 key = (
@@ -202,6 +232,7 @@ def _dosage_key(element: Any, administered: bool = False) -> tuple[Any, ...] | N
                     d.__class__,
                     d,
                     repeat.get("durationUnit"),
+                    coded,
                 )
         hash(key)  # a list or an object where a number belongs: read, not kept
     except TypeError:
@@ -224,7 +255,7 @@ def _administered_amounts(adm: dict[str, Any]) -> Amounts:
     return dose, unit, None, infusion_minutes(dose, unit, adm, None)
 
 
-def _sig_amounts(dosage: dict[str, Any]) -> Amounts:
+def _sig_amounts(dosage: dict[str, Any], coded: tuple[float, float, str] | None = None) -> Amounts:
     # Several entries are common (Epic: "admin-amount" in mL or tablets, "calculated" in mg,
     # "ordered", in any order): the dose is the first in mg or mg/kg, the rate the first rate.
     entries = [as_dict(e) for e in as_list(dosage.get("doseAndRate"))] or [{}]
@@ -234,17 +265,27 @@ def _sig_amounts(dosage: dict[str, Any]) -> Amounts:
     rate = next((e for e in entries if "rateQuantity" in e or "rateRatio" in e), entries[0])
     repeat = as_dict(as_dict(dosage.get("timing")).get("repeat"))
     stated = minutes(repeat.get("duration"), repeat.get("durationUnit"))
-    return dose, unit, per_day(repeat), infusion_minutes(dose, unit, rate, stated)
+    daily = per_day(repeat)
+    if daily is None and coded is not None:  # no frequency in the repeat: the code's, if known
+        daily = _per_day(*coded)
+    return dose, unit, daily, infusion_minutes(dose, unit, rate, stated)
 
 
-def _amounts(dosage: dict[str, Any], administered: bool) -> Amounts:
-    """The dosage's amounts, from :data:`_DOSINGS` when another sig like it was read."""
-    key = _dosage_key(dosage, administered)
+def _amounts(dosage: dict[str, Any], administered: bool, codes: TimingCodes | None = None) -> Amounts:
+    """The dosage's amounts, from :data:`_DOSINGS` when another sig like it was read (the key
+    holds what its timing code, if any, was read as: never the code alone, whose reading is the
+    rule set's)."""
+    coded = None
+    if codes and not administered:
+        timing = dosage.get("timing")
+        if timing.__class__ is dict and "code" in timing:
+            coded = _coded(timing, codes)
+    key = _dosage_key(dosage, administered, coded)
     if key is not None:
         hit = _DOSINGS.get((administered, key))  # hashable: _dosage_key checked
         if hit is not None:
             return hit
-    amounts = _administered_amounts(dosage) if administered else _sig_amounts(dosage)
+    amounts = _administered_amounts(dosage) if administered else _sig_amounts(dosage, coded)
     if key is not None:
         if len(_DOSINGS) >= _DOSINGS_LIMIT:
             _DOSINGS.clear()
@@ -252,16 +293,23 @@ def _amounts(dosage: dict[str, Any], administered: bool) -> Amounts:
     return amounts
 
 
-def _read_dosage(element: Any) -> Dosing:
+def _read_dosage(element: Any, codes: TimingCodes | None = None) -> Dosing:
     dosage = as_dict(element)
     if not dosage:
         return Dosing()
-    dose, unit, daily, infusion = _amounts(dosage, False)
+    dose, unit, daily, infusion = _amounts(dosage, False, codes)
     return Dosing(dose, unit, daily, _route(dosage, True), infusion)
 
 
-#: A request's dosage readings by (administered, the dosage's JSON, the drug's form).
-Memo = dict[tuple[bool, bytes, str | None], Dosing]
+class Memo(dict[tuple[bool, bytes, str | None], Dosing]):
+    """A request's dosage readings by (administered, the dosage's JSON, the drug's form), and the
+    rule set's timing codes they are read with (:func:`timing_codes`)."""
+
+    __slots__ = ("timing",)
+
+    def __init__(self, timing: TimingCodes | None = None) -> None:
+        super().__init__()
+        self.timing: TimingCodes = timing or {}
 
 
 def _form_route(form: str | None) -> str | None:
@@ -340,7 +388,7 @@ def dosing_of(res: dict[str, Any], rtype: str, memo: Memo | None = None, form: s
             hit = memo.get(key)
             if hit is not None:
                 return hit
-    dose, unit, daily, infusion = _amounts(element, administered)
+    dose, unit, daily, infusion = _amounts(element, administered, getattr(memo, "timing", None))
     route = _route(element, not administered) or _form_route(form)
     d = Dosing(dose, unit, daily, route, infusion)
     if memo is not None and key is not None:

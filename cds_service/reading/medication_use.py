@@ -333,8 +333,9 @@ class MedicationFacts(HorizonFacts):
 
     @lazy
     def _dosings(self) -> Memo:
-        """This request's dosage readings (see :func:`~.dosage.dosing_of`)."""
-        return {}
+        """This request's dosage readings (see :func:`~.dosage.dosing_of`), read with the rule
+        set's timing codes."""
+        return Memo(self.t.timing)
 
     def _drug_of(self, concept: dict[str, Any]) -> DrugMatch:
         try:

@@ -157,6 +157,9 @@ class Terminology:
     ndc: dict[tuple[str, str], Product] = field(default_factory=dict)
     # (system, code) of an ingredient code (RxNorm IN or ATC) -> ingredient id
     ingredient_codes: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (system, code) of a Timing.code -> the (frequency, period, periodUnit) it abbreviates
+    # (rules/terminology/timing.yaml; see dosage.timing_codes)
+    timing: dict[tuple[str, str], tuple[float, float, str]] = field(default_factory=dict)
     _name_pattern: re.Pattern[str] | None = None
     _name_to_ingredient: dict[str, str] = field(default_factory=dict)
     _match_cache: dict[Any, DrugMatch] = field(default_factory=dict)
