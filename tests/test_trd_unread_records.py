@@ -187,3 +187,24 @@ def test_an_unread_record_in_the_stretch_that_separated_the_episodes_leaves_it_u
     assert not {"trd-met", "trd-not-established"} & _fired(req)[0]
     # four trials needed: the two earlier ones and the unread one could not reach it
     assert run_predicate(_trd_spec(min_trials=4), facts_of(req)).value is False
+
+
+def test_why_a_record_of_a_counted_drug_matters_its_readable_twin_can_undo_met() -> None:
+    """The same sertraline statement, readable, saying the course stopped for nausea: sertraline is
+    then intolerance, not resistance, and TRD is not met. Unread, it may say just that."""
+    req = _with("v01-clear-trd-eligible", "sertraline")
+    (stmt,) = [
+        e["resource"]
+        for e in req["prefetch"]["medicationStatements"]["entry"]
+        if e["resource"]["id"] == "v01-hist-0"
+    ]
+    stmt.pop("effectivePeriod")
+    stmt.update(
+        status="stopped",
+        effectivePeriod={"start": "2025-03-01", "end": "2025-06-15"},
+        statusReason=[{"text": "stopped: nausea"}],
+    )
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is False
+    (left,) = [t for t in result.bind["trd"]["not_counted"] if t["ingredient"] == "sertraline"]
+    assert "intolerance" in left["why"]
