@@ -167,12 +167,29 @@ def _model_verdict(leaf: Leaf, value: Any) -> tuple[str, str] | None:
         adapter.validate_python(value)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
-        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        return (loc, msg[:160])
+        return (_fhir_location(first.get("loc", ())), _fhir_message(first)[:160])
     except (ValueError, TypeError, RecursionError) as exc:
         return ("", f"invalid ({type(exc).__name__})")
     return None
+
+
+def _fhir_location(loc: tuple[Any, ...]) -> str:
+    """pydantic's location as FHIR's path: ``root`` (a root model's value, pydantic's word) dropped."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc if p != "root")
+
+
+def _fhir_message(error: Any) -> str:
+    """pydantic's message, in FHIR JSON's words where it names a Python class or a model."""
+    kind = error.get("type")
+    # "Value is expected from the instance of X, but got type <class 'list'>"
+    if kind == "model_validation_format":
+        got = (error.get("ctx") or {}).get("type")
+        return SHAPE[False] if got is list else "expected an object"
+    if kind == "model_type":  # "Input should be a valid dictionary or instance of X"
+        return "expected an object"
+    if kind == "list_type":
+        return SHAPE[True]
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def verdict(leaf: Leaf, value: Any) -> tuple[str, str] | None:
