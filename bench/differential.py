@@ -7,7 +7,8 @@ overrides), ``fhir_examples/*.json``, the Sandbox captures (``tests/fixtures/san
 benchmark records (bench/records.py). Each variant applies 1–3 mutations of bench/mutations.py
 (statuses, units, dates moved into and out of windows, periods for dates, references for inline
 codes, contained Medications, arrays ↔ single objects, missing/invalid elements, unknown keys,
-stopped/completed medications, preliminary observations, resources of another request …),
+stopped/completed medications, preliminary observations, resources of another request, records of
+windowed drugs ending on either side of the medication horizon's cutoff with one defect …),
 deterministic by ``--seed``. Each side runs in its own subprocess with its own ``PYTHONPATH`` (and
 its own rules/), so the two never share a module:
 
@@ -331,6 +332,14 @@ def report(
             f"\n=== {kind}: {len(rows)} differences in {len(reqs)} requests; mutations "
             + ", ".join(f"{m} {n}" for m, n in mutation_kinds.most_common(8))
         )
+        windowed = Counter(
+            ":".join(m.split(":")[3:])
+            for r in reqs
+            for m in items[r]["mutations"]
+            if m.startswith("windowed:")
+        )
+        if windowed:  # bench/mutation_windowed.py: where the record ends, its defect
+            print("    windowed: " + ", ".join(f"{m} {n}" for m, n in windowed.most_common(12)))
         wheres = Counter(w for _, w, _, _ in rows if w)
         if wheres:
             print("    where: " + ", ".join(f"{w} {n}" for w, n in wheres.most_common(10)))

@@ -47,6 +47,7 @@ from mutation_shapes import (
     m_prefetch_key,
     m_remove,
 )
+from mutation_windowed import m_windowed
 
 __all__ = ["MUTATORS", "WEIGHTS", "Pool", "mutate", "resources", "shift_date"]
 
@@ -451,6 +452,7 @@ MUTATORS: dict[str, Mutator] = {
     "med-concept": m_med_concept,
     "transplant": m_transplant,
     "window-edge": m_window_edge,
+    "windowed": m_windowed,
     "array-single": m_array_single,
     "remove": m_remove,
     "invalid": m_invalid,
@@ -475,6 +477,7 @@ WEIGHTS = {
     "med-concept": 2,
     "transplant": 4,
     "window-edge": 4,
+    "windowed": 3,
     "array-single": 2,
     "remove": 2,
     "invalid": 2,
