@@ -8,8 +8,10 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
+from fhir.resources.R4B import get_fhir_model_class
 
 from .dates import parse_datetime
+from .element_checks import fields_of, leaf_for, modified, verdict
 from .elements import Reads
 from .lazy import lazy
 from .raw import as_dict, as_float
@@ -336,18 +338,26 @@ class ObservationFacts:
                 # a reading, it may be the latest (see unreadable_in)
                 if not self.record.readable(o, OBSERVATION) and not (
                     ("dataAbsentReason" in element and _absent(element))
-                    or (answered and self._kinds.says_unknown(kind, element))
+                    or (answered and self._no_reading(kind, o, element))
                 ):
                     self._undated_unreadable.add(kind)
                 continue
             if "dataAbsentReason" in element and _absent(element):
                 continue
-            if answered and self._kinds.says_unknown(kind, element):
+            if answered and self._no_reading(kind, o, element):
                 continue
             out.append((when, o, element))
         out.sort(key=itemgetter(0), reverse=True)
         self._candidates_by_kind[kind] = out
         return out
+
+    def _no_reading(self, kind: str, o: dict[str, Any], element: dict[str, Any]) -> bool:
+        """An answer that is no reading of the kind (:meth:`ObservationKinds.says_unknown`), said by
+        a value that can be read: an invalid value says nothing, so it is a reading that could not
+        be read (reported), never taken for "none of the answers" (then asked for as missing)."""
+        if not self._kinds.says_unknown(kind, element):
+            return False
+        return self.record.readable(o, OBSERVATION) or not _value_invalid(element, element is o)
 
     def _checked(self, kind: str, item: Candidate) -> ObservationFact | None:
         memo = self._checked_facts
@@ -505,6 +515,25 @@ def _observed_otherwise(o: dict[str, Any]) -> datetime | None:
         or parse_datetime(period.get("end"))
         or parse_datetime(o.get("issued"))
     )
+
+
+_VALUE_FIELDS: dict[bool, dict[str, Any]] = {}
+
+
+def _value_invalid(element: dict[str, Any], whole: bool) -> bool:
+    """Whether the value[x] of an observation (``whole``) or of a component is not valid R4B (its
+    JSON type or its content: the walk's own verdict, asked again only on this rare path)."""
+    fields = _VALUE_FIELDS.get(whole)
+    if fields is None:
+        model = get_fhir_model_class("Observation" if whole else "ObservationComponent")
+        fields = _VALUE_FIELDS[whole] = {k: f for k, f in fields_of(model).items() if k.startswith("value")}
+    for key, value in element.items():
+        field = fields.get(key)
+        if field is not None and value is not None:
+            leaf = leaf_for(key, field)
+            if verdict(leaf, value) is not None or (leaf.modifiable and modified(value)):
+                return True
+    return False
 
 
 def _absent(element: dict[str, Any]) -> bool:
