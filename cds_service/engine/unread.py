@@ -69,6 +69,7 @@ CONTEXT_ONLY = frozenset(
         "any",
         "not",
         "assess",
+        "possibly",
         "ref",
     }
 )

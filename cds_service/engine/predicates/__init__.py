@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (importing a family registers its predicates)
     medications,
     observations,
     pathway,
+    possibly,
     record,
     retrieval,
     sessions,
