@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from .core import TRUE, CompileContext, Env, Evaluator, Node, Result, compile_node, predicate
+from .logic import Assess
 
 
-class Possibly(Node):
-    def __init__(self, child: Node) -> None:
-        self.child = child
+class Possibly(Assess):
+    """One child, as :class:`~.logic.Assess` has: an Assess to the walks of a rule's leaves (the
+    fetch windows of engine/windows.py, the medication horizon of engine/med_windows.py), which
+    read what its child reads; any other node there is unknown to them (the horizon turns off)."""
 
     def compile(self) -> Evaluator:
         fn = self.child.evaluator()
