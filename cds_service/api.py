@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import ApiError, DataUnavailable
 from .feedback import FeedbackStore
 from .logs import hash_id, log_call
+from .request_body import body_bytes
 from .ruleset_provider import RuleSetProvider
 from .services import SERVICES, prefetch_for
 from .storage import StorageUnavailable
@@ -91,7 +92,7 @@ def _json_body() -> Any:
         mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
     ):
         raise ApiError(415, "Content-Type must be application/json", "Content-Type")
-    return parse_json(request_.get_data(cache=False))
+    return parse_json(body_bytes(request_))
 
 
 # -- errors -----------------------------------------------------------------------------------------
