@@ -320,6 +320,24 @@ class MedicationFacts(HorizonFacts):
                 out.append(use.ref)
         return out
 
+    def unidentified_uses(self) -> list[str]:
+        """References of the records (drafts aside) that could be a use of some drug but whose drug
+        is not known at all (a ``medicationReference`` nothing could read, without a display):
+        any drug, an antidepressant included. Not those entered in error, drafts, not taken,
+        proposals or orders not to give the drug (no use of any drug)."""
+        _ = self.medication_uses
+        out = []
+        for res in self.unresolved_meds:
+            if (
+                res.get("status") in _NOT_A_USE
+                or res.get("status") in NEVER_TAKEN_MED_STATUS
+                or res.get("intent") == "proposal"
+                or res.get("doNotPerform") is True
+            ):
+                continue
+            out.append(ref(res))
+        return out
+
     def unreadable_orders_in(self, valueset: str) -> list[str]:
         """References of unreadable draft orders of a drug in the value set."""
         _ = self.orders

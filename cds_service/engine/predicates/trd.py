@@ -7,7 +7,7 @@ from typing import Any
 
 from ...reading.facts import Facts, ObservationFact, Trial
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
-from .views import num, unreadable_why
+from .views import num, unidentified_why, unreadable_why
 
 NON_RESPONSE_WORDS = (
     "inadequate response",
@@ -99,12 +99,20 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
         reasons = list(dict.fromkeys(why for t in trials for why in t["dose_unread"]))
         missing.append(Missing("trd-trial-dose", GAP, quality="readable", why="; ".join(reasons)))
         parts.append(f"{len(trials)} more by a dose not read")
-    if records:
-        evidence += records
+    unknown = set(env.facts.unidentified_uses()) if records else set()
+    unread = [r for r in records if r not in unknown]
+    unidentified = [r for r in records if r in unknown]
+    evidence += records
+    if unread:
         missing.append(
-            Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unreadable_why(env, records))
+            Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unreadable_why(env, unread))
         )
-        parts.append(f"{len(records)} antidepressant record(s) not read could change it")
+        parts.append(f"{len(unread)} antidepressant record(s) not read could change it")
+    if unidentified:
+        missing.append(
+            Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unidentified_why(unidentified))
+        )
+        parts.append(f"{len(unidentified)} medication record(s) whose drug is not known could change it")
     return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
 
 
@@ -266,7 +274,16 @@ def _unread_records(
     response (``could_remove``). References by what they could do, and all of them."""
     out: dict[str, Any] = {"could_add": set(), "could_remove": set(), "add_refs": [], "remove_refs": []}
     refs = facts.unreadable_medications_in(s["vs"])
-    out["any_refs"] = refs
+    unknown = facts.unidentified_uses()
+    out["any_refs"] = refs + unknown
+    # a record whose drug is not known could be any antidepressant: one more trial of a drug not
+    # counted, or a record of a counted one (each record at most one trial, one way or the other)
+    for n, r in enumerate(unknown):
+        out["could_add"].add(f"(unidentified {n})")
+        out["add_refs"].append(r)
+        if counted:
+            out["could_remove"].add(f"(unidentified {n})")
+            out["remove_refs"].append(r)
     if not refs:
         return out
     wanted = set(refs)

@@ -27,10 +27,6 @@ def unreadable_why(env: Env, refs: list[str]) -> str:
     """Which records and elements: "a MedicationRequest with authoredOn not readable", "2 Conditions
     with clinicalStatus, code not readable" (kinds from the references, elements from the record's
     problems with them)."""
-    kinds: dict[str, int] = {}
-    for r in refs:
-        kind = r.split("/", 1)[0].split(" (", 1)[0]
-        kinds[kind] = kinds.get(kind, 0) + 1
     wanted = set(refs)
     elements: list[str] = []
     for p in env.facts.record.problems:
@@ -38,13 +34,27 @@ def unreadable_why(env: Env, refs: list[str]) -> str:
             element = p.message.split(": ", 1)[0]
             if element not in elements:
                 elements.append(element)
-    which = " and ".join(
-        (f"an {k}" if k[:1] in "AEIOU" else f"a {k}") if n == 1 else f"{n} {k}s" for k, n in kinds.items()
-    )
+    which = _kinds(refs)
     if not elements:
         return f"{which} not readable"
     shown = ", ".join(elements[:3]) + (" …" if len(elements) > 3 else "")
     return f"{which} with {shown} not readable"
+
+
+def unidentified_why(refs: list[str]) -> str:
+    """Which records name a drug that could not be identified: "a MedicationStatement whose
+    medication could not be identified", "2 MedicationRequests …" (kinds from the references)."""
+    return f"{_kinds(refs)} whose medication could not be identified"
+
+
+def _kinds(refs: list[str]) -> str:
+    kinds: dict[str, int] = {}
+    for r in refs:
+        kind = r.split("/", 1)[0].split(" (", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return " and ".join(
+        (f"an {k}" if k[:1] in "AEIOU" else f"a {k}") if n == 1 else f"{n} {k}s" for k, n in kinds.items()
+    )
 
 
 def concept_name(concept: Any, fallback: str = "") -> str:
