@@ -22,7 +22,8 @@ import re
 from typing import Any
 
 from .conftest import load_example
-from .record_support import facts_of, run_predicate, run_request
+from .record_support import facts_of, run_predicate
+from .test_trd_unread_records import _fired, _gap_text
 from .test_trial_doses import _trd_spec
 
 
@@ -50,16 +51,6 @@ def _with(example: str, *records: dict[str, Any]) -> dict[str, Any]:
     return req
 
 
-def _fired(req: dict[str, Any]) -> tuple[set[str], list[dict[str, Any]]]:
-    out = run_request(req)
-    return {o.rule.id for o in out.evaluation.fired}, out.response["cards"]
-
-
-def _gap(cards: list[dict[str, Any]]) -> str:
-    (card,) = [c for c in cards if "record of an antidepressant trial" in c["summary"] + c.get("detail", "")]
-    return card["summary"] + "\n" + card.get("detail", "")
-
-
 def test_an_unidentified_record_leaves_not_established_unknown() -> None:
     """v02: one counted trial of two needed; the unidentified statement could be the second."""
     req = _with("v02-one-failed-trial", _unidentified("v02", 0))
@@ -69,7 +60,7 @@ def test_an_unidentified_record_leaves_not_established_unknown() -> None:
     assert result.evidence == ["MedicationStatement/v02-unknown-0"]
     fired, cards = _fired(req)
     assert not {"trd-met", "trd-not-established"} & fired
-    text = _gap(cards)
+    text = _gap_text(cards)
     assert "MedicationStatement" in text and "identified" in text
     for leak in (r"v02", r"unknown-0", r"gone", r"2025", r"Medication/"):
         assert not re.search(leak, text), f"the data gap shows {leak!r}"
