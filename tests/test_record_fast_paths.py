@@ -1,6 +1,6 @@
 """The prefetch's fast paths against their definitions, on random shapes.
 
-``bundle_resources`` takes the usual searchset in C (``map``) and ``PatientRecord.from_prefetch``
+``bundle_resources`` takes the usual searchset in one loop without calls and ``PatientRecord.from_prefetch``
 takes a usual key's resources at once: both must give exactly what the entry-by-entry definition
 gives (the same objects, in the same order, the same problems) for every Bundle, usual or not."""
 
@@ -100,6 +100,14 @@ def test_the_usual_searchset_takes_the_fast_path(monkeypatch: Any) -> None:
         "entry": [{"resource": {"resourceType": "Condition", "id": "c1"}, "search": {"mode": "match"}}],
     }
     assert bundle_resources(usual) == [usual["entry"][0]["resource"]] and not calls
+    included = {  # a searchset with the Medications its orders name (_include)
+        "resourceType": "Bundle",
+        "entry": [
+            *usual["entry"],
+            {"resource": {"resourceType": "Medication", "id": "m1"}, "search": {"mode": "include"}},
+        ],
+    }
+    assert bundle_resources(included) == [e["resource"] for e in included["entry"]] and not calls
     noted = {
         "resourceType": "Bundle",
         "entry": [
