@@ -479,27 +479,11 @@ def _jsonable(value: Any, memo: Memo | None = None) -> Any:
         hit = memo.get(id(value))
         if hit is not None:
             return hit[1]
-    if t is dict or isinstance(value, dict):
-        out: Any = {}
-        for k, v in value.items():
-            tv = type(v)
-            if tv is str:
-                if not v:
-                    continue
-            elif tv is int or tv is float or tv is bool:
-                pass
-            elif v is None:
-                continue
-            elif tv is list:
-                if not v:
-                    continue
-                v = _jsonable(v, memo)
-            elif v != [] and v != "":
-                v = _jsonable(v, memo)
-            else:
-                continue
-            out[k if type(k) is str else str(k)] = v
-    elif isinstance(value, list | tuple):
+    if t is dict:
+        out: Any = _plain_dict_form(value, memo)
+    elif isinstance(value, dict):
+        out = _dict_form(value, memo)
+    elif t is list or t is tuple or isinstance(value, (list, tuple)):  # a tuple of types: tested in C
         out = [v if type(v) in _SCALARS else _jsonable(v, memo) for v in value]
     elif isinstance(value, _SCALARS):
         return value
@@ -507,4 +491,57 @@ def _jsonable(value: Any, memo: Memo | None = None) -> Any:
         return str(value)
     if memo is not None and (t is dict or t is list):
         memo[id(value)] = (value, out)
+    return out
+
+
+def _plain_dict_form(value: dict[Any, Any], memo: Memo | None) -> dict[str, Any]:
+    """:func:`_dict_form` of a plain dict whose keys are all text (every view the predicates bind):
+    a copy (one allocation, its table copied as is) whose left-out values are deleted and whose
+    containers are replaced in place, so the order is the same. A key that is not text: the
+    definition builds it."""
+    out = value.copy()
+    for k, v in value.items():
+        if type(k) is not str:
+            return _dict_form(value, memo)
+        tv = type(v)
+        if tv is str:
+            if not v:
+                del out[k]
+        elif tv is int or tv is float or tv is bool:
+            pass
+        elif v is None:
+            del out[k]
+        elif tv is list:
+            if v:
+                out[k] = _jsonable(v, memo)
+            else:
+                del out[k]
+        elif v != [] and v != "":
+            out[k] = _jsonable(v, memo)
+        else:
+            del out[k]
+    return out
+
+
+def _dict_form(value: dict[Any, Any], memo: Memo | None) -> dict[str, Any]:
+    """A dict's JSON form, key by key (the definition): None, ``[]`` and ``""`` left out, keys as text."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        tv = type(v)
+        if tv is str:
+            if not v:
+                continue
+        elif tv is int or tv is float or tv is bool:
+            pass
+        elif v is None:
+            continue
+        elif tv is list:
+            if not v:
+                continue
+            v = _jsonable(v, memo)
+        elif v != [] and v != "":
+            v = _jsonable(v, memo)
+        else:
+            continue
+        out[k if type(k) is str else str(k)] = v
     return out
