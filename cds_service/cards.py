@@ -196,14 +196,38 @@ def _rule_text(o: Outcome, key: str, ctx: dict[str, Any], group: str = "") -> st
     """The text of one of the rule's templates (``summary``, ``detail``; ``group="row:"`` for a
     row's): rendered for this card, or the rule's fixed text when the template reads only the
     rule's own values (:func:`~.engine.templating.fixed_text`) that no binding shadows."""
-    rule = o.rule
-    fixed = rule.fixed.get(group + key)
+    fixed = _fixed_text(o, group + key)
     if fixed is not None:
-        bind = o.result.bind if o.result else None
-        if not bind or not fixed.names & bind.keys():
-            return fixed.text
+        return fixed
+    rule = o.rule
     templates = rule.row if group else rule.templates
     return _render(templates.get(key), ctx, rule.id)
+
+
+def _fixed_text(o: Outcome, key: str) -> str | None:
+    """The rule's fixed text for ``key`` when no binding shadows a name it reads, else None."""
+    fixed = o.rule.fixed.get(key)
+    if fixed is None:
+        return None
+    if fixed.names:  # (most read nothing at all: no binding can shadow them)
+        bind = o.result.bind if o.result else None
+        if bind and fixed.names & bind.keys():
+            return None
+    return fixed.text
+
+
+#: a rule's fixed text → the same with its whitespace runs as one space (a rule's texts are
+#: read-only once loaded; bounded: reloads make new texts)
+_SQUEEZED: dict[str, str] = {}
+
+
+def _squeezed(text: str) -> str:
+    hit = _SQUEEZED.get(text)
+    if hit is None:
+        if len(_SQUEEZED) >= 4096:
+            _SQUEEZED.clear()
+        hit = _SQUEEZED[text] = " ".join(text.split())
+    return hit
 
 
 def summary_text(text: str, fallback: str) -> str:
@@ -354,7 +378,13 @@ def _citation_of(rule: Rule) -> str:
 
 def _row_view(o: Outcome, base: dict[str, Any]) -> dict[str, Any]:
     ctx = _rule_context(o, base)
-    view = {key: " ".join(_rule_text(o, key, ctx, "row:").split()) for key in o.rule.row}
+    view = {}
+    for key, template in o.rule.row.items():
+        fixed = _fixed_text(o, "row:" + key)
+        if fixed is not None:  # the same words for every patient: split and joined once
+            view[key] = _squeezed(fixed)
+        else:
+            view[key] = " ".join(_render(template, ctx, o.rule.id).split())
     src = o.rule.source
     view.update(
         rule=o.rule.id,
