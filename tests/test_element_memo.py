@@ -177,9 +177,7 @@ _WRITTEN = st.one_of(
 _KEYS = st.sampled_from(["text", "patientInstruction", "code", "display", "texts", "Text", "note", "x"])
 _JSON = st.recursive(
     _WRITTEN,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)),
     max_leaves=12,
 )
 
