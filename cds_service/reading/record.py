@@ -23,6 +23,8 @@ from .fhir_client import is_error_outcome
 IGNORED_LIMIT = 50  # distinct ignored element paths reported per request (hostile input stays small)
 _KIND = itemgetter("resourceType")
 _ID = itemgetter("id")
+#: the reason reported for a Patient whose ``id`` is not a string (it was read as one without an id)
+NOT_AN_ID = "not a FHIR id: read as the patient without an id"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,11 @@ class PatientRecord:
             else:
                 ids.add(rid)
         if rtype == "Patient":
+            if rid is not None and not isinstance(rid, str):
+                # An id that is no FHIR id names no one, so no one else either: read as a Patient
+                # sent without an id (as the prefetch key asked for this patient), and said.
+                self.ignored[("Patient", "id", NOT_AN_ID)] += 1
+                rid = None
             if self.patient is None and (not patient_id or rid in (None, patient_id)):
                 self.patient = res
                 return True

@@ -1,0 +1,179 @@
+"""A sweep of issue 8's promise: an element no fact reads never changes a card, whatever it holds.
+
+For every example request and every request captured from the CDS Hooks Sandbox, each resource
+(prefetched, the Patient and the draft orders) gets, at once: a key R4B does not define, every
+present element no fact reads written in the other shape (an array as one value, one value as an
+array) or as content of the wrong type, and absent ones added in the wrong shape. The cards must
+be the same as for the request as sent (their ``extension`` aside: it says what was ignored).
+``modifierExtension`` is left out: a modifier the service does not understand changes what the
+resource means, so such a resource is rightly not read.
+
+Which elements no fact reads comes from the walk's own plan (``element_walk``), so a fact that
+starts reading an element takes it out of the sweep by itself. This found that a Patient whose
+``id`` was not a string was silently dropped (no age, pregnancy or deceased check, and no word
+why): see ``test_a_patient_with_an_unreadable_id_is_still_the_patient``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cds_service import pipeline
+from cds_service.config import Settings
+from cds_service.engine.loader import load_ruleset
+from cds_service.reading.element_walk import _compiled
+
+from .conftest import EXAMPLES, ROOT, RULES, load_example
+
+SANDBOX = ROOT / "tests" / "fixtures" / "sandbox"
+SANDBOX_TIME = "2026-12-01T12:48:00Z"  # the capture's time (tests/test_sandbox_captured.py)
+TIME = "ketamine-cds.evaluation-time"
+UNKNOWN_KEY = "zzLocalElement"  # not an element of any R4B resource
+
+_ruleset = None
+
+
+def _run(request: dict[str, Any]) -> list[dict[str, Any]]:
+    global _ruleset
+    if _ruleset is None:
+        _ruleset = load_ruleset(RULES)
+    settings = Settings(rules_dir=RULES, allow_time_override=True)
+    return _comparable(pipeline.run(copy.deepcopy(request), _ruleset, settings).response["cards"])
+
+
+def _comparable(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cards without their extensions (what was ignored is said there) and uuids (random)."""
+    return [_blank_uuids({k: v for k, v in c.items() if k != "extension"}) for c in cards]
+
+
+def _blank_uuids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("-" if k == "uuid" else _blank_uuids(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_blank_uuids(v) for v in value]
+    return value
+
+
+def _requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(EXAMPLES.glob("*.json")):
+        yield path.name, load_example(path.stem)
+    for path in sorted(SANDBOX.glob("*.json")):
+        request = json.loads(path.read_text())
+        if "hook" in request:  # not a feedback body
+            request["extension"] = {TIME: SANDBOX_TIME}
+            yield f"sandbox/{path.name}", request
+
+
+REQUESTS = dict(_requests())
+
+
+def _resources(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    prefetch = request.get("prefetch") or {}
+    bundles = [v for v in prefetch.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"]
+    bundles.append((request.get("context") or {}).get("draftOrders") or {})
+    for bundle in bundles:
+        for entry in bundle.get("entry") or []:
+            if isinstance(entry.get("resource"), dict):
+                yield entry["resource"]
+    patient = prefetch.get("patient")
+    if isinstance(patient, dict) and patient.get("resourceType") == "Patient":
+        yield patient
+
+
+def _unread(rtype: Any) -> dict[str, bool]:
+    """The elements of ``rtype`` no fact reads, each with whether R4B makes it an array."""
+    done = _compiled(rtype) if isinstance(rtype, str) else None
+    if done is None:  # a type no fact reads at all
+        return {}
+    return {
+        k: many
+        for k, many in done.table.actions.items()
+        if isinstance(many, bool) and k != "modifierExtension"
+    }
+
+
+def _flipped(value: Any) -> Any:
+    if isinstance(value, list):
+        return value[0] if value else {}
+    return [value]
+
+
+def _wrong_type(many: bool) -> Any:
+    return [{"zz": 1}, 7, None] if many else {"zz": [True, 1e308, "x"]}
+
+
+def _wrong_shape(many: bool) -> Any:
+    return {"id": "x"} if many else [{"id": "x"}]
+
+
+MUTATIONS: dict[str, Callable[[dict[str, Any], dict[str, bool]], None]] = {
+    "present unread elements in the other shape": lambda r, unread: r.update(
+        {k: _flipped(v) for k, v in r.items() if k in unread}
+    ),
+    "present unread elements of the wrong type": lambda r, unread: r.update(
+        {k: _wrong_type(unread[k]) for k in r if k in unread}
+    ),
+    "absent unread elements added in the wrong shape": lambda r, unread: r.update(
+        {k: _wrong_shape(many) for k, many in unread.items() if k not in r}
+    ),
+    "an unknown key": lambda r, unread: r.update({UNKNOWN_KEY: {"a": [1, {"b": None}]}}),
+}
+
+
+def _mutated(request: dict[str, Any], mutation: str) -> tuple[dict[str, Any], int]:
+    variant = copy.deepcopy(request)
+    changed = 0
+    for res in _resources(variant):
+        unread = _unread(res.get("resourceType"))
+        if unread:
+            before = dict(res)
+            MUTATIONS[mutation](res, unread)
+            changed += res != before
+    return variant, changed
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+@pytest.mark.parametrize("name", list(REQUESTS))
+def test_unread_elements_never_change_a_card(name: str, mutation: str) -> None:
+    request = REQUESTS[name]
+    variant, changed = _mutated(request, mutation)
+    assert changed, "the sweep changed nothing: it would prove nothing"
+    assert _run(variant) == _run(request)
+
+
+def test_the_sweep_reaches_every_kind_of_resource_the_examples_hold() -> None:
+    """Every resource type in the requests that facts read has elements in the sweep."""
+    kinds = {res.get("resourceType") for r in REQUESTS.values() for res in _resources(r)}
+    read = {k for k in kinds if _compiled(k) is not None}
+    assert {"Patient", "MedicationRequest", "Observation", "Condition"} <= read
+    assert all(_unread(k) for k in read)
+
+
+@pytest.mark.parametrize("bad_id", [["v01"], {"value": "v01"}, 17, True])
+def test_a_patient_with_an_unreadable_id_is_still_the_patient(bad_id: Any) -> None:
+    """The prefetched Patient whose ``id`` is not a FHIR id is no one else's either: it is read
+    as a Patient without an id (as one sent with none), and the id is reported as ignored.
+    Before, it was dropped without a word: "date of birth" asked for although it was sent."""
+    request = load_example("v01-clear-trd-eligible")
+    expected = _run(request)
+    request["prefetch"]["patient"]["id"] = bad_id
+    out = pipeline.run(
+        copy.deepcopy(request), load_ruleset(RULES), Settings(rules_dir=RULES, allow_time_override=True)
+    )
+    assert _comparable(out.response["cards"]) == expected
+    ignored = out.response["extension"][pipeline.IGNORED_EXTENSION]
+    assert {"resourceType": "Patient", "element": "id"}.items() <= ignored[0].items()
+    assert "v01" not in json.dumps(ignored)  # never the value
+
+
+def test_a_patient_of_another_id_is_still_left_out() -> None:
+    """The other side: a readable id naming another patient is not this patient's record."""
+    request = load_example("v01-clear-trd-eligible")
+    request["prefetch"]["patient"]["id"] = "someone-else"
+    cards = _run(request)
+    assert any("date of birth" in c["summary"] for c in cards)
