@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +30,9 @@ from cds_service.engine.loader import load_ruleset
 from cds_service.reading.element_walk import _compiled
 
 from .conftest import EXAMPLES, ROOT, RULES, load_example
+
+sys.path.insert(0, str(ROOT / "bench"))
+from golden import _blank_uuids  # noqa: E402  (random uuids blanked, as the card snapshot does)
 
 SANDBOX = ROOT / "tests" / "fixtures" / "sandbox"
 SANDBOX_TIME = "2026-12-01T12:48:00Z"  # the capture's time (tests/test_sandbox_captured.py)
@@ -49,14 +53,6 @@ def _run(request: dict[str, Any]) -> list[dict[str, Any]]:
 def _comparable(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cards without their extensions (what was ignored is said there) and uuids (random)."""
     return [_blank_uuids({k: v for k, v in c.items() if k != "extension"}) for c in cards]
-
-
-def _blank_uuids(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: ("-" if k == "uuid" else _blank_uuids(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_blank_uuids(v) for v in value]
-    return value
 
 
 def _requests() -> Iterator[tuple[str, dict[str, Any]]]:
