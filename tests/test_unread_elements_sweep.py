@@ -166,9 +166,16 @@ def test_a_patient_with_an_unreadable_id_is_still_the_patient(bad_id: Any) -> No
     assert "v01" not in json.dumps(ignored)  # never the value
 
 
-def test_a_patient_of_another_id_is_still_left_out() -> None:
-    """The other side: a readable id naming another patient is not this patient's record."""
+def test_a_patient_of_another_id_is_left_out_and_said() -> None:
+    """The other side: a readable id naming another patient is not this patient's record. It is
+    left out (its date of birth is not this patient's) and the card on entries not read says
+    why, without that patient's id: before, only "date of birth missing" showed, for a date of
+    birth that had been sent."""
     request = load_example("v01-clear-trd-eligible")
     request["prefetch"]["patient"]["id"] = "someone-else"
     cards = _run(request)
     assert any("date of birth" in c["summary"] for c in cards)
+    left_out = [c for c in cards if "could not be read" in c["summary"]]
+    assert len(left_out) == 1 and "(Patient)" in left_out[0]["summary"]
+    assert "another patient" in left_out[0]["detail"]
+    assert "someone-else" not in json.dumps(_outcome(request).response)

@@ -25,6 +25,9 @@ _KIND = itemgetter("resourceType")
 _ID = itemgetter("id")
 #: the reason reported for a Patient whose ``id`` is not a string (it was read as one without an id)
 NOT_AN_ID = "not a FHIR id: read as the patient without an id"
+#: a prefetched Patient whose id is not ``context.patientId``: named without that id
+OTHER_PATIENT_ENTRY = "Patient (another patient's)"
+OTHER_PATIENT = "another patient's record: its id is not the context's patientId"
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,11 @@ class PatientRecord:
                 # sent without an id (as the prefetch key asked for this patient), and said.
                 self.ignored[("Patient", "id", NOT_AN_ID)] += 1
                 rid = None
-            if self.patient is None and (not patient_id or rid in (None, patient_id)):
+            if patient_id and rid is not None and rid != patient_id:
+                # Not this patient's record (an EHR's mix-up): left out and said, never its id.
+                self.problems.append(Problem(key, OTHER_PATIENT_ENTRY, OTHER_PATIENT, entry=id(res)))
+                return False
+            if self.patient is None:
                 self.patient = res
                 return True
             return False
