@@ -224,3 +224,73 @@ def test_an_unknown_ndc_is_not_ketamine():
         {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-1433-80"}]}
     )
     assert not drug.ingredients
+
+
+def text_of(request: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The cards as a prescriber reads them."""
+    return [(c["indicator"], c["summary"], c.get("detail", "")) for c in run(request).response["cards"]]
+
+
+def lorazepam_records(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        e["resource"]
+        for key in ("medicationRequests", "medicationDispenses", "medicationStatements")
+        for e in entries(request, key)
+        if "lorazepam" in str(e["resource"].get("medicationCodeableConcept", {}))
+    ]
+
+
+def test_a_drug_named_through_a_contained_medication_is_named_once_as_inline():
+    """The concept's text and its display are the same words (as most EHRs write them): the card
+    names the drug once, whether the concept is inline or in a contained Medication. Before, a
+    referenced Medication was named by the matcher's text, both joined: "lorazepam 1 MG Oral
+    Tablet lorazepam 1 MG Oral Tablet ≈ 15 mg diazepam-equivalent/day"."""
+    example = load_example("v07-daily-lorazepam")
+    request = copy.deepcopy(example)
+    records = lorazepam_records(request)
+    assert records
+    for res in records:
+        to_contained(res)
+    assert text_of(request) == text_of(example)
+    assert any("lorazepam 1 MG Oral Tablet ≈" in s for _i, s, _d in text_of(request))
+
+
+def test_a_drug_named_through_an_included_medication_is_named_once_as_inline():
+    example = load_example("v07-daily-lorazepam")
+    request = copy.deepcopy(example)
+    for i, (key, entry) in enumerate(
+        (k, e)
+        for k in ("medicationRequests", "medicationDispenses", "medicationStatements")
+        for e in entries(request, k)
+        if "lorazepam" in str(e["resource"].get("medicationCodeableConcept", {}))
+    ):
+        med = to_reference(entry["resource"], f"lzp-{i}")
+        request["prefetch"][key]["entry"].append({"resource": med, "search": {"mode": "include"}})
+    assert text_of(request) == text_of(example)
+
+
+def test_a_drug_known_only_by_the_references_display_is_named_by_it():
+    """No Medication to read: the reference's display names it (once), as it identified it."""
+    example = load_example("v07-daily-lorazepam")
+    request = copy.deepcopy(example)
+    for res in lorazepam_records(request):
+        res.pop("medicationCodeableConcept")
+        res["medicationReference"] = {"reference": "Medication/not-sent", "display": "Ativan 1 mg tablet"}
+    summaries = [s for _i, s, _d in text_of(request)]
+    assert any(s.startswith("Ativan 1 mg tablet ≈") for s in summaries), summaries
+
+
+def test_an_unidentified_order_is_named_once():
+    """An order the service could not identify, whose name looks like ketamine: the warning quotes
+    its name once. Before, the matcher's text (the concept's text and display joined) was quoted,
+    cut at 40 and 60 characters: 'Order "ketamin nasal spray (compounded) ketamin" may be …'."""
+    request = copy.deepcopy(load_example("v05-psychosis-history"))
+    name = "ketamin nasal spray (compounded)"
+    order = request["context"]["draftOrders"]["entry"][0]["resource"]
+    order["medicationCodeableConcept"] = {
+        "coding": [{"system": "urn:oid:1.2.3.4", "code": "L1", "display": name}],
+        "text": name,
+    }
+    [card] = [c for c in run(request).response["cards"] if "was not identified" in c["summary"]]
+    assert card["summary"].startswith(f'Order "{name}" may be ketamine')
+    assert f'- "{name}": no code' in card["detail"]

@@ -28,7 +28,7 @@ from .fhir_client import CallBudget, FetchPolicy, FhirClient, FhirFetchError
 from .lazy import lazy
 from .raw import as_dict, as_list
 from .record import PatientRecord, Problem
-from .terminology import DrugMatch, Terminology, concept_text, form_from_text
+from .terminology import DrugMatch, Terminology, concept_name, concept_text, form_from_text
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,22 @@ class MedicationResolver:
         if display:
             return Identified(self.terminology.match_drug({"text": display}), "display", reference)
         return Identified(DrugMatch(), "none", reference if isinstance(reference, str) else None)
+
+    def name_of(self, res: dict[str, Any]) -> str:
+        """What a record calls its drug, once (a concept's text, else its first display): the inline
+        concept's, else the referenced Medication's code (when it could be read, as
+        :meth:`identify` reads it), else the reference's display; "" when nothing names it."""
+        concept = res.get("medicationCodeableConcept")
+        if isinstance(concept, dict):
+            return concept_name(concept)
+        ref = as_dict(res.get("medicationReference"))
+        med, _ = self._find(res, ref.get("reference"))
+        if med is not None and self.record.readable(med, MEDICATION):
+            name = concept_name(med.get("code"))
+            if name:
+                return name
+        display = ref.get("display")
+        return display.strip() if isinstance(display, str) else ""
 
     def _find(self, res: dict[str, Any], reference: Any) -> tuple[dict[str, Any] | None, str]:
         if not isinstance(reference, str):

@@ -100,6 +100,18 @@ _PLAIN_CONCEPT = datatypes.compiled(
 )
 
 
+def concept_name(concept: Any, fallback: str = "") -> str:
+    """A CodeableConcept's name, once: its text, else its first display (never both joined, as
+    :func:`concept_text` joins them for matching)."""
+    if isinstance(concept, dict):
+        if isinstance(concept.get("text"), str) and concept["text"].strip():
+            return concept["text"].strip()
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
+                return c["display"].strip()
+    return fallback
+
+
 def concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""

@@ -128,7 +128,7 @@ def _diazepam_equivalent(args: Any, ctx: CompileContext) -> Node:
         by_ingredient: dict[str, dict[str, Any]] = {}
         open_: dict[str, str] = {}
         for u in uses:
-            name = drug_name(u)
+            name = drug_name(env, u)
             for ing in env.facts.t.drug_in(u.drug, vs):
                 mg10 = table.get(ing)
                 daily = u.daily_dose if len(u.drug.ingredients) == 1 else None

@@ -155,7 +155,7 @@ def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
             if suggests:
                 found.append(
                     {
-                        "text": text[:60],
+                        "text": (f.medications.name_of(res) or text)[:60],  # once, not joined
                         "ref": r,
                         "reference": identified.reference,
                         "suggests": " or ".join(sorted(t.display(i) for i in suggests)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...reading.facts import MedUse, ObservationFact
+from ...reading.terminology import concept_name
 from .core import Env, Missing
 
 UNRESOLVED_MEDICATION = Missing(
@@ -55,17 +56,6 @@ def _kinds(refs: list[str]) -> str:
     return " and ".join(
         (f"an {k}" if k[:1] in "AEIOU" else f"a {k}") if n == 1 else f"{n} {k}s" for k, n in kinds.items()
     )
-
-
-def concept_name(concept: Any, fallback: str = "") -> str:
-    """A CodeableConcept's name, once: its text, else its first display (never both joined)."""
-    if isinstance(concept, dict):
-        if isinstance(concept.get("text"), str) and concept["text"].strip():
-            return concept["text"].strip()
-        for c in concept.get("coding") or []:
-            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
-                return c["display"].strip()
-    return fallback
 
 
 def condition_view(c: Any) -> dict[str, Any]:
@@ -123,12 +113,12 @@ def num(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else round(value, 2)
 
 
-def drug_name(u: MedUse) -> str:
-    """What the record calls the drug, once: the concept's text, else its first display.
-
-    (The matcher's text joins text and displays, which repeats the name when they are equal.)"""
-    concept = u.resource.get("medicationCodeableConcept") if isinstance(u.resource, dict) else None
-    return concept_name(concept)[:80] or u.describe()
+def drug_name(env: Env, u: MedUse) -> str:
+    """What the record calls the drug, once, inline or referenced (``MedicationResolver.name_of``),
+    else what identified it. (The matcher's text joins text and displays, which repeats the name
+    when they are equal.)"""
+    name = env.facts.medications.name_of(u.resource) if isinstance(u.resource, dict) else ""
+    return name[:80] or u.describe()
 
 
 def med_view(env: Env, u: MedUse) -> dict[str, Any]:
@@ -141,7 +131,7 @@ def med_view(env: Env, u: MedUse) -> dict[str, Any]:
     view = env.views[id(u)] = (
         u,
         {
-            "name": drug_name(u),
+            "name": drug_name(env, u),
             "ingredients": ", ".join(sorted(t.display(i) for i in u.drug.ingredients)),
             "dose": clinical_number(u.dose, u.dose_unit),
             "dose_unit": u.dose_unit,
