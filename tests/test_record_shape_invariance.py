@@ -1,0 +1,120 @@
+"""Sweeps of how an EHR may write the same record: the cards must not change, word for word.
+
+For every example request and every request captured from the CDS Hooks Sandbox:
+
+* the entries of each bundle (prefetch searches, ``draftOrders``) reversed or shuffled: a search
+  returns them in any order;
+* every entry sent twice: a repeated search page (the same id is read once);
+* every inline drug (``medicationCodeableConcept``) moved to a Medication, contained in its record
+  (``#m1``) or put in the search bundle by ``_include`` (``Medication/m1``; a draft order's stays
+  contained), as EHRs name drugs.
+
+The last found that a drug named through a Medication was named twice in cards ("lorazepam 1 MG
+Oral Tablet lorazepam 1 MG Oral Tablet ≈ 15 mg diazepam-equivalent/day").
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .test_unread_elements_sweep import REQUESTS, _cards_as_sent, _run
+
+
+def _bundles(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's bundles: each prefetch search and the draft orders."""
+    out = [b for b in (request.get("prefetch") or {}).values() if _is_bundle(b)]
+    drafts = (request.get("context") or {}).get("draftOrders")
+    return [*out, drafts] if _is_bundle(drafts) else out
+
+
+def _is_bundle(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("entry"), list)
+
+
+def _drafts(request: dict[str, Any]) -> Any:
+    return (request.get("context") or {}).get("draftOrders")
+
+
+def _reversed(request: dict[str, Any]) -> int:
+    changed = 0
+    for b in _bundles(request):
+        changed += len(b["entry"]) > 1
+        b["entry"].reverse()
+    return changed
+
+
+def _shuffled(request: dict[str, Any]) -> int:
+    rng = random.Random(8)
+    changed = 0
+    for b in _bundles(request):
+        before = list(b["entry"])
+        rng.shuffle(b["entry"])
+        changed += b["entry"] != before
+    return changed
+
+
+def _twice(request: dict[str, Any]) -> int:
+    changed = 0
+    for b in _bundles(request):
+        if b is not _drafts(request):  # a draft sent twice is two orders
+            changed += bool(b["entry"])
+            b["entry"] = [e for e in b["entry"] for _ in (0, 1)]
+    return changed
+
+
+def _as_medications(request: dict[str, Any], included: bool) -> int:
+    moved = 0
+    for b in _bundles(request):
+        added = []
+        for e in b["entry"]:
+            res = e.get("resource") if isinstance(e, dict) else None
+            if not isinstance(res, dict) or "medicationCodeableConcept" not in res:
+                continue
+            moved += 1
+            mid = f"m{moved}"
+            med = {"resourceType": "Medication", "id": mid, "code": res.pop("medicationCodeableConcept")}
+            if included and b is not _drafts(request):
+                added.append({"resource": med, "search": {"mode": "include"}})
+                res["medicationReference"] = {"reference": f"Medication/{mid}"}
+            else:
+                res.setdefault("contained", []).append(med)
+                res["medicationReference"] = {"reference": f"#{mid}"}
+        b["entry"].extend(added)
+    return moved
+
+
+REWRITES: dict[str, Callable[[dict[str, Any]], int]] = {
+    "entries reversed": _reversed,
+    "entries shuffled": _shuffled,
+    "every entry sent twice": _twice,
+    "drugs in contained Medications": lambda r: _as_medications(r, included=False),
+    "drugs in included Medications": lambda r: _as_medications(r, included=True),
+}
+
+
+def _variant(name: str, rewrite: str) -> tuple[dict[str, Any], int]:
+    variant = copy.deepcopy(REQUESTS[name])
+    return variant, REWRITES[rewrite](variant)
+
+
+# only the pairs where the rewrite changes the request (a request without drugs has none to move)
+CASES = [(n, w) for w in REWRITES for n in REQUESTS if _variant(n, w)[1]]
+
+
+@pytest.mark.parametrize(("name", "rewrite"), CASES)
+def test_the_same_record_written_another_way_gives_the_same_cards(name: str, rewrite: str) -> None:
+    variant, changed = _variant(name, rewrite)
+    assert changed
+    assert _run(variant) == _cards_as_sent(name)
+
+
+def test_each_rewrite_reaches_requests_with_cards() -> None:
+    """Every rewrite changes requests whose cards name drugs: it could fail."""
+    for rewrite in REWRITES:
+        reached = [n for n, w in CASES if w == rewrite and _cards_as_sent(n)]
+        assert len(reached) >= 10, rewrite
