@@ -198,3 +198,33 @@ def test_allergies_fetched_from_the_fhir_server_when_not_prefetched(fhir_server)
     req["fhirServer"] = fhir_server.base_url
     r = allergy(req)
     assert r.value is True and r.evidence == ["AllergyIntolerance/al-fetch-1"]
+
+
+def test_substance_and_reactions_are_quoted_as_the_record_names_them_once():
+    """A coded substance with a text (as EHRs send one): the card quotes the text, not the text
+    and every display joined ("KETAMINE ketamine"); without a text, each display once."""
+    rec = ehr_allergy()
+    rec["reaction"] = [
+        {
+            "manifestation": [
+                {
+                    "coding": [
+                        {"system": "http://snomed.info/sct", "code": "39579001", "display": "Anaphylaxis"}
+                    ],
+                    "text": "Anaphylaxis",
+                },
+                {"coding": [{"system": "urn:oid:1.2.3", "code": "R1", "display": "Hives"}]},
+            ]
+        }
+    ]
+    (a,) = allergy(request_with(rec)).bind["allergies"]
+    assert a["substance"] == "KETAMINE"
+    assert a["reactions"] == ["Anaphylaxis", "Hives"]
+    rec["code"] = {
+        "coding": [
+            {**rec["code"]["coding"][0]},
+            {"system": "urn:oid:1.2.3", "code": "K", "display": "Ketalar"},
+        ]
+    }
+    (a,) = allergy(request_with(rec)).bind["allergies"]
+    assert a["substance"] == "ketamine / Ketalar"

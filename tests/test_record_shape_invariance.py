@@ -118,3 +118,41 @@ def test_each_rewrite_reaches_requests_with_cards() -> None:
     for rewrite in REWRITES:
         reached = [n for n, w in CASES if w == rewrite and _cards_as_sent(n)]
         assert len(reached) >= 10, rewrite
+
+
+def _pregnancy_answer(request: dict[str, Any]) -> dict[str, Any]:
+    [answer] = [
+        e["resource"]["valueCodeableConcept"]
+        for e in request["prefetch"]["pregnancyStatus"]["entry"]
+        if "valueCodeableConcept" in e["resource"]
+    ]
+    return answer
+
+
+def test_an_answer_coded_twice_is_quoted_by_its_name_once() -> None:
+    """A pregnancy status answered "Pregnant" in LOINC and in a local code (as EHRs send a local
+    code beside the standard one): the card quotes the answer as the record names it. Before,
+    every display was joined: 'pregnancy status "Pregnant Pregnant local item"'."""
+    request = copy.deepcopy(REQUESTS["v04-pregnancy.json"])
+    _pregnancy_answer(request)["coding"].append(
+        {"system": "urn:oid:1.2.840.99999.1", "code": "PREG-LOCAL", "display": "local item"}
+    )
+    assert _run(request) == _cards_as_sent("v04-pregnancy.json")
+    assert any('pregnancy status "Pregnant" (' in c.get("detail", "") for c in _run(request))
+
+
+def test_an_answer_without_text_is_quoted_by_every_display() -> None:
+    """The other side: an answer without a text is quoted by each of its displays, once each (a
+    local code first, LOINC's second): the first alone could hide what it says. What it says is
+    read from every coding, as before (LOINC LA15173-0: pregnant)."""
+    request = copy.deepcopy(REQUESTS["v04-pregnancy.json"])
+    answer = _pregnancy_answer(request)
+    answer.pop("text")
+    answer["coding"] = [
+        {"system": "urn:oid:1.2.840.99999.1", "code": "P-1", "display": "Pregnancy confirmed"},
+        {"system": "urn:oid:1.2.840.99999.1", "code": "P-2", "display": "Pregnancy confirmed"},
+        *answer["coding"],
+    ]
+    cards = _run(request)
+    assert cards[0]["indicator"] == "critical"
+    assert any('pregnancy status "Pregnancy confirmed / Pregnant" (' in c.get("detail", "") for c in cards)

@@ -20,7 +20,7 @@ from typing import Any
 from .elements import Reads
 from .raw import as_dict, as_list
 from .record import PatientRecord, ref
-from .terminology import DrugMatch, Terminology, concept_text
+from .terminology import DrugMatch, Terminology, answer_text, concept_text
 
 CLINICAL_STATUSES = ("active", "inactive", "resolved")
 DROPPED_VERIFICATION = ("refuted", "entered-in-error")
@@ -120,11 +120,13 @@ def read_allergies(record: PatientRecord, terminology: Terminology) -> Allergies
             continue
         concepts = [res.get("code")] + [as_dict(r).get("substance") for r in as_list(res.get("reaction"))]
         drug = DrugMatch()
-        substance = ""
+        substance = ""  # what matching reads: the text and every display
+        name = ""  # what a card quotes: the text, else each display once
         for concept in concepts:
             if not isinstance(concept, dict):
                 continue
             substance = substance or concept_text(concept)
+            name = name or answer_text(concept)
             match = terminology.match_drug(concept)
             if match.ingredients:
                 drug = DrugMatch(
@@ -144,7 +146,7 @@ def read_allergies(record: PatientRecord, terminology: Terminology) -> Allergies
         for reaction in as_list(res.get("reaction")):
             reaction = as_dict(reaction)
             for m in as_list(reaction.get("manifestation")):
-                text = concept_text(m)
+                text = answer_text(m)
                 if text:
                     reactions.append(text)
             if isinstance(reaction.get("severity"), str):
@@ -153,7 +155,7 @@ def read_allergies(record: PatientRecord, terminology: Terminology) -> Allergies
         out.facts.append(
             AllergyFact(
                 ref=ref(res),
-                substance=substance[:120],
+                substance=name[:120],
                 drug=drug,
                 clinical_status=clinical if clinical in CLINICAL_STATUSES else None,
                 verification=verification if verification in ("unconfirmed", "confirmed") else None,

@@ -16,7 +16,7 @@ from .elements import Reads
 from .lazy import lazy
 from .raw import as_dict, as_float
 from .record import PatientRecord, ref
-from .terminology import codings, concept_text, norm_code
+from .terminology import answer_text, codings, concept_text, norm_code
 from .units import quantity_in, unit_code
 
 OBSERVATION = Reads(
@@ -44,10 +44,11 @@ class ObservationFact(NamedTuple):
     value: float | None = None
     unit: str | None = None
     code: tuple[str, str] | None = None  # coded answer (system, code)
-    text: str = ""
+    text: str = ""  # a coded answer's text and every display, joined: what it says is read from it
     preliminary: bool = False  # status preliminary/unknown: a signal, never a clearance
     from_text: bool = False  # read from a panel's value written out as text ("168/102 mmHg")
     unusable: str = ""  # why a kind with a unit has no value: "the latest has no unit" (no value, no id)
+    name: str = ""  # the answer as a card quotes it (terminology.answer_text): its text, else displays
 
 
 Candidate = tuple[datetime, dict[str, Any], dict[str, Any]]  # (time, resource, element read)
@@ -604,6 +605,7 @@ def _obs_fact(
             code=cs[0] if cs else None,
             text=concept_text(cc),
             preliminary=preliminary,
+            name=answer_text(cc),
         )
     if isinstance(element.get("valueString"), str):
         return ObservationFact(reference, kind, when, text=element["valueString"], preliminary=preliminary)

@@ -99,7 +99,7 @@ def obs_view(o: ObservationFact) -> dict[str, Any]:
         "value": clinical_number(o.value, o.unit),
         "unit": o.unit,
         "date": o.when.date().isoformat(),
-        "text": once(o.text),
+        "text": o.name or once(o.text),
         "ref": o.ref,
         "preliminary": o.preliminary,
         "from_text": o.from_text,  # read from a panel written out as text ("168/102 mmHg")
