@@ -294,3 +294,37 @@ def test_an_unidentified_order_is_named_once():
     [card] = [c for c in run(request).response["cards"] if "was not identified" in c["summary"]]
     assert card["summary"].startswith(f'Order "{name}" may be ketamine')
     assert f'- "{name}": no code' in card["detail"]
+
+
+def test_an_unresolved_reference_with_a_status_that_is_no_code_is_no_500():
+    """A MedicationRequest whose medicationReference nothing resolves and whose ``status`` is an
+    object (invalid FHIR): before, asking which records could be some drug crashed the call
+    (``unhashable type: 'dict'``, a 500). Found by a sweep over mutated records."""
+    example = load_example("v08-phenelzine")
+    request = copy.deepcopy(example)
+    for i, (_k, e) in enumerate(phenelzine_records(request)):
+        to_reference(e["resource"], f"unsent-{i}")
+        e["resource"]["status"] = {"coding": [{"code": "active"}]}
+    outcome = run(request)
+    assert outcome.response["cards"]
+    maoi = next(o for o in outcome.evaluation.outcomes if o.rule.id == "ddi-maoi")
+    assert maoi.status != "false"  # the drug was not identified: never "no MAOI"
+
+
+def test_a_fetched_medication_whose_id_is_no_string_is_not_read_and_no_500():
+    """The FHIR server answers the Medication search with an entry whose ``id`` is an object: it
+    names none of the references asked for (before: ``unhashable type``, a 500)."""
+    from tests.support.fault_fhir import FaultFhirServer
+
+    example = load_example("v08-phenelzine")
+    request = copy.deepcopy(example)
+    for i, (_k, e) in enumerate(phenelzine_records(request)):
+        to_reference(e["resource"], f"srv-{i}")
+    bad = medication({"x": 1}, {"text": "phenelzine"})  # type: ignore[arg-type]
+    with FaultFhirServer() as srv:
+        srv.ok("/Medication", {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": bad}]})
+        request["fhirServer"] = srv.base_url
+        outcome = run(request)
+    assert outcome.response["cards"]
+    maoi = next(o for o in outcome.evaluation.outcomes if o.rule.id == "ddi-maoi")
+    assert maoi.status == "unknown"

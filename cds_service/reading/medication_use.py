@@ -328,9 +328,10 @@ class MedicationFacts(HorizonFacts):
         _ = self.medication_uses
         out = []
         for res in self.unresolved_meds:
+            status = res.get("status")
             if (
-                res.get("status") in _NOT_A_USE
-                or res.get("status") in NEVER_TAKEN_MED_STATUS
+                # a status that is no code (invalid) says no record is no use: it may be one
+                (status.__class__ is str and (status in _NOT_A_USE or status in NEVER_TAKEN_MED_STATUS))
                 or res.get("intent") == "proposal"
                 or res.get("doNotPerform") is True
             ):

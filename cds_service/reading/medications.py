@@ -227,7 +227,12 @@ def fetch_missing(
     wanted = set(ids)
     got = set()
     for med in found:
-        if isinstance(med, dict) and med.get("resourceType") == "Medication" and med.get("id") in wanted:
+        if (
+            isinstance(med, dict)
+            and med.get("resourceType") == "Medication"
+            and isinstance(med.get("id"), str)  # an id that is no string names none asked for
+            and med["id"] in wanted
+        ):
             record.add(med, FETCHED)
             got.add(med["id"])
     return got
