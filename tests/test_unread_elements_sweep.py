@@ -179,3 +179,14 @@ def test_a_patient_of_another_id_is_left_out_and_said() -> None:
     assert len(left_out) == 1 and "(Patient)" in left_out[0]["summary"]
     assert "another patient" in left_out[0]["detail"]
     assert "someone-else" not in json.dumps(_outcome(request).response)
+
+
+def test_a_condition_whose_clinical_status_codings_are_no_list_is_no_500() -> None:
+    """``clinicalStatus.coding`` written as a number: the Condition's clinical status cannot be
+    read (said), and asking whether it is current no longer crashes the call (a 500, found by a
+    sweep of wrong types over every element)."""
+    request = load_example("v01-clear-trd-eligible")
+    condition = request["prefetch"]["conditions"]["entry"][0]["resource"]
+    condition["clinicalStatus"] = {"coding": 17}
+    cards = _run(request)
+    assert any("could not be read" in c["summary"] or "not read in full" in c["summary"] for c in cards)

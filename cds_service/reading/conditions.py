@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from .dates import parse_date
 from .elements import Reads
 from .lazy import lazy
+from .raw import as_list
 from .record import PatientRecord, ref
 from .terminology import Terminology, codings, concept_text
 
@@ -128,7 +129,8 @@ class ConditionFacts:
 
 
 def first_code(concept: Any) -> str | None:
-    for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
+    """The first code of a concept's codings (None: none, or codings that are no list)."""
+    for c in as_list(concept.get("coding")) if isinstance(concept, dict) else ():
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             return c["code"]
     return None

@@ -106,7 +106,7 @@ def concept_name(concept: Any, fallback: str = "") -> str:
     if isinstance(concept, dict):
         if isinstance(concept.get("text"), str) and concept["text"].strip():
             return concept["text"].strip()
-        for c in concept.get("coding") or []:
+        for c in as_list(concept.get("coding")):
             if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
                 return c["display"].strip()
     return fallback
