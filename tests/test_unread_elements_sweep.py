@@ -151,7 +151,7 @@ def test_the_sweep_reaches_every_kind_of_resource_the_examples_hold() -> None:
     assert all(_unread(k) for k in read)
 
 
-@pytest.mark.parametrize("bad_id", [["v01"], {"value": "v01"}, 17, True])
+@pytest.mark.parametrize("bad_id", [["v01"], {"value": "v01"}, 17, True, ""])
 def test_a_patient_with_an_unreadable_id_is_still_the_patient(bad_id: Any) -> None:
     """The prefetched Patient whose ``id`` is not a FHIR id is no one else's either: it is read
     as a Patient without an id (as one sent with none), and the id is reported as ignored.

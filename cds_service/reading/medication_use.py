@@ -330,7 +330,7 @@ class MedicationFacts(HorizonFacts):
         for res in self.unresolved_meds:
             status = res.get("status")
             if (
-                # a status that is no code (invalid) says no record is no use: it may be one
+                # a status that is no code (invalid) cannot say the record is no use: it may be one
                 (status.__class__ is str and (status in _NOT_A_USE or status in NEVER_TAKEN_MED_STATUS))
                 or res.get("intent") == "proposal"
                 or res.get("doNotPerform") is True

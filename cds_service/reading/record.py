@@ -162,7 +162,7 @@ class PatientRecord:
             else:
                 ids.add(rid)
         if rtype == "Patient":
-            if rid is not None and not isinstance(rid, str):
+            if rid is not None and (not isinstance(rid, str) or not rid):
                 # An id that is no FHIR id names no one, so no one else either: read as a Patient
                 # sent without an id (as the prefetch key asked for this patient), and said.
                 self.ignored[("Patient", "id", NOT_AN_ID)] += 1
