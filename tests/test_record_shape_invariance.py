@@ -7,22 +7,27 @@ For every example request and every request captured from the CDS Hooks Sandbox:
 * every entry sent twice: a repeated search page (the same id is read once);
 * every inline drug (``medicationCodeableConcept``) moved to a Medication, contained in its record
   (``#m1``) or put in the search bundle by ``_include`` (``Medication/m1``; a draft order's stays
-  contained), as EHRs name drugs.
+  contained), as EHRs name drugs;
+* a primitive extension (``_status``, ``_effectiveDateTime``) beside every primitive value;
+* every date of the request, and its evaluation time, moved 16 years on (leap years fall alike,
+  so every age and interval is the same): the cards' dates move with them, nothing else changes.
 
-The last found that a drug named through a Medication was named twice in cards ("lorazepam 1 MG
+The Medication rewrites found that a drug named through a Medication was named twice in cards ("lorazepam 1 MG
 Oral Tablet lorazepam 1 MG Oral Tablet ≈ 15 mg diazepam-equivalent/day").
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from .test_unread_elements_sweep import REQUESTS, _cards_as_sent, _run
+from .test_unread_elements_sweep import REQUESTS, TIME_EXTENSION, _cards_as_sent, _run, resources
 
 
 def _bundles(request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,12 +93,33 @@ def _as_medications(request: dict[str, Any], included: bool) -> int:
     return moved
 
 
+#: FHIR JSON's extension of a primitive (``_birthDate``), as EHRs send a data-absent reason or a
+#: local note beside a value
+PRIMITIVE_EXTENSION = {
+    "extension": [
+        {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+    ]
+}
+
+
+def _primitive_extensions(request: dict[str, Any]) -> int:
+    """Every primitive element of every resource gets its ``_element`` extension (values kept)."""
+    added = 0
+    for _where, res in resources(request):
+        for key in [k for k, v in res.items() if isinstance(v, str | int | float | bool)]:
+            if key not in ("resourceType", "id"):
+                res["_" + key] = copy.deepcopy(PRIMITIVE_EXTENSION)
+                added += 1
+    return added
+
+
 REWRITES: dict[str, Callable[[dict[str, Any]], int]] = {
     "entries reversed": _reversed,
     "entries shuffled": _shuffled,
     "every entry sent twice": _twice,
     "drugs in contained Medications": lambda r: _as_medications(r, included=False),
     "drugs in included Medications": lambda r: _as_medications(r, included=True),
+    "primitive extensions beside every value": _primitive_extensions,
 }
 
 
@@ -156,3 +182,42 @@ def test_an_answer_without_text_is_quoted_by_every_display() -> None:
     cards = _run(request)
     assert cards[0]["indicator"] == "critical"
     assert any('pregnancy status "Pregnancy confirmed / Pregnant" (' in c.get("detail", "") for c in cards)
+
+
+_DATE = re.compile(r"^(\d{4})(-\d{2}(-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_YEARS = 16  # a whole number of leap cycles: every day keeps its month, day and leap year
+# the dates a card prints from the record, once moved: from 2030 (the rules' own dates, such as a
+# source's "2019-12-19", stay)
+_CARD_DATE = re.compile(r"\b(20[3-9]\d)-(\d{2})-(\d{2})\b")
+
+
+def _later(value: Any) -> Any:
+    """Every FHIR date or dateTime in ``value`` (the time override included) 16 years on."""
+    if isinstance(value, dict):
+        return {k: _later(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_later(v) for v in value]
+    if isinstance(value, str) and (m := _DATE.match(value)) and 1900 <= int(m.group(1)) <= 2080:
+        return f"{int(m.group(1)) + _YEARS}{value[4:]}"
+    return value
+
+
+def _earlier_in_text(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cards with every date they print moved back 16 years."""
+    text = json.dumps(cards, ensure_ascii=False)
+    back = _CARD_DATE.sub(lambda m: f"{int(m.group(1)) - _YEARS}-{m.group(2)}-{m.group(3)}", text)
+    return json.loads(back)  # type: ignore[no-any-return]
+
+
+TIMED = [n for n in REQUESTS if TIME_EXTENSION in (REQUESTS[n].get("extension") or {})]
+
+
+@pytest.mark.parametrize("name", TIMED)
+def test_the_same_record_16_years_later_gives_the_same_cards(name: str) -> None:
+    later = _later(copy.deepcopy(REQUESTS[name]))
+    assert later != REQUESTS[name]
+    assert _earlier_in_text(_run(later)) == _cards_as_sent(name)
+
+
+def test_the_time_shift_reaches_most_requests() -> None:
+    assert len(TIMED) >= 20
