@@ -83,6 +83,9 @@ def _fhir_origins(here: Any = g) -> tuple[str, ...] | None:
     return getattr(claims, "fhir_origins", None)
 
 
+CONTENT_ENCODING_UNSUPPORTED = "Content-Encoding is not supported: send the body uncompressed (identity)"
+
+
 def _json_body() -> Any:
     request_ = request._get_current_object()  # type: ignore[attr-defined]
     # the header as most clients write it needs no parsing (werkzeug's mimetype: ~10 k instructions)
@@ -92,6 +95,10 @@ def _json_body() -> Any:
         mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
     ):
         raise ApiError(415, "Content-Type must be application/json", "Content-Type")
+    coding = request_.environ.get("HTTP_CONTENT_ENCODING")
+    if coding and coding.strip().lower() != "identity":
+        # a compressed body is not read (it would only fail as "malformed JSON"): said as such
+        raise ApiError(415, CONTENT_ENCODING_UNSUPPORTED, "Content-Encoding")
     return parse_json(body_bytes(request_))
 
 
@@ -113,7 +120,10 @@ def _api_error(exc: ApiError) -> tuple[Response | str, int]:
         error = ', error="invalid_token"' if request.headers.get("Authorization") else ""
         resp.headers["WWW-Authenticate"] = f'Bearer realm="ketamine-cds"{error}'
         return resp, 401
-    return jsonify(exc.body()), exc.status
+    resp = jsonify(exc.body())
+    if exc.field == "Content-Encoding":
+        resp.headers["Accept-Encoding"] = "identity"  # RFC 9110 §15.5.16: the codings accepted
+    return resp, exc.status
 
 
 @bp.app_errorhandler(DataUnavailable)

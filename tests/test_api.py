@@ -184,6 +184,33 @@ def test_content_types_json_and_plus_json_only(client, content_type, status):
     assert resp.status_code == status
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "gzip, identity"])
+def test_a_compressed_body_is_415_naming_content_encoding(client, coding):
+    """A body sent compressed (a gateway's gzip): 415 naming Content-Encoding, with the codings the
+    service accepts (RFC 9110 §8.4.1, §15.5.16), never "malformed JSON", and never the value."""
+    import gzip
+
+    resp = client.post(
+        "/cds-services/order-sign",
+        data=gzip.compress(json.dumps(base_request()).encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert resp.status_code == 415
+    assert resp.get_json()["field"] == "Content-Encoding"
+    assert coding not in resp.get_data(as_text=True)
+    assert resp.headers["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity", ""])
+def test_an_identity_content_encoding_is_read(client, coding):
+    resp = client.post(
+        "/cds-services/order-sign",
+        data=json.dumps(base_request()),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert resp.status_code == 200
+
+
 def test_body_over_limit_is_413(tmp_path):
     from cds_service.app import create_app
 
