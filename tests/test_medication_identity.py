@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import requests
 
 from cds_service import pipeline
@@ -328,3 +329,42 @@ def test_a_fetched_medication_whose_id_is_no_string_is_not_read_and_no_500():
     assert outcome.response["cards"]
     maoi = next(o for o in outcome.evaluation.outcomes if o.rule.id == "ddi-maoi")
     assert maoi.status == "unknown"
+
+
+def test_a_drug_identified_by_the_references_display_is_named_by_it_not_the_local_code():
+    """A contained Medication with only a local code ("Art. 4471", which names no drug) and a
+    reference display that does: the drug was identified by the display, so the card names it so
+    (found by review: the card said "Art. 4471 ≈ 15 mg diazepam-equivalent/day")."""
+    request = copy.deepcopy(load_example("v07-daily-lorazepam"))
+    for res in lorazepam_records(request):
+        res.pop("medicationCodeableConcept")
+        res["contained"] = [
+            medication("m", {"coding": [{"system": "urn:oid:1.2.3", "code": "4471", "display": "Art. 4471"}]})
+        ]
+        res["medicationReference"] = {"reference": "#m", "display": "Ativan 1 mg tablet"}
+    summaries = [s for _i, s, _d in text_of(request)]
+    assert any(s.startswith("Ativan 1 mg tablet ≈") for s in summaries), summaries
+
+
+@pytest.mark.parametrize(
+    "concept",
+    [
+        {
+            "coding": [
+                {"system": "urn:oid:1.2.3.4", "code": "L1", "display": "ANAE-01"},
+                {"system": "urn:oid:1.2.3.5", "code": "L2", "display": "Ketamin 50mg/ml"},
+            ]
+        },
+        {
+            "text": "Narkose i.v.",
+            "coding": [{"system": "urn:oid:1.2.3.5", "code": "L2", "display": "Ketamin 50mg/ml"}],
+        },
+    ],
+)
+def test_an_unidentified_order_is_quoted_with_the_name_that_looks_like_ketamine(concept):
+    """The warning says the name looks like ketamine: it quotes every name the order has, once
+    each, so the one that looks like it is there (found by review: 'Order "ANAE-01" may be …')."""
+    request = copy.deepcopy(load_example("v05-psychosis-history"))
+    request["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = concept
+    [card] = [c for c in run(request).response["cards"] if "was not identified" in c["summary"]]
+    assert "Ketamin 50mg/ml" in card["detail"]

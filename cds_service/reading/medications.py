@@ -28,7 +28,7 @@ from .fhir_client import CallBudget, FetchPolicy, FhirClient, FhirFetchError
 from .lazy import lazy
 from .raw import as_dict, as_list
 from .record import PatientRecord, Problem
-from .terminology import DrugMatch, Terminology, concept_name, concept_text, form_from_text
+from .terminology import DrugMatch, Terminology, concept_name, concept_names, concept_text, form_from_text
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,36 @@ class MedicationResolver:
         return Identified(DrugMatch(), "none", reference if isinstance(reference, str) else None)
 
     def name_of(self, res: dict[str, Any]) -> str:
-        """What a record calls its drug, once (a concept's text, else its first display): the inline
-        concept's, else the referenced Medication's code (when it could be read, as
-        :meth:`identify` reads it), else the reference's display; "" when nothing names it."""
+        """What a record calls its drug, once (a concept's text, else its first display), by what
+        :meth:`identify` identified it with: the inline concept; else the referenced Medication's
+        code when it could be read and named the drug; else the reference's display, else that
+        code's name. "" when nothing names it."""
         concept = res.get("medicationCodeableConcept")
         if isinstance(concept, dict):
             return concept_name(concept)
         ref = as_dict(res.get("medicationReference"))
+        display = ref.get("display").strip() if isinstance(ref.get("display"), str) else ""
         med, _ = self._find(res, ref.get("reference"))
-        if med is not None and self.record.readable(med, MEDICATION):
-            name = concept_name(med.get("code"))
-            if name:
-                return name
-        display = ref.get("display")
-        return display.strip() if isinstance(display, str) else ""
+        if med is None or not self.record.readable(med, MEDICATION):
+            return display
+        name = concept_name(med.get("code"))
+        if name and (not display or self.of_medication(med, res).ingredients):
+            return name  # the Medication named the drug (its code, or its ingredients)
+        return display or name  # identified by the display (a local code names nothing), if at all
+
+    def names_of(self, res: dict[str, Any]) -> list[str]:
+        """Every name a record gives its drug, once each (the inline concept's, else the readable
+        referenced Medication code's, then the reference's display): what a card quotes when it
+        says a name looks like a drug."""
+        concept = res.get("medicationCodeableConcept")
+        if isinstance(concept, dict):
+            return concept_names(concept)
+        ref = as_dict(res.get("medicationReference"))
+        med, _ = self._find(res, ref.get("reference"))
+        names = concept_names(med.get("code")) if med and self.record.readable(med, MEDICATION) else []
+        if isinstance(ref.get("display"), str) and ref["display"].strip():
+            names.append(ref["display"].strip())
+        return list(dict.fromkeys(names))
 
     def _find(self, res: dict[str, Any], reference: Any) -> tuple[dict[str, Any] | None, str]:
         if not isinstance(reference, str):

@@ -112,15 +112,22 @@ def concept_name(concept: Any, fallback: str = "") -> str:
     return fallback
 
 
+def concept_names(concept: Any) -> list[str]:
+    """Every name a CodeableConcept gives, once each: its text, then each display."""
+    if not isinstance(concept, dict):
+        return []
+    names = [concept.get("text")] + [
+        c.get("display") for c in as_list(concept.get("coding")) if isinstance(c, dict)
+    ]
+    return list(dict.fromkeys(n.strip() for n in names if isinstance(n, str) and n.strip()))
+
+
 def answer_text(concept: Any) -> str:
     """A coded answer as quoted in a card: its text, else each distinct display once, joined by
     " / " (what an answer says may be in any of its displays: the first alone could hide it)."""
-    if isinstance(concept, dict):
-        if isinstance(concept.get("text"), str) and concept["text"].strip():
-            return concept["text"].strip()
-        displays = [c.get("display") for c in as_list(concept.get("coding")) if isinstance(c, dict)]
-        return " / ".join(dict.fromkeys(d.strip() for d in displays if isinstance(d, str) and d.strip()))
-    return ""
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str) and concept["text"].strip():
+        return concept["text"].strip()
+    return " / ".join(concept_names(concept))
 
 
 def concept_text(concept: Any) -> str:

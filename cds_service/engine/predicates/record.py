@@ -155,7 +155,8 @@ def _unidentified_order(args: Any, ctx: CompileContext) -> Node:
             if suggests:
                 found.append(
                     {
-                        "text": (f.medications.name_of(res) or text)[:60],  # once, not joined
+                        # every name once (the one that looks like the drug among them)
+                        "text": (" / ".join(f.medications.names_of(res)) or text)[:60],
                         "ref": r,
                         "reference": identified.reference,
                         "suggests": " or ".join(sorted(t.display(i) for i in suggests)),
