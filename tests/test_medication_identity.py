@@ -61,14 +61,19 @@ def entries(request: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return request["prefetch"][key].get("entry", [])
 
 
-def phenelzine_records(request: dict[str, Any]) -> list[dict[str, Any]]:
+def records_naming(request: dict[str, Any], words: str) -> list[tuple[str, dict[str, Any]]]:
+    """(prefetch key, entry) of the medication records whose inline drug mentions ``words``."""
     out = []
     for key in ("medicationRequests", "medicationDispenses", "medicationStatements"):
         for e in entries(request, key):
             text = str(e["resource"].get("medicationCodeableConcept", {}))
-            if "312347" in text:
+            if words in text:
                 out.append((key, e))
     return out
+
+
+def phenelzine_records(request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return records_naming(request, "312347")
 
 
 def test_ketamine_draft_with_contained_medication_gives_the_example_cards():
@@ -233,12 +238,7 @@ def text_of(request: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def lorazepam_records(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        e["resource"]
-        for key in ("medicationRequests", "medicationDispenses", "medicationStatements")
-        for e in entries(request, key)
-        if "lorazepam" in str(e["resource"].get("medicationCodeableConcept", {}))
-    ]
+    return [e["resource"] for _key, e in records_naming(request, "lorazepam")]
 
 
 def test_a_drug_named_through_a_contained_medication_is_named_once_as_inline():
@@ -259,12 +259,7 @@ def test_a_drug_named_through_a_contained_medication_is_named_once_as_inline():
 def test_a_drug_named_through_an_included_medication_is_named_once_as_inline():
     example = load_example("v07-daily-lorazepam")
     request = copy.deepcopy(example)
-    for i, (key, entry) in enumerate(
-        (k, e)
-        for k in ("medicationRequests", "medicationDispenses", "medicationStatements")
-        for e in entries(request, k)
-        if "lorazepam" in str(e["resource"].get("medicationCodeableConcept", {}))
-    ):
+    for i, (key, entry) in enumerate(records_naming(request, "lorazepam")):
         med = to_reference(entry["resource"], f"lzp-{i}")
         request["prefetch"][key]["entry"].append({"resource": med, "search": {"mode": "include"}})
     assert text_of(request) == text_of(example)

@@ -29,25 +29,19 @@ import pytest
 
 from .test_unread_elements_sweep import REQUESTS, TIME_EXTENSION, _cards_as_sent, _run, resources
 
-
-def _bundles(request: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's bundles: each prefetch search and the draft orders."""
-    out = [b for b in (request.get("prefetch") or {}).values() if _is_bundle(b)]
-    drafts = (request.get("context") or {}).get("draftOrders")
-    return [*out, drafts] if _is_bundle(drafts) else out
+DRAFTS = "draftOrders"  # the key mutation_base.bundles gives the draft orders' bundle
 
 
-def _is_bundle(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("entry"), list)
+def _bundles(request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(prefetch key or ``draftOrders``, bundle) for each bundle with entries to rewrite."""
+    from mutation_base import bundles  # bench's (on the path: the sweep module put it there)
 
-
-def _drafts(request: dict[str, Any]) -> Any:
-    return (request.get("context") or {}).get("draftOrders")
+    return [(k, b) for k, b in bundles(request) if isinstance(b.get("entry"), list)]
 
 
 def _reversed(request: dict[str, Any]) -> int:
     changed = 0
-    for b in _bundles(request):
+    for _key, b in _bundles(request):
         changed += len(b["entry"]) > 1
         b["entry"].reverse()
     return changed
@@ -56,7 +50,7 @@ def _reversed(request: dict[str, Any]) -> int:
 def _shuffled(request: dict[str, Any]) -> int:
     rng = random.Random(8)
     changed = 0
-    for b in _bundles(request):
+    for _key, b in _bundles(request):
         before = list(b["entry"])
         rng.shuffle(b["entry"])
         changed += b["entry"] != before
@@ -65,8 +59,8 @@ def _shuffled(request: dict[str, Any]) -> int:
 
 def _twice(request: dict[str, Any]) -> int:
     changed = 0
-    for b in _bundles(request):
-        if b is not _drafts(request):  # a draft sent twice is two orders
+    for key, b in _bundles(request):
+        if key != DRAFTS:  # a draft sent twice is two orders
             changed += bool(b["entry"])
             b["entry"] = [e for e in b["entry"] for _ in (0, 1)]
     return changed
@@ -74,7 +68,7 @@ def _twice(request: dict[str, Any]) -> int:
 
 def _as_medications(request: dict[str, Any], included: bool) -> int:
     moved = 0
-    for b in _bundles(request):
+    for key, b in _bundles(request):
         added = []
         for e in b["entry"]:
             res = e.get("resource") if isinstance(e, dict) else None
@@ -83,7 +77,7 @@ def _as_medications(request: dict[str, Any], included: bool) -> int:
             moved += 1
             mid = f"m{moved}"
             med = {"resourceType": "Medication", "id": mid, "code": res.pop("medicationCodeableConcept")}
-            if included and b is not _drafts(request):
+            if included and key != DRAFTS:
                 added.append({"resource": med, "search": {"mode": "include"}})
                 res["medicationReference"] = {"reference": f"Medication/{mid}"}
             else:

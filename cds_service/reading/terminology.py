@@ -100,18 +100,6 @@ _PLAIN_CONCEPT = datatypes.compiled(
 )
 
 
-def concept_name(concept: Any, fallback: str = "") -> str:
-    """A CodeableConcept's name, once: its text, else its first display (never both joined, as
-    :func:`concept_text` joins them for matching)."""
-    if isinstance(concept, dict):
-        if isinstance(concept.get("text"), str) and concept["text"].strip():
-            return concept["text"].strip()
-        for c in as_list(concept.get("coding")):
-            if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
-                return c["display"].strip()
-    return fallback
-
-
 def concept_names(concept: Any) -> list[str]:
     """Every name a CodeableConcept gives, once each: its text, then each display."""
     if not isinstance(concept, dict):
@@ -120,6 +108,13 @@ def concept_names(concept: Any) -> list[str]:
         c.get("display") for c in as_list(concept.get("coding")) if isinstance(c, dict)
     ]
     return list(dict.fromkeys(n.strip() for n in names if isinstance(n, str) and n.strip()))
+
+
+def concept_name(concept: Any, fallback: str = "") -> str:
+    """A CodeableConcept's name, once: its text, else its first display (never both joined, as
+    :func:`concept_text` joins them for matching)."""
+    names = concept_names(concept)
+    return names[0] if names else fallback
 
 
 def answer_text(concept: Any) -> str:
