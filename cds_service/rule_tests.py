@@ -71,10 +71,13 @@ class RuleSets:
                     m["params"] = {**(m.get("params") or {}), **(o.get("params") or {})}
                     merged[rid] = m
                 params = {**(base.get("params") or {}), **(overrides.get("params") or {})}
-                tmp = Path(tempfile.mkdtemp(prefix="ketamine-cds-site-")) / "site.yaml"
-                tmp.write_text(yaml.safe_dump({**base, "rules": merged, "params": params}))
-                site_path = tmp
-            self._cache[key] = load_ruleset(self.rules_dir, site_path)
+                # the merged file lives only while it loads: a compiled rule set keeps no path to it
+                with tempfile.TemporaryDirectory(prefix="ketamine-cds-site-") as tmp:
+                    merged_path = Path(tmp) / "site.yaml"
+                    merged_path.write_text(yaml.safe_dump({**base, "rules": merged, "params": params}))
+                    self._cache[key] = load_ruleset(self.rules_dir, merged_path)
+            else:
+                self._cache[key] = load_ruleset(self.rules_dir, site_path)
         return self._cache[key]
 
 

@@ -31,3 +31,14 @@ def test_every_rule_has_a_case_where_it_fires_and_one_where_it_does_not():
     assert not never_fired, f"rules no case makes fire: {sorted(never_fired)}"
     never_silent = {r.id for r in ruleset.rules} - silent
     assert not never_silent, f"rules no case keeps silent: {sorted(never_silent)}"
+
+
+def test_a_site_override_leaves_no_temporary_file_behind(tmp_path, monkeypatch):
+    """`ketamine-cds test` with site overrides must not leave a directory per run in /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rulesets = RuleSets(RULES)
+    ruleset = rulesets.get({"params": {"trd_min_duration_days": 42}})
+    assert ruleset is rulesets.get({"params": {"trd_min_duration_days": 42}})
+    assert list(tmp_path.iterdir()) == []
