@@ -75,7 +75,7 @@ class Facts(ConditionFacts, ObservationFacts, MedicationFacts):
         self._checked_facts = {}
         self._newest = {}
         self._series = {}
-        self._undated_unreadable = set()
+        self._undated_unreadable = {}
         self.malformed_meds: list[tuple[str, DrugMatch]] = []
         self.malformed_orders: list[tuple[str, DrugMatch]] = []
         self.unidentified_orders: list[dict[str, Any]] = []  # draft orders whose drug is not known

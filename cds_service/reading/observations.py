@@ -239,7 +239,7 @@ class ObservationFacts:
     _checked_facts: dict[int, ObservationFact | None]
     _newest: dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]
     _series: dict[str, list[ObservationFact]]
-    _undated_unreadable: set[str]  # kinds with an unreadable reading whose date could not be read
+    _undated_unreadable: dict[str, list[str]]  # per kind, the unreadable readings with no readable date
 
     @lazy
     def _observations_by_kind(self) -> dict[str, list[Entry]]:
@@ -341,7 +341,7 @@ class ObservationFacts:
                     ("dataAbsentReason" in element and _absent(element))
                     or (answered and self._no_reading(kind, o, element))
                 ):
-                    self._undated_unreadable.add(kind)
+                    self._undated_unreadable.setdefault(kind, []).append(ref(o))
                 continue
             if "dataAbsentReason" in element and _absent(element):
                 continue
@@ -429,6 +429,17 @@ class ObservationFacts:
             if self._checked(kind, item) is None:
                 return True
         return False
+
+    def unread_readings(self, kind: str) -> list[tuple[str, datetime | None]]:
+        """(reference, time) of every reading of a kind that could not be read, oldest first, then
+        those whose time could not be read either (None): what a fact resting on the *absence* of
+        readings in a stretch of time must weigh (TRD's separation of episodes)."""
+        candidates = self._candidates(kind)  # fills the undated ones too
+        out: list[tuple[str, datetime | None]] = [
+            (ref(item[1]), item[0]) for item in reversed(candidates) if self._checked(kind, item) is None
+        ]
+        out.extend((r, None) for r in self._undated_unreadable.get(kind, ()))
+        return out
 
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:
         """The newest readable *final* observation of a kind, optionally no older than ``within_days``

@@ -22,6 +22,8 @@ NON_RESPONSE_WORDS = (
 GAP = "daily dose of an antidepressant trial"
 #: the data gap when antidepressant records whose status or dates could not be read decide it
 RECORD_GAP = "record of an antidepressant trial"
+#: the data gap when depression scores that could not be read may join two episodes
+SCORE_GAP = "depression score between two episodes"
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -113,11 +115,62 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
             Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unidentified_why(unidentified))
         )
         parts.append(f"{len(unidentified)} medication record(s) whose drug is not known could change it")
+    scores = summary.get("unread_scores", [])
+    if scores:
+        evidence += [r for r in scores if r not in evidence]
+        missing.append(
+            Missing("trd-episode-score", SCORE_GAP, quality="readable", why=unreadable_why(env, scores))
+        )
+        parts.append(f"{len(scores)} depression score(s) not read could join or separate episodes")
     return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
 
 
 def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
-    """Sort each antidepressant trial into counted / not counted, with the reason for each."""
+    """Sort each antidepressant trial into counted / not counted, with the reason for each.
+
+    Episodes are separated by stretches that rest on the *absence* of depression scores (or on
+    remission scores alone). A score that is there but could not be read may fall in such a stretch:
+    read as showing depression it could join the episodes, read as remission it could separate
+    them. When either way would change the answer, TRD is unknown and the scores are asked for."""
+    summary = _assess(facts, s, _last_remission(facts, s))
+    if summary["met"] is None:
+        return summary
+    refs, dated, undated = _unread_scores(facts, s)
+    if not refs:
+        return summary
+    if summary["met"] is False:  # joined: depression wherever it could be (undated: anywhere)
+        other = _assess(facts, s, None if undated else _last_remission(facts, s, dated, float("inf")))
+    else:  # separated: remission where it was recorded (undated scores cannot be placed)
+        other = _assess(facts, s, _last_remission(facts, s, dated, float("-inf")))
+    if other["met"] is not summary["met"]:
+        summary["met"] = None
+        summary["unread_scores"] = refs
+        if other.get("unread_records"):
+            summary["unread_records"] = other["unread_records"]
+    return summary
+
+
+def _unread_scores(facts: Facts, s: dict[str, Any]) -> tuple[list[str], list[tuple[date, str]], bool]:
+    """The scores of the kinds episodes are separated by that could not be read: their references,
+    (day, kind) of those dated up to today, and whether any has no readable date."""
+    refs: list[str] = []
+    dated: list[tuple[date, str]] = []
+    undated = False
+    for kind in s["remission_below"] or {}:
+        for r, when in facts.unread_readings(kind):
+            if when is not None and when.date() > facts.today:
+                continue
+            if r not in refs:
+                refs.append(r)
+            if when is None:
+                undated = True
+            else:
+                dated.append((when.date(), kind))
+    return refs, dated, undated
+
+
+def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -> dict[str, Any]:
+    """The trials sorted for the episode that ``remission`` (the latest separating stretch) leaves."""
     episodes = [c for c in facts.conditions_in(s["episode_vs"]) if c.active]
     onsets = [c.onset for c in episodes if c.onset]
     if onsets:
@@ -127,7 +180,6 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         episode_basis = f"no episode onset recorded: looked back {s['lookback_months']:g} months"
     # DSM-5: episodes are separate when >= 2 months pass without meeting criteria. A recurrent-MDD
     # onset is often the first-ever diagnosis, so a later remission starts a new episode.
-    remission = _last_remission(facts, s)
     earlier_episode = None
     if remission is not None and remission["end"] > episode_start:
         episode_start = remission["end"]
@@ -304,20 +356,28 @@ def _unread_records(
     return out
 
 
-def _last_remission(facts: Facts, s: dict[str, Any]) -> dict[str, Any] | None:
+def _last_remission(
+    facts: Facts, s: dict[str, Any], unread: list[tuple[date, str]] = (), unread_value: float = 0.0
+) -> dict[str, Any] | None:
     """The latest stretch of >= ``remission_days`` without a depressive episode, if the record shows one.
 
     Evidence: consecutive scores below the remission threshold spanning that long, or a stretch with
     no antidepressant that has only remission scores in it (or, when ``untreated_gap_days`` long,
     no scores at all). Returns its end (the current episode's earliest start), a sentence, and
-    whether it is a stretch off antidepressants (a record not read might fall in it).
+    whether it is a stretch off antidepressants (a record not read might fall in it). ``unread``:
+    scores that could not be read, (day, kind), taken as ``unread_value`` (what they could be).
     """
     thresholds = s["remission_below"] or {}
     scores = sorted(
-        (o.when.date(), kind, o.value)
-        for kind in thresholds
-        for o in facts.series(kind)
-        if o.value is not None and o.when.date() <= facts.today
+        [
+            *(
+                (o.when.date(), kind, o.value)
+                for kind in thresholds
+                for o in facts.series(kind)
+                if o.value is not None and o.when.date() <= facts.today
+            ),
+            *((day, kind, unread_value) for day, kind in unread),
+        ]
     )
     found: list[tuple[date, date, str, bool]] = []  # (start, end, why, off antidepressants)
     run: list[tuple[date, str, float]] = []

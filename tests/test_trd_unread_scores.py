@@ -1,0 +1,168 @@
+"""A depression score that cannot be read, inside the stretch that separated two episodes.
+
+TRD counts trials in the current episode only. A stretch of a year with no antidepressant and no
+depression score (or of two months of remission scores) separates an earlier episode, whose trials
+are then left out. That stretch rests on the *absence* of scores; a score that is there but could
+not be read (a time without a zone, a value that is not a number) may fall in it and show
+depression, and the episodes would be one. Before this test the stretch was claimed anyway: a
+Sandbox record whose scores were written with local times and no zone came back as "TRD not
+established: 0 adequate failed trials in this episode" instead of "criteria met".
+
+So TRD is unknown when an unread score may fall in the separating stretch and the earlier
+episode's trials could decide it, and the data gap names the kind of record and element (never a
+value, an id or a date). A score not read outside the stretch changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+
+from cds_service.compact import build_request, load_cases
+
+from .conftest import RULES
+from .record_support import facts_of, run_predicate, run_request
+from .test_trd_unread_records import _untreated_years
+from .test_trial_doses import _trd_spec
+
+LOINC = "http://loinc.org"
+PHQ9 = "44261-6"
+
+#: a PHQ-9 as EHRs write it and FHIR does not read
+UNREADABLE: dict[str, dict[str, Any]] = {
+    "time without a zone": {"effectiveDateTime": "2019-06-01T10:00:00", "valueQuantity": {"value": 19}},
+    "US date": {"effectiveDateTime": "06/01/2019", "valueQuantity": {"value": 19}},
+    "value as text in valueQuantity": {"effectiveDateTime": "2019-06-01", "valueQuantity": {"value": "19"}},
+}
+
+
+def _score(patient: str, n: int, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": f"{patient}-phq-{n}",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC, "code": PHQ9, "display": "PHQ-9 total score"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        **copy.deepcopy(fields),
+    }
+
+
+def _with_scores(*fields: dict[str, Any]) -> dict[str, Any]:
+    """The seven untreated years (2018 trials left out as an earlier episode) plus these PHQ-9s."""
+    req = _untreated_years()
+    patient = req["context"]["patientId"]
+    bundle = req["prefetch"].setdefault("assessments", {"resourceType": "Bundle", "type": "searchset"})
+    entries = bundle.setdefault("entry", [])
+    for n, f in enumerate(fields):
+        entries.append({"resource": _score(patient, n, f)})
+    return req
+
+
+def _gap_text(cards: list[dict[str, Any]]) -> str:
+    (gap,) = [c for c in cards if "Missing" in c["summary"]]
+    return gap["summary"] + "\n" + gap.get("detail", "")
+
+
+def test_the_control_is_not_established_by_the_separating_years() -> None:
+    result = run_predicate(_trd_spec(), facts_of(_with_scores()))
+    assert result.value is False
+    assert "without antidepressants or depression scores" in result.bind["trd"]["episode_basis"]
+
+
+@pytest.mark.parametrize("shape", sorted(UNREADABLE))
+def test_an_unread_score_in_the_separating_years_leaves_trd_unknown(shape: str) -> None:
+    req = _with_scores(UNREADABLE[shape])
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None, shape
+    assert [m.id for m in result.missing] == ["trd-episode-score"]
+    assert result.evidence == [f"Observation/{req['context']['patientId']}-phq-0"]
+    out = run_request(req)
+    fired = {o.rule.id for o in out.evaluation.fired}
+    assert not {"trd-met", "trd-not-established"} & fired
+    text = _gap_text(out.response["cards"])
+    assert "Observation" in text and ("effective" in text or "value" in text), text
+    for leak in (r"c00", r"phq-", r"2019", r"06/01", r"10:00", r"\b19\b", r"Patient/"):
+        assert not re.search(leak, text), f"{shape}: the data gap shows {leak!r}"
+
+
+def test_a_readable_twin_of_that_score_joins_the_episodes() -> None:
+    """Why it matters: read, the same PHQ-9 of 19 in 2019, five months after the last trial, shows
+    depression in the stretch, the 2018 trials are this episode's, and TRD is met."""
+    req = _with_scores({"effectiveDateTime": "2019-06-01T10:00:00Z", "valueQuantity": {"value": 19}})
+    assert run_predicate(_trd_spec(), facts_of(req)).value is True
+
+
+@pytest.mark.parametrize("when", ["2017-06-01T10:00:00", "2021-06-01T10:00:00", "2026-04-20T10:00:00"])
+def test_an_unread_score_that_cannot_join_the_episodes_changes_nothing(when: str) -> None:
+    """During the earlier trials (2017), or so late that the years before it still separate the
+    episodes (2021, 2026): whatever the score says, TRD is not established."""
+    result = run_predicate(
+        _trd_spec(), facts_of(_with_scores({"effectiveDateTime": when, "valueQuantity": {"value": 19}}))
+    )
+    assert result.value is False and not result.missing
+
+
+def test_an_unread_score_cannot_undo_met() -> None:
+    """Joining the episodes only adds trials: with three trials needed and two there, still not met,
+    and 'not established' stands when even the earlier trials could not reach it."""
+    req = _with_scores(UNREADABLE["time without a zone"])
+    assert run_predicate(_trd_spec(min_trials=3), facts_of(req)).value is False
+
+
+def test_the_sandbox_capture_with_local_times_is_not_called_not_established() -> None:
+    """The Sandbox's v10 esketamine order with every time written without a zone (as EHRs that
+    send local times do): its scores cannot be read, so TRD is not claimed either way."""
+    from .test_unread_elements_sweep import REQUESTS
+
+    req = copy.deepcopy(REQUESTS["sandbox/order-sign-v10-esketamine.json"])
+    text = json.dumps(req)
+    text = re.sub(r'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"', r'"\1"', text)
+    local = json.loads(text)
+    local["extension"] = req["extension"]  # the evaluation time keeps its zone
+    out = run_request(local)
+    summaries = [c["summary"] for c in out.response["cards"]]
+    assert not any(s.startswith("TRD not established") for s in summaries), summaries
+
+
+def _recent_trials_then_months_off(*fields: dict[str, Any]) -> dict[str, Any]:
+    """Two failed trials ending 2025-09-01, then eight months without an antidepressant and
+    without a score (too short, without scores, to separate episodes): TRD met."""
+    (case,) = [
+        c
+        for c in load_cases(RULES / "tests" / "completeness.yaml")
+        if c["id"] == "episode-untreated-years-left-out"
+    ]
+    case = copy.deepcopy(case)
+    case["conditions"][0]["onset"] = "2024-03"
+    case["medications"][0].update(start="2024-06-01", end="2024-10-01")
+    case["medications"][1].update(start="2024-10-10", end="2025-09-01")
+    req = build_request(case)
+    patient = req["context"]["patientId"]
+    bundle = req["prefetch"].setdefault("assessments", {"resourceType": "Bundle", "type": "searchset"})
+    for n, f in enumerate(fields):
+        bundle.setdefault("entry", []).append({"resource": _score(patient, n, f)})
+    return req
+
+
+def test_an_unread_score_in_months_off_antidepressants_leaves_met_unknown() -> None:
+    """Read as a remission score, a PHQ-9 in those months would make them a remission of ≥ 2
+    months (DSM-5), the trials an earlier episode's: 'met' is not claimed."""
+    assert run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off())).value is True
+    unread = {"effectiveDateTime": "2025-12-01T10:00:00", "valueQuantity": {"value": 3}}
+    result = run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(unread)))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-episode-score"]
+    readable = {**unread, "effectiveDateTime": "2025-12-01T10:00:00Z"}
+    assert run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(readable))).value is False
+    depressed = {**readable, "valueQuantity": {"value": 19}}
+    assert run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(depressed))).value is True
