@@ -24,7 +24,7 @@ import pytest
 
 from cds_service.compact import build_request, load_cases
 
-from .conftest import RULES
+from .conftest import RULES, load_example
 from .record_support import facts_of, run_predicate, run_request
 from .test_trd_unread_records import _untreated_years
 from .test_trial_doses import _trd_spec
@@ -166,3 +166,33 @@ def test_an_unread_score_in_months_off_antidepressants_leaves_met_unknown() -> N
     assert run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(readable))).value is False
     depressed = {**readable, "valueQuantity": {"value": 19}}
     assert run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(depressed))).value is True
+
+
+def _v01_with_sertraline_end_score(**fields: Any) -> dict[str, Any]:
+    """v01 (sertraline PHQ-9 20→18, venlafaxine 19→17: TRD met) with the PHQ-9 at sertraline's
+    end (2025-06-15) rewritten."""
+    req = copy.deepcopy(load_example("v01-clear-trd-eligible"))
+    (score,) = [
+        e["resource"] for e in req["prefetch"]["assessments"]["entry"] if e["resource"]["id"] == "v01-obs-2"
+    ]
+    score.update(fields)
+    return req
+
+
+def test_an_unread_score_at_a_counted_trials_end_could_show_a_response() -> None:
+    """Sertraline's end score not read: the nearest one read (19 on 2025-06-20) says failure, but
+    the unread one, nearer, may say response (below 15): 'met' is not claimed."""
+    req = _v01_with_sertraline_end_score(valueInteger="5")
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+    assert result.evidence == ["Observation/v01-obs-2"]
+    # read, a 5 is a response: sertraline is not a failed trial and TRD is not met
+    assert run_predicate(_trd_spec(), facts_of(_v01_with_sertraline_end_score(valueInteger=5))).value is False
+    # one trial needed: venlafaxine meets it whatever the score says
+    assert run_predicate(_trd_spec(min_trials=1), facts_of(req)).value is True
+
+
+def test_an_unread_score_far_from_any_trials_start_or_end_changes_nothing() -> None:
+    req = _v01_with_sertraline_end_score(valueInteger="5", effectiveDateTime="2025-04-20T08:45:00Z")
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is True and not result.missing

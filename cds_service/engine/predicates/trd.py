@@ -23,7 +23,9 @@ GAP = "daily dose of an antidepressant trial"
 #: the data gap when antidepressant records whose status or dates could not be read decide it
 RECORD_GAP = "record of an antidepressant trial"
 #: the data gap when depression scores that could not be read may join two episodes
-SCORE_GAP = "depression score between two episodes"
+SCORE_GAP = "depression score deciding where the episode starts"
+#: the data gap when depression scores that could not be read may show a counted trial's response
+TRIAL_SCORE_GAP = "depression score of an antidepressant trial"
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -122,51 +124,91 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
             Missing("trd-episode-score", SCORE_GAP, quality="readable", why=unreadable_why(env, scores))
         )
         parts.append(f"{len(scores)} depression score(s) not read could join or separate episodes")
+    scores = summary.get("unread_trial_scores", [])
+    if scores:
+        evidence += [r for r in scores if r not in evidence]
+        missing.append(
+            Missing("trd-trial-score", TRIAL_SCORE_GAP, quality="readable", why=unreadable_why(env, scores))
+        )
+        parts.append(f"{len(scores)} depression score(s) not read could show a response")
     return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
 
 
 def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     """Sort each antidepressant trial into counted / not counted, with the reason for each.
 
-    Episodes are separated by stretches that rest on the *absence* of depression scores (or on
-    remission scores alone). A score that is there but could not be read may fall in such a stretch:
-    read as showing depression it could join the episodes, read as remission it could separate
-    them. When either way would change the answer, TRD is unknown and the scores are asked for."""
+    Depression scores that are there but could not be read are weighed where the answer rests on
+    the *absence* of scores. Episodes are separated by stretches without scores (or with remission
+    scores alone): read as showing depression, such a score could join the episodes; read as
+    remission, separate them. A counted trial's failure rests on the scores nearest its start and
+    end: one not read could show a response. When either would change the answer, TRD is unknown
+    and the scores are asked for."""
     summary = _assess(facts, s, _last_remission(facts, s))
     if summary["met"] is None:
         return summary
-    refs, dated, undated = _unread_scores(facts, s)
-    if not refs:
+    unread = _unread_scores(facts, s)
+    if not unread:
         return summary
+    dated = [(day, kind) for _, day, kind in unread if day is not None and kind in s["remission_below"]]
+    undated = any(day is None for _, day, kind in unread if kind in s["remission_below"])
     if summary["met"] is False:  # joined: depression wherever it could be (undated: anywhere)
         other = _assess(facts, s, None if undated else _last_remission(facts, s, dated, float("inf")))
     else:  # separated: remission where it was recorded (undated scores cannot be placed)
         other = _assess(facts, s, _last_remission(facts, s, dated, float("-inf")))
     if other["met"] is not summary["met"]:
         summary["met"] = None
-        summary["unread_scores"] = refs
+        summary["unread_scores"] = list(dict.fromkeys(r for r, _, k in unread if k in s["remission_below"]))
         if other.get("unread_records"):
             summary["unread_records"] = other["unread_records"]
+        return summary
+    if summary["met"]:
+        undoing: dict[str, list[str]] = {}
+        for view in summary["counted"]:
+            if refs := _could_show_response(facts, s, view, unread):
+                undoing[view["ingredient"]] = refs
+                if view["outcome"].startswith("no scores recorded"):
+                    view["outcome"] = "scores recorded but not read: failure presumed from the switch"
+        if undoing and len(summary["counted"]) - len(undoing) < summary["min_trials"]:
+            summary["met"] = None
+            summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in undoing.values() for r in rs))
     return summary
 
 
-def _unread_scores(facts: Facts, s: dict[str, Any]) -> tuple[list[str], list[tuple[date, str]], bool]:
-    """The scores of the kinds episodes are separated by that could not be read: their references,
-    (day, kind) of those dated up to today, and whether any has no readable date."""
-    refs: list[str] = []
-    dated: list[tuple[date, str]] = []
-    undated = False
-    for kind in s["remission_below"] or {}:
+def _unread_scores(facts: Facts, s: dict[str, Any]) -> list[tuple[str, date | None, str]]:
+    """(reference, day or None when it could not be read, kind) of each depression score that could
+    not be read, of the kinds that separate episodes or show a trial's response, up to today."""
+    out: list[tuple[str, date | None, str]] = []
+    for kind in dict.fromkeys([*(s["remission_below"] or {}), *s["score_kinds"]]):
         for r, when in facts.unread_readings(kind):
-            if when is not None and when.date() > facts.today:
-                continue
-            if r not in refs:
-                refs.append(r)
-            if when is None:
-                undated = True
-            else:
-                dated.append((when.date(), kind))
-    return refs, dated, undated
+            day = when.date() if when is not None else None
+            if day is None or day <= facts.today:
+                out.append((r, day, kind))
+    return out
+
+
+def _could_show_response(
+    facts: Facts, s: dict[str, Any], view: dict[str, Any], unread: list[tuple[str, date | None, str]]
+) -> list[str]:
+    """The unread scores that, read, could change a counted trial's outcome: in the window of its
+    start or end (:func:`_score_change`) and at least as near as the score read there, if any (an
+    undated one could be anywhere)."""
+    start = date.fromisoformat(view["start"])
+    end = date.fromisoformat(view["end"]) if view["end"] else facts.today
+    out = []
+    for r, day, kind in unread:
+        if kind not in s["score_kinds"]:
+            continue
+        if day is None:
+            out.append(r)
+            continue
+        for anchor, before, after in ((start, 21, 7), (end, 21, 14)):
+            delta = (day - anchor).days
+            if -before <= delta <= after:
+                read = _nearest(facts.series(kind), anchor, before=before, after=after)
+                if read is None or abs(delta) <= abs((read.when.date() - anchor).days):
+                    out.append(r)
+                    break
+    return out
 
 
 def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -> dict[str, Any]:
