@@ -117,20 +117,14 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
             Missing("trd-trial-record", RECORD_GAP, quality="readable", why=unidentified_why(unidentified))
         )
         parts.append(f"{len(unidentified)} medication record(s) whose drug is not known could change it")
-    scores = summary.get("unread_scores", [])
-    if scores:
-        evidence += [r for r in scores if r not in evidence]
-        missing.append(
-            Missing("trd-episode-score", SCORE_GAP, quality="readable", why=unreadable_why(env, scores))
-        )
-        parts.append(f"{len(scores)} depression score(s) not read could join or separate episodes")
-    scores = summary.get("unread_trial_scores", [])
-    if scores:
-        evidence += [r for r in scores if r not in evidence]
-        missing.append(
-            Missing("trd-trial-score", TRIAL_SCORE_GAP, quality="readable", why=unreadable_why(env, scores))
-        )
-        parts.append(f"{len(scores)} depression score(s) not read could show a response")
+    for key, gap_id, label, could in (
+        ("unread_scores", "trd-episode-score", SCORE_GAP, "could join or separate episodes"),
+        ("unread_trial_scores", "trd-trial-score", TRIAL_SCORE_GAP, "could show a response"),
+    ):
+        if scores := summary.get(key, []):
+            evidence += [r for r in scores if r not in evidence]
+            missing.append(Missing(gap_id, label, quality="readable", why=unreadable_why(env, scores)))
+            parts.append(f"{len(scores)} depression score(s) not read {could}")
     return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
 
 
