@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -26,6 +27,8 @@ RECORD_GAP = "record of an antidepressant trial"
 SCORE_GAP = "depression score deciding where the episode starts"
 #: the data gap when depression scores that could not be read may show a counted trial's response
 TRIAL_SCORE_GAP = "depression score of an antidepressant trial"
+#: days (before, after) a trial's start and end in which its outcome scores are read
+START_WINDOW, END_WINDOW = (21, 7), (21, 14)
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -195,7 +198,7 @@ def _could_show_response(
         if day is None:
             out.append(r)
             continue
-        for anchor, before, after in ((start, 21, 7), (end, 21, 14)):
+        for anchor, (before, after) in ((start, START_WINDOW), (end, END_WINDOW)):
             delta = (day - anchor).days
             if -before <= delta <= after:
                 read = _nearest(facts.series(kind), anchor, before=before, after=after)
@@ -393,7 +396,7 @@ def _unread_records(
 
 
 def _last_remission(
-    facts: Facts, s: dict[str, Any], unread: list[tuple[date, str]] = (), unread_value: float = 0.0
+    facts: Facts, s: dict[str, Any], unread: Sequence[tuple[date, str]] = (), unread_value: float = 0.0
 ) -> dict[str, Any] | None:
     """The latest stretch of >= ``remission_days`` without a depressive episode, if the record shows one.
 
@@ -492,8 +495,8 @@ def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
 def _score_change(facts: Facts, t: Trial, kinds: tuple[str, ...]) -> dict[str, Any] | None:
     for kind in kinds:
         series = facts.series(kind)
-        base = _nearest(series, t.start, before=21, after=7)
-        end = _nearest(series, t.end, before=21, after=14)
+        base = _nearest(series, t.start, before=START_WINDOW[0], after=START_WINDOW[1])
+        end = _nearest(series, t.end, before=END_WINDOW[0], after=END_WINDOW[1])
         if base and end and base is not end and base.value and end.value is not None:
             pct = (base.value - end.value) / base.value * 100
             return {
