@@ -196,3 +196,126 @@ def test_an_unread_score_far_from_any_trials_start_or_end_changes_nothing() -> N
     req = _v01_with_sertraline_end_score(valueInteger="5", effectiveDateTime="2025-04-20T08:45:00Z")
     result = run_predicate(_trd_spec(), facts_of(req))
     assert result.value is True and not result.missing
+
+
+def _v01_with(changes: dict[str, dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
+    """v01 with its scores rewritten (by id; an empty dict removes one) and more scores added."""
+    req = copy.deepcopy(load_example("v01-clear-trd-eligible"))
+    entries = req["prefetch"]["assessments"]["entry"]
+    for e in list(entries):
+        rid = e["resource"]["id"]
+        if rid in changes:
+            if changes[rid]:
+                e["resource"].update(changes[rid])
+            else:
+                entries.remove(e)
+    entries.extend({"resource": r} for r in extra)
+    return req
+
+
+def _madrs(patient: str, n: int, fields: dict[str, Any]) -> dict[str, Any]:
+    score = _score(patient, n, fields)
+    score["id"] = f"{patient}-madrs-{n}"
+    score["code"] = {
+        "coding": [{"system": "http://ketamine-cds.local/CodeSystem/assessment", "code": "madrs-total"}]
+    }
+    return score
+
+
+#: venlafaxine (2025-06-20 to 2025-10-10) a response: its end score 5, nine days before its end
+VENLAFAXINE_RESPONDED = {"v01-obs-4": {"effectiveDateTime": "2025-10-01T08:45:00Z", "valueInteger": 5}}
+
+
+def test_an_unread_score_at_a_responding_trials_end_could_show_a_failure() -> None:
+    """Venlafaxine left out as a response (19→5): one trial counted, 'not established'. A PHQ-9 not
+    read on the day it ended is nearer its end than the 5: read, it may show a failure, and the
+    second trial would meet TRD. So 'not established' is not claimed either."""
+    assert run_predicate(_trd_spec(), facts_of(_v01_with(VENLAFAXINE_RESPONDED))).value is False
+    unread = _score("v01", 9, {"effectiveDateTime": "2025-10-10T08:45:00", "valueQuantity": {"value": 17}})
+    req = _v01_with(VENLAFAXINE_RESPONDED, unread)
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+    assert result.evidence == ["Observation/v01-phq-9"]
+    out = run_request(req)
+    assert not {"trd-met", "trd-not-established"} & {o.rule.id for o in out.evaluation.fired}
+    # read, the 17 is a failure and TRD is met
+    readable = {**unread, "effectiveDateTime": "2025-10-10T08:45:00Z"}
+    assert run_predicate(_trd_spec(), facts_of(_v01_with(VENLAFAXINE_RESPONDED, readable))).value is True
+    # with three trials needed, even a failure leaves two: 'not established' stands
+    assert run_predicate(_trd_spec(min_trials=3), facts_of(req)).value is False
+
+
+def test_an_unread_score_farther_than_the_one_read_leaves_a_response_a_response() -> None:
+    unread = _score("v01", 9, {"effectiveDateTime": "2025-09-20T08:45:00", "valueQuantity": {"value": 17}})
+    result = run_predicate(_trd_spec(), facts_of(_v01_with(VENLAFAXINE_RESPONDED, unread)))
+    assert result.value is False and not result.missing
+
+
+def test_an_unread_madrs_cannot_change_a_trial_a_phq9_pair_decided() -> None:
+    """PHQ-9 is read first (score_kinds): with a PHQ-9 at both ends, a MADRS never decides."""
+    unread = _madrs("v01", 1, {"effectiveDateTime": "2025-06-15T08:45:00", "valueQuantity": {"value": 5}})
+    result = run_predicate(_trd_spec(), facts_of(_v01_with({}, unread)))
+    assert result.value is True and not result.missing
+    # without the PHQ-9s of sertraline's end, a MADRS pair could decide it: not claimed
+    start = _madrs("v01", 2, {"effectiveDateTime": "2025-03-01T08:45:00Z", "valueQuantity": {"value": 30}})
+    alone = run_predicate(_trd_spec(), facts_of(_v01_with({"v01-obs-2": {}, "v01-obs-3": {}}, unread)))
+    assert alone.value is True, "a MADRS at one end only makes no pair"
+    no_end = _v01_with({"v01-obs-2": {}, "v01-obs-3": {}}, unread, start)
+    result = run_predicate(_trd_spec(), facts_of(no_end))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+
+
+NO_SCORES = {f"v01-obs-{n}": {} for n in (1, 2, 3, 4)}
+
+
+def test_one_unread_score_at_one_end_of_a_trial_without_scores_changes_nothing() -> None:
+    """Sertraline with no score read at either end: one score, read, cannot make a change of score
+    (it needs one at its start and one at its end), so the failure presumed from the switch stands,
+    and its outcome does not say no score was recorded."""
+    unread = _score("v01", 9, {"effectiveDateTime": "2025-06-15T08:45:00", "valueQuantity": {"value": 5}})
+    result = run_predicate(_trd_spec(), facts_of(_v01_with(NO_SCORES, unread)))
+    assert result.value is True and not result.missing
+    (sertraline,) = [t for t in result.bind["trd"]["counted"] if t["ingredient"] == "sertraline"]
+    assert not sertraline["outcome"].startswith("no scores recorded"), sertraline["outcome"]
+    # and one at each end could: not claimed
+    start = _score("v01", 8, {"effectiveDateTime": "2025-03-01T08:45:00", "valueQuantity": {"value": 20}})
+    result = run_predicate(_trd_spec(), facts_of(_v01_with(NO_SCORES, unread, start)))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+
+
+def _as_text(req: dict[str, Any], rid: str) -> dict[str, Any]:
+    (score,) = [e["resource"] for e in req["prefetch"]["assessments"]["entry"] if e["resource"]["id"] == rid]
+    score["valueString"] = str(score.pop("valueInteger"))
+    return req
+
+
+def test_a_score_written_as_text_is_weighed_as_a_score_not_read() -> None:
+    """valueString "18" is valid FHIR, but not a number the rules compare: at sertraline's end it
+    could show a response, so 'met' is not claimed, and the gap says the value is not a number."""
+    req = _as_text(_v01_with({}), "v01-obs-2")
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+    assert result.evidence == ["Observation/v01-obs-2"]
+    assert "not a number" in result.missing[0].why, result.missing[0].why
+
+
+def test_a_score_written_as_text_in_the_separating_years_leaves_trd_unknown() -> None:
+    req = _with_scores({"effectiveDateTime": "2019-06-01T10:00:00Z", "valueString": "19"})
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-episode-score"]
+    text = _gap_text(run_request(req).response["cards"])
+    assert "not a number" in text and "19" not in text, text
+
+
+def test_a_trial_with_only_an_unread_score_does_not_say_no_score_was_recorded() -> None:
+    """Venlafaxine (2024-10-10 to 2025-09-01) with no score: 'no scores recorded'. With one at its
+    end that could not be read (a time without a zone), no change of score can be made, so TRD
+    stays met, and the outcome says the score is there but was not read."""
+    summary = run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off())).bind["trd"]
+    (before,) = [t for t in summary["counted"] if t["ingredient"] == "venlafaxine"]
+    assert before["outcome"].startswith("no scores recorded")
+    unread = {"effectiveDateTime": "2025-09-01T10:00:00", "valueQuantity": {"value": 3}}
+    result = run_predicate(_trd_spec(), facts_of(_recent_trials_then_months_off(unread)))
+    assert result.value is True and not result.missing
+    (after,) = [t for t in result.bind["trd"]["counted"] if t["ingredient"] == "venlafaxine"]
+    assert after["outcome"].startswith("scores recorded but not read"), after["outcome"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ...reading.facts import Facts, ObservationFact, Trial
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
-from .views import num, unidentified_why, unreadable_why
+from .views import num, plural_kinds, unidentified_why, unreadable_why
 
 NON_RESPONSE_WORDS = (
     "inadequate response",
@@ -122,25 +122,36 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
         parts.append(f"{len(unidentified)} medication record(s) whose drug is not known could change it")
     for key, gap_id, label, could in (
         ("unread_scores", "trd-episode-score", SCORE_GAP, "could join or separate episodes"),
-        ("unread_trial_scores", "trd-trial-score", TRIAL_SCORE_GAP, "could show a response"),
+        ("unread_trial_scores", "trd-trial-score", TRIAL_SCORE_GAP, "could change a trial's outcome"),
     ):
         if scores := summary.get(key, []):
             evidence += [r for r in scores if r not in evidence]
-            missing.append(Missing(gap_id, label, quality="readable", why=unreadable_why(env, scores)))
+            missing.append(Missing(gap_id, label, quality="readable", why=_scores_why(env, s, scores)))
             parts.append(f"{len(scores)} depression score(s) not read {could}")
     return Result(None, bind={"trd": summary}, evidence=evidence, missing=missing, reason=", ".join(parts))
+
+
+def _scores_why(env: Env, s: dict[str, Any], refs: list[str]) -> str:
+    """Which scores and elements could not be read, and which were read as text, not numbers."""
+    kinds = dict.fromkeys([*(s["remission_below"] or {}), *s["score_kinds"]])
+    text = {o.ref for kind in kinds for o in _not_numbers(env.facts, kind)}
+    parts = [unreadable_why(env, unread)] if (unread := [r for r in refs if r not in text]) else []
+    if written := [r for r in refs if r in text]:
+        parts.append(f"{plural_kinds(written)} with a value that is not a number")
+    return "; ".join(parts)
 
 
 def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     """Sort each antidepressant trial into counted / not counted, with the reason for each.
 
-    Depression scores that are there but could not be read are weighed where the answer rests on
-    the *absence* of scores. Episodes are separated by stretches without scores (or with remission
-    scores alone): read as showing depression, such a score could join the episodes; read as
-    remission, separate them. A counted trial's failure rests on the scores nearest its start and
-    end: one not read could show a response. When either would change the answer, TRD is unknown
-    and the scores are asked for."""
-    summary = _assess(facts, s, _last_remission(facts, s))
+    Depression scores that are there but could not be read (or are not numbers) are weighed where
+    the answer rests on the *absence* of scores. Episodes are separated by stretches without scores
+    (or with remission scores alone): read as showing depression, such a score could join the
+    episodes; read as remission, separate them. A trial's outcome rests on the scores nearest its
+    start and end: one not read could turn a counted failure into a response, or a response left
+    out into a failure. When any of these would change the answer, TRD is unknown and the scores
+    are asked for."""
+    summary, responded = _assess(facts, s, _last_remission(facts, s))
     if summary["met"] is None:
         return summary
     unread = _unread_scores(facts, s)
@@ -149,67 +160,119 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     dated = [(day, kind) for _, day, kind in unread if day is not None and kind in s["remission_below"]]
     undated = any(day is None for _, day, kind in unread if kind in s["remission_below"])
     if summary["met"] is False:  # joined: depression wherever it could be (undated: anywhere)
-        other = _assess(facts, s, None if undated else _last_remission(facts, s, dated, float("inf")))
+        other, _ = _assess(facts, s, None if undated else _last_remission(facts, s, dated, float("inf")))
     else:  # separated: remission where it was recorded (undated scores cannot be placed)
-        other = _assess(facts, s, _last_remission(facts, s, dated, float("-inf")))
+        other, _ = _assess(facts, s, _last_remission(facts, s, dated, float("-inf")))
     if other["met"] is not summary["met"]:
         summary["met"] = None
         summary["unread_scores"] = list(dict.fromkeys(r for r, _, k in unread if k in s["remission_below"]))
         if other.get("unread_records"):
             summary["unread_records"] = other["unread_records"]
         return summary
+    for view in summary["counted"]:
+        if view["outcome"].startswith("no scores recorded") and _unread_near(s, _span(facts, view), unread):
+            view["outcome"] = "scores recorded but not read: failure presumed from the switch"
+    changing: dict[str, list[str]] = {}  # by ingredient, the unread scores that could change its trial
     if summary["met"]:
-        undoing: dict[str, list[str]] = {}
         for view in summary["counted"]:
-            if refs := _could_show_response(facts, s, view, unread):
-                undoing[view["ingredient"]] = refs
-                if view["outcome"].startswith("no scores recorded"):
-                    view["outcome"] = "scores recorded but not read: failure presumed from the switch"
-        if undoing and len(summary["counted"]) - len(undoing) < summary["min_trials"]:
-            summary["met"] = None
-            summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in undoing.values() for r in rs))
+            if refs := _could_change(facts, s, _span(facts, view), unread):
+                changing[view["ingredient"]] = refs
+        undone = len(summary["counted"]) - len(changing) < summary["min_trials"]
+    else:
+        counted = {v["ingredient"] for v in summary["counted"]}
+        for ingredient, trials in responded.items():
+            refs = [r for t in trials for r in _could_change(facts, s, (t.start, t.end), unread)]
+            if ingredient not in counted and refs:
+                changing[ingredient] = refs
+        undecided = {v["ingredient"] for v in summary.get("undecided_trials", ())}
+        undone = bool(changing) and len(counted) + len(undecided | set(changing)) >= summary["min_trials"]
+    if changing and undone:
+        summary["met"] = None
+        summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in changing.values() for r in rs))
     return summary
 
 
 def _unread_scores(facts: Facts, s: dict[str, Any]) -> list[tuple[str, date | None, str]]:
-    """(reference, day or None when it could not be read, kind) of each depression score that could
-    not be read, of the kinds that separate episodes or show a trial's response, up to today."""
+    """(reference, day or None when it could not be read, kind) of each depression score not read,
+    of the kinds that separate episodes or show a trial's response, up to today: the readings that
+    could not be read, and those read whose value is not a number (a valueString "19": valid FHIR,
+    but nothing the thresholds compare)."""
     out: list[tuple[str, date | None, str]] = []
     for kind in dict.fromkeys([*(s["remission_below"] or {}), *s["score_kinds"]]):
         for r, when in facts.unread_readings(kind):
             day = when.date() if when is not None else None
             if day is None or day <= facts.today:
                 out.append((r, day, kind))
+        out.extend((o.ref, o.when.date(), kind) for o in _not_numbers(facts, kind))
     return out
 
 
-def _could_show_response(
-    facts: Facts, s: dict[str, Any], view: dict[str, Any], unread: list[tuple[str, date | None, str]]
-) -> list[str]:
-    """The unread scores that, read, could change a counted trial's outcome: in the window of its
-    start or end (:func:`_score_change`) and at least as near as the score read there, if any (an
-    undated one could be anywhere)."""
-    start = date.fromisoformat(view["start"])
+def _not_numbers(facts: Facts, kind: str) -> list[ObservationFact]:
+    return [o for o in facts.series(kind) if o.value is None and o.when.date() <= facts.today]
+
+
+def _span(facts: Facts, view: dict[str, Any]) -> tuple[date, date]:
+    """A counted trial's start and end (an ongoing one's: today), from its view."""
     end = date.fromisoformat(view["end"]) if view["end"] else facts.today
-    out = []
-    for r, day, kind in unread:
-        if kind not in s["score_kinds"]:
-            continue
-        if day is None:
-            out.append(r)
-            continue
-        for anchor, (before, after) in ((start, START_WINDOW), (end, END_WINDOW)):
-            delta = (day - anchor).days
-            if -before <= delta <= after:
-                read = _nearest(facts.series(kind), anchor, before=before, after=after)
-                if read is None or abs(delta) <= abs((read.when.date() - anchor).days):
-                    out.append(r)
-                    break
+    return date.fromisoformat(view["start"]), end
+
+
+def _windows(span: tuple[date, date]) -> tuple[tuple[date, tuple[int, int]], ...]:
+    return (span[0], START_WINDOW), (span[1], END_WINDOW)
+
+
+def _unread_near(
+    s: dict[str, Any], span: tuple[date, date], unread: list[tuple[str, date | None, str]]
+) -> bool:
+    """Whether a score not read may lie where a trial's outcome scores are read (undated: anywhere)."""
+    return any(
+        kind in s["score_kinds"]
+        and (day is None or any(-b <= (day - anchor).days <= a for anchor, (b, a) in _windows(span)))
+        for _, day, kind in unread
+    )
+
+
+def _could_change(
+    facts: Facts, s: dict[str, Any], span: tuple[date, date], unread: list[tuple[str, date | None, str]]
+) -> list[str]:
+    """The unread scores that, read, could change a trial's score change (:func:`_score_change`):
+    of a kind read before any kind with a readable pair of scores (that pair decides), in the window
+    of its start or end and at least as near as the score read there (undated: anywhere), and with
+    a score, read or not, at the other end to make a pair with."""
+    out: list[str] = []
+    for kind in s["score_kinds"]:
+        series = facts.series(kind)
+        read: list[ObservationFact | None] = []
+        near: list[list[str]] = []
+        for anchor, (before, after) in _windows(span):
+            got = _nearest(series, anchor, before=before, after=after)
+            read.append(got)
+            near.append(
+                [
+                    r
+                    for r, day, k in unread
+                    if k == kind
+                    and (
+                        day is None
+                        or -before <= (day - anchor).days <= after
+                        and (got is None or abs((day - anchor).days) <= abs((got.when.date() - anchor).days))
+                    )
+                ]
+            )
+        ends = [bool(read[i]) or bool(near[i]) for i in (0, 1)]
+        pair = all(ends) and (read[0] or read[1] or len(set(near[0]) | set(near[1])) >= 2)
+        if pair and (near[0] or near[1]):
+            out.extend(r for r in near[0] + near[1] if r not in out)
+        if read[0] and read[1] and read[0] is not read[1]:
+            break  # this kind's readable pair decides: later kinds are never read for this trial
     return out
 
 
-def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -> dict[str, Any]:
-    """The trials sorted for the episode that ``remission`` (the latest separating stretch) leaves."""
+def _assess(
+    facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, list[Trial]]]:
+    """The trials sorted for the episode that ``remission`` (the latest separating stretch) leaves,
+    and, by ingredient, the trials of this episode left out as a response."""
     episodes = [c for c in facts.conditions_in(s["episode_vs"]) if c.active]
     onsets = [c.onset for c in episodes if c.onset]
     if onsets:
@@ -230,6 +293,7 @@ def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -
     for trial in facts.trials(s["vs"]):
         by_ingredient.setdefault(trial.ingredient, []).append(trial)
     undecided: list[dict[str, Any]] = []  # ingredients counted or not by a dose that could not be read
+    responded: dict[str, list[Trial]] = {}
     earlier: set[str] = set()  # ingredients with a trial left out as the earlier episode's
     for ingredient, trials in by_ingredient.items():
         best: dict[str, Any] | None = None
@@ -277,6 +341,7 @@ def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -
                 reasons.append(
                     f"{change['kind']} improved {change['improvement_pct']:.0f}% (response, not failure)"
                 )
+                responded.setdefault(ingredient, []).append(t)
                 continue
             if unread:  # an adequate failed trial or not, by a dose that could not be read
                 why = "; ".join(t.dose_unread)
@@ -348,7 +413,7 @@ def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -
         summary["undecided_trials"] = undecided
     if met is None and unread_refs:
         summary["unread_records"] = unread_refs
-    return summary
+    return summary, responded
 
 
 def _unread_records(

@@ -35,7 +35,7 @@ def unreadable_why(env: Env, refs: list[str]) -> str:
             element = p.message.split(": ", 1)[0]
             if element not in elements:
                 elements.append(element)
-    which = _kinds(refs)
+    which = plural_kinds(refs)
     if not elements:
         return f"{which} not readable"
     shown = ", ".join(elements[:3]) + (" …" if len(elements) > 3 else "")
@@ -45,10 +45,11 @@ def unreadable_why(env: Env, refs: list[str]) -> str:
 def unidentified_why(refs: list[str]) -> str:
     """Which records name a drug that could not be identified: "a MedicationStatement whose
     medication could not be identified", "2 MedicationRequests …" (kinds from the references)."""
-    return f"{_kinds(refs)} whose medication could not be identified"
+    return f"{plural_kinds(refs)} whose medication could not be identified"
 
 
-def _kinds(refs: list[str]) -> str:
+def plural_kinds(refs: list[str]) -> str:
+    """ "an Observation", "2 Conditions and a MedicationRequest": the kinds of the references."""
     kinds: dict[str, int] = {}
     for r in refs:
         kind = r.split("/", 1)[0].split(" (", 1)[0]
