@@ -319,3 +319,15 @@ def test_a_trial_with_only_an_unread_score_does_not_say_no_score_was_recorded() 
     assert result.value is True and not result.missing
     (after,) = [t for t in result.bind["trd"]["counted"] if t["ingredient"] == "venlafaxine"]
     assert after["outcome"].startswith("scores recorded but not read"), after["outcome"]
+
+
+def test_a_score_with_no_value_at_all_is_not_weighed() -> None:
+    """A PHQ-9 recorded with no value (and no dataAbsentReason) holds no score to read: nothing
+    is asked for, and TRD stays met (found by bench/differential.py's observation-no-value)."""
+    req = _v01_with({})
+    (score,) = [
+        e["resource"] for e in req["prefetch"]["assessments"]["entry"] if e["resource"]["id"] == "v01-obs-2"
+    ]
+    del score["valueInteger"]
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is True and not result.missing

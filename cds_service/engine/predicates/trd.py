@@ -208,7 +208,13 @@ def _unread_scores(facts: Facts, s: dict[str, Any]) -> list[tuple[str, date | No
 
 
 def _not_numbers(facts: Facts, kind: str) -> list[ObservationFact]:
-    return [o for o in facts.series(kind) if o.value is None and o.when.date() <= facts.today]
+    """The readings of a kind whose value is there but is not a number (text or a code). One with
+    no value at all holds no score: it is not weighed."""
+    return [
+        o
+        for o in facts.series(kind)
+        if o.value is None and (o.text or o.code) and o.when.date() <= facts.today
+    ]
 
 
 def _span(facts: Facts, view: dict[str, Any]) -> tuple[date, date]:
