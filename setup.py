@@ -44,6 +44,7 @@ COMPILED = [
     "cds_service.engine.predicates.medications",
     "cds_service.engine.predicates.observations",
     "cds_service.engine.predicates.trd",
+    "cds_service.engine.predicates.trd_scores",
     "cds_service.engine.predicates.views",
     "cds_service.reading.conditions",
     "cds_service.reading.datatypes",

@@ -331,3 +331,55 @@ def test_a_score_with_no_value_at_all_is_not_weighed() -> None:
     del score["valueInteger"]
     result = run_predicate(_trd_spec(), facts_of(req))
     assert result.value is True and not result.missing
+
+
+#: both trials left out as responses: sertraline 20→5, venlafaxine 19→5 (0 of 2 counted)
+BOTH_RESPONDED = {"v01-obs-2": {"valueInteger": 5}, **VENLAFAXINE_RESPONDED}
+
+
+def test_an_unread_score_and_an_unread_record_together_leave_not_established_unknown() -> None:
+    """Neither alone can make the second trial: the unread score at venlafaxine's end could make it
+    a failure (one trial), the bupropion statement whose dates could not be read could be another.
+    Together they could meet TRD: 'not established' is not claimed (found by review)."""
+    from .test_trd_unread_records import UNREADABLE_DATES, _statement
+
+    unread = _score("v01", 9, {"effectiveDateTime": "2025-10-10T08:45:00", "valueQuantity": {"value": 17}})
+    req = _v01_with(BOTH_RESPONDED, unread)
+    assert run_predicate(_trd_spec(), facts_of(req)).value is False
+    statements = req["prefetch"].setdefault(
+        "medicationStatements", {"resourceType": "Bundle", "type": "searchset"}
+    )
+    statement = _statement("bupropion", UNREADABLE_DATES["time without a zone"], "v01")
+    statements.setdefault("entry", []).append({"resource": statement})
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None
+    assert {m.id for m in result.missing} == {"trd-trial-score", "trd-trial-record"}
+
+
+def test_an_unread_madrs_is_weighed_when_the_phq9_pair_cannot_decide() -> None:
+    """A PHQ-9 pair starting at 0 makes no change of score, so the MADRS pair decides (30→28, a
+    failure): an unread MADRS nearer the end could show a response (found by review)."""
+    start = _madrs("v01", 1, {"effectiveDateTime": "2025-03-01T08:45:00Z", "valueQuantity": {"value": 30}})
+    end = _madrs("v01", 2, {"effectiveDateTime": "2025-06-10T08:45:00Z", "valueQuantity": {"value": 28}})
+    unread = _madrs("v01", 3, {"effectiveDateTime": "2025-06-15T08:45:00", "valueQuantity": {"value": 5}})
+    zero = {"v01-obs-1": {"valueInteger": 0}}
+    assert run_predicate(_trd_spec(), facts_of(_v01_with(zero, start, end))).value is True
+    result = run_predicate(_trd_spec(), facts_of(_v01_with(zero, start, end, unread)))
+    assert result.value is None and [m.id for m in result.missing] == ["trd-trial-score"]
+    readable = {**unread, "effectiveDateTime": "2025-06-15T08:45:00Z"}
+    assert run_predicate(_trd_spec(), facts_of(_v01_with(zero, start, end, readable))).value is False
+
+
+@pytest.mark.parametrize("status", ["preliminary", "unknown"])
+def test_a_preliminary_score_not_read_is_not_asked_for(status: str) -> None:
+    """A trial's outcome and the episodes rest on final scores only: a preliminary one, read, changes
+    nothing, so one that could not be read is not asked for (found by review)."""
+    fields = {"effectiveDateTime": "2025-06-15T08:45:00Z", "status": status, "valueQuantity": {"value": 5}}
+    readable = _v01_with({"v01-obs-2": {}}, _score("v01", 9, fields))
+    assert run_predicate(_trd_spec(), facts_of(readable)).value is True
+    for unread in (
+        {**fields, "effectiveDateTime": "2025-06-15T08:45:00"},
+        {**fields, "effectiveDateTime": "06/15/2025"},
+    ):
+        result = run_predicate(_trd_spec(), facts_of(_v01_with({"v01-obs-2": {}}, _score("v01", 9, unread))))
+        assert result.value is True and not result.missing, unread["effectiveDateTime"]

@@ -239,7 +239,8 @@ class ObservationFacts:
     _checked_facts: dict[int, ObservationFact | None]
     _newest: dict[tuple[str, float | None], tuple[list[ObservationFact], ObservationFact | None]]
     _series: dict[str, list[ObservationFact]]
-    _undated_unreadable: dict[str, list[str]]  # per kind, the unreadable readings with no readable date
+    # per kind, the unreadable readings with no readable date: (reference, whether preliminary)
+    _undated_unreadable: dict[str, list[tuple[str, bool]]]
 
     @lazy
     def _observations_by_kind(self) -> dict[str, list[Entry]]:
@@ -341,7 +342,8 @@ class ObservationFacts:
                     ("dataAbsentReason" in element and _absent(element))
                     or (answered and self._no_reading(kind, o, element))
                 ):
-                    self._undated_unreadable.setdefault(kind, []).append(ref(o))
+                    prelim = o.get("status") in PRELIMINARY_OBS_STATUS
+                    self._undated_unreadable.setdefault(kind, []).append((ref(o), prelim))
                 continue
             if "dataAbsentReason" in element and _absent(element):
                 continue
@@ -431,14 +433,17 @@ class ObservationFacts:
         return False
 
     def unread_readings(self, kind: str) -> list[tuple[str, datetime | None]]:
-        """(reference, time) of every reading of a kind that could not be read, oldest first, then
-        those whose time could not be read either (None): what a fact resting on the *absence* of
-        readings in a stretch of time must weigh (TRD's separation of episodes)."""
+        """(reference, time) of every final reading of a kind that could not be read, oldest first,
+        then those whose time could not be read either (None): what a fact resting on the *absence*
+        of readings in a stretch of time must weigh (TRD's separation of episodes). Preliminary ones
+        are left out, as :meth:`series` leaves them out when read."""
         candidates = self._candidates(kind)  # fills the undated ones too
         out: list[tuple[str, datetime | None]] = [
-            (ref(item[1]), item[0]) for item in reversed(candidates) if self._checked(kind, item) is None
+            (ref(item[1]), item[0])
+            for item in reversed(candidates)
+            if item[1].get("status") not in PRELIMINARY_OBS_STATUS and self._checked(kind, item) is None
         ]
-        out.extend((r, None) for r in self._undated_unreadable.get(kind, ()))
+        out.extend((r, None) for r, prelim in self._undated_unreadable.get(kind, ()) if not prelim)
         return out
 
     def latest(self, kind: str, *, within_days: float | None = None) -> ObservationFact | None:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from ...reading.facts import Facts, ObservationFact, Trial
+from ...reading.facts import Facts, Trial
 from .core import CompileContext, Env, Leaf, Missing, Node, Result, check_args, predicate
+from .trd_scores import (
+    could_change,
+    not_numbers,
+    score_change,
+    trial_span,
+    unread_near,
+    unread_scores,
+    weighed_kinds,
+)
 from .views import num, plural_kinds, unidentified_why, unreadable_why
 
 NON_RESPONSE_WORDS = (
@@ -25,10 +34,8 @@ GAP = "daily dose of an antidepressant trial"
 RECORD_GAP = "record of an antidepressant trial"
 #: the data gap when depression scores that could not be read may join two episodes
 SCORE_GAP = "depression score deciding where the episode starts"
-#: the data gap when depression scores that could not be read may show a counted trial's response
+#: the data gap when depression scores that could not be read may change a trial's outcome
 TRIAL_SCORE_GAP = "depression score of an antidepressant trial"
-#: days (before, after) a trial's start and end in which its outcome scores are read
-START_WINDOW, END_WINDOW = (21, 7), (21, 14)
 INTOLERANCE_WORDS = ("intoler", "side effect", "adverse", "nausea", "rash", "sexual dysfunction", "allerg")
 
 
@@ -133,8 +140,7 @@ def _undecided(env: Env, s: dict[str, Any], summary: dict[str, Any]) -> Result:
 
 def _scores_why(env: Env, s: dict[str, Any], refs: list[str]) -> str:
     """Which scores and elements could not be read, and which were read as text, not numbers."""
-    kinds = dict.fromkeys([*(s["remission_below"] or {}), *s["score_kinds"]])
-    text = {o.ref for kind in kinds for o in _not_numbers(env.facts, kind)}
+    text = {o.ref for kind in weighed_kinds(s) for o in not_numbers(env.facts, kind)}
     parts = [unreadable_why(env, unread)] if (unread := [r for r in refs if r not in text]) else []
     if written := [r for r in refs if r in text]:
         parts.append(f"{plural_kinds(written)} with a value that is not a number")
@@ -151,10 +157,10 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
     start and end: one not read could turn a counted failure into a response, or a response left
     out into a failure. When any of these would change the answer, TRD is unknown and the scores
     are asked for."""
-    summary, responded = _assess(facts, s, _last_remission(facts, s))
+    summary, left = _assess(facts, s, _last_remission(facts, s))
     if summary["met"] is None:
         return summary
-    unread = _unread_scores(facts, s)
+    unread = unread_scores(facts, s)
     if not unread:
         return summary
     dated = [(day, kind) for _, day, kind in unread if day is not None and kind in s["remission_below"]]
@@ -170,115 +176,62 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
             summary["unread_records"] = other["unread_records"]
         return summary
     for view in summary["counted"]:
-        if view["outcome"].startswith("no scores recorded") and _unread_near(s, _span(facts, view), unread):
+        if view["outcome"].startswith("no scores recorded") and unread_near(
+            s, trial_span(facts, view), unread
+        ):
             view["outcome"] = "scores recorded but not read: failure presumed from the switch"
-    changing: dict[str, list[str]] = {}  # by ingredient, the unread scores that could change its trial
-    if summary["met"]:
-        for view in summary["counted"]:
-            if refs := _could_change(facts, s, _span(facts, view), unread):
-                changing[view["ingredient"]] = refs
-        undone = len(summary["counted"]) - len(changing) < summary["min_trials"]
-    else:
-        counted = {v["ingredient"] for v in summary["counted"]}
-        for ingredient, trials in responded.items():
-            refs = [r for t in trials for r in _could_change(facts, s, (t.start, t.end), unread)]
-            if ingredient not in counted and refs:
-                changing[ingredient] = refs
-        undecided = {v["ingredient"] for v in summary.get("undecided_trials", ())}
-        undone = bool(changing) and len(counted) + len(undecided | set(changing)) >= summary["min_trials"]
-    if changing and undone:
-        summary["met"] = None
-        summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in changing.values() for r in rs))
+    _weigh_trial_scores(facts, s, summary, left, unread)
     return summary
 
 
-def _unread_scores(facts: Facts, s: dict[str, Any]) -> list[tuple[str, date | None, str]]:
-    """(reference, day or None when it could not be read, kind) of each depression score not read,
-    of the kinds that separate episodes or show a trial's response, up to today: the readings that
-    could not be read, and those read whose value is not a number (a valueString "19": valid FHIR,
-    but nothing the thresholds compare)."""
-    out: list[tuple[str, date | None, str]] = []
-    for kind in dict.fromkeys([*(s["remission_below"] or {}), *s["score_kinds"]]):
-        for r, when in facts.unread_readings(kind):
-            day = when.date() if when is not None else None
-            if day is None or day <= facts.today:
-                out.append((r, day, kind))
-        out.extend((o.ref, o.when.date(), kind) for o in _not_numbers(facts, kind))
-    return out
+def _weigh_trial_scores(
+    facts: Facts,
+    s: dict[str, Any],
+    summary: dict[str, Any],
+    left: Open,
+    unread: list[tuple[str, date | None, str]],
+) -> None:
+    """Unknown when scores not read could change enough trials' outcomes to change the answer:
+    counted failures that could be responses ("met"), or responses left out that could be failures
+    ("not established"), each together with what unread antidepressant records could do."""
+    counted = {v["ingredient"] for v in summary["counted"]}
+    changing: dict[str, list[str]] = {}  # by ingredient, the unread scores that could change its trial
+    if summary["met"]:
+        for view in summary["counted"]:
+            if refs := could_change(facts, s, trial_span(facts, view), unread):
+                changing[view["ingredient"]] = refs
+        records, refs = left.could_remove & counted, left.remove_refs
+        decided = len(counted - set(changing) - records) >= summary["min_trials"]
+    else:
+        for ingredient, trials in left.responded.items():
+            refs = [r for t in trials for r in could_change(facts, s, (t.start, t.end), unread)]
+            if ingredient not in counted and refs:
+                changing[ingredient] = refs
+        undecided = {v["ingredient"] for v in summary.get("undecided_trials", ())}
+        records, refs = left.could_add, left.add_refs
+        decided = len(counted | undecided | set(changing) | records) < summary["min_trials"]
+    if changing and not decided:
+        summary["met"] = None
+        summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in changing.values() for r in rs))
+        if records and refs:
+            summary["unread_records"] = refs
 
 
-def _not_numbers(facts: Facts, kind: str) -> list[ObservationFact]:
-    """The readings of a kind whose value is there but is not a number (text or a code). One with
-    no value at all holds no score: it is not weighed."""
-    return [
-        o
-        for o in facts.series(kind)
-        if o.value is None and (o.text or o.code) and o.when.date() <= facts.today
-    ]
+class Open(NamedTuple):
+    """What :func:`_assess` leaves open beside its summary: by ingredient, this episode's trials
+    left out as a response, and the ingredients (with the records' references) that antidepressant
+    records not read could add as a trial or take away from the counted ones."""
+
+    responded: dict[str, list[Trial]]
+    could_add: set[str]
+    add_refs: list[str]
+    could_remove: set[str]
+    remove_refs: list[str]
 
 
-def _span(facts: Facts, view: dict[str, Any]) -> tuple[date, date]:
-    """A counted trial's start and end (an ongoing one's: today), from its view."""
-    end = date.fromisoformat(view["end"]) if view["end"] else facts.today
-    return date.fromisoformat(view["start"]), end
-
-
-def _windows(span: tuple[date, date]) -> tuple[tuple[date, tuple[int, int]], ...]:
-    return (span[0], START_WINDOW), (span[1], END_WINDOW)
-
-
-def _unread_near(
-    s: dict[str, Any], span: tuple[date, date], unread: list[tuple[str, date | None, str]]
-) -> bool:
-    """Whether a score not read may lie where a trial's outcome scores are read (undated: anywhere)."""
-    return any(
-        kind in s["score_kinds"]
-        and (day is None or any(-b <= (day - anchor).days <= a for anchor, (b, a) in _windows(span)))
-        for _, day, kind in unread
-    )
-
-
-def _could_change(
-    facts: Facts, s: dict[str, Any], span: tuple[date, date], unread: list[tuple[str, date | None, str]]
-) -> list[str]:
-    """The unread scores that, read, could change a trial's score change (:func:`_score_change`):
-    of a kind read before any kind with a readable pair of scores (that pair decides), in the window
-    of its start or end and at least as near as the score read there (undated: anywhere), and with
-    a score, read or not, at the other end to make a pair with."""
-    out: list[str] = []
-    for kind in s["score_kinds"]:
-        series = facts.series(kind)
-        read: list[ObservationFact | None] = []
-        near: list[list[str]] = []
-        for anchor, (before, after) in _windows(span):
-            got = _nearest(series, anchor, before=before, after=after)
-            read.append(got)
-            near.append(
-                [
-                    r
-                    for r, day, k in unread
-                    if k == kind
-                    and (
-                        day is None
-                        or -before <= (day - anchor).days <= after
-                        and (got is None or abs((day - anchor).days) <= abs((got.when.date() - anchor).days))
-                    )
-                ]
-            )
-        ends = [bool(read[i]) or bool(near[i]) for i in (0, 1)]
-        pair = all(ends) and (read[0] or read[1] or len(set(near[0]) | set(near[1])) >= 2)
-        if pair and (near[0] or near[1]):
-            out.extend(r for r in near[0] + near[1] if r not in out)
-        if read[0] and read[1] and read[0] is not read[1]:
-            break  # this kind's readable pair decides: later kinds are never read for this trial
-    return out
-
-
-def _assess(
-    facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None
-) -> tuple[dict[str, Any], dict[str, list[Trial]]]:
+def _assess(facts: Facts, s: dict[str, Any], remission: dict[str, Any] | None) -> tuple[dict[str, Any], Open]:
     """The trials sorted for the episode that ``remission`` (the latest separating stretch) leaves,
-    and, by ingredient, the trials of this episode left out as a response."""
+    and what is left open (:class:`Open`)."""
     episodes = [c for c in facts.conditions_in(s["episode_vs"]) if c.active]
     onsets = [c.onset for c in episodes if c.onset]
     if onsets:
@@ -342,7 +295,7 @@ def _assess(
                     f"{num(minimum)} mg/day ({s['doses_source']})"
                 )
                 continue
-            change = _score_change(facts, t, s["score_kinds"])
+            change = score_change(facts, t, s["score_kinds"])
             if change is not None and change["improvement_pct"] >= s["response_pct"]:
                 reasons.append(
                     f"{change['kind']} improved {change['improvement_pct']:.0f}% (response, not failure)"
@@ -419,7 +372,10 @@ def _assess(
         summary["undecided_trials"] = undecided
     if met is None and unread_refs:
         summary["unread_records"] = unread_refs
-    return summary, responded
+    left = Open(
+        responded, unread["could_add"], unread["add_refs"], unread["could_remove"], unread["remove_refs"]
+    )
+    return summary, left
 
 
 def _unread_records(
@@ -561,32 +517,3 @@ def _trial_view(facts: Facts, t: Trial) -> dict[str, Any]:
         "refs": list(t.refs),
         "text_matched": t.text_matched,
     }
-
-
-def _score_change(facts: Facts, t: Trial, kinds: tuple[str, ...]) -> dict[str, Any] | None:
-    for kind in kinds:
-        series = facts.series(kind)
-        base = _nearest(series, t.start, before=START_WINDOW[0], after=START_WINDOW[1])
-        end = _nearest(series, t.end, before=END_WINDOW[0], after=END_WINDOW[1])
-        if base and end and base is not end and base.value and end.value is not None:
-            pct = (base.value - end.value) / base.value * 100
-            return {
-                "kind": kind.upper().replace("PHQ9", "PHQ-9"),
-                "start": f"{base.value:g}",
-                "end": f"{end.value:g}",
-                "improvement_pct": pct,
-            }
-    return None
-
-
-def _nearest(series: list[ObservationFact], day: date, *, before: int, after: int) -> ObservationFact | None:
-    best = None
-    for o in series:
-        delta = (o.when.date() - day).days
-        if (
-            -before <= delta <= after
-            and o.value is not None
-            and (best is None or abs(delta) < abs((best.when.date() - day).days))
-        ):
-            best = o
-    return best
