@@ -200,7 +200,7 @@ def _weigh_trial_scores(
         for view in summary["counted"]:
             if refs := could_change(facts, s, trial_span(facts, view), unread):
                 changing[view["ingredient"]] = refs
-        records, refs = left.could_remove & counted, left.remove_refs
+        records, record_refs = left.could_remove & counted, left.remove_refs
         decided = len(counted - set(changing) - records) >= summary["min_trials"]
     else:
         for ingredient, trials in left.responded.items():
@@ -208,13 +208,13 @@ def _weigh_trial_scores(
             if ingredient not in counted and refs:
                 changing[ingredient] = refs
         undecided = {v["ingredient"] for v in summary.get("undecided_trials", ())}
-        records, refs = left.could_add, left.add_refs
+        records, record_refs = left.could_add, left.add_refs
         decided = len(counted | undecided | set(changing) | records) < summary["min_trials"]
     if changing and not decided:
         summary["met"] = None
         summary["unread_trial_scores"] = list(dict.fromkeys(r for rs in changing.values() for r in rs))
-        if records and refs:
-            summary["unread_records"] = refs
+        if records and record_refs:
+            summary["unread_records"] = record_refs
 
 
 class Open(NamedTuple):
