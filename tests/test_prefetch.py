@@ -230,3 +230,34 @@ def test_links_off_the_fhir_server_are_not_followed(client, v1):
         assert other.requests == [], "the token must never go to another host"
     assert resp.status_code == 412
     assert "link off the FHIR server" in resp.get_json()["error"]
+
+
+def test_another_patients_prefetched_patient_is_fetched_again(client, v1, caplog):
+    """A prefetched Patient whose id is not context.patientId is another patient's (an EHR's
+    mix-up): with a fhirServer, this patient's Patient is fetched instead, and the cards are those
+    of the prefetched record (before: left out, so date of birth, sex and vital status unknown).
+    The call log says where the Patient came from, never the other id."""
+    full = topics(post(client, v1))
+    body = copy.deepcopy(v1)
+    body["prefetch"]["patient"]["id"] = "someone-else"
+    with FaultFhirServer() as srv:
+        serve_keys(srv, v1, ["patient"])
+        body["fhirServer"] = srv.base_url
+        with caplog.at_level("INFO"):
+            resp = post(client, body)
+        assert [r.path for r in srv.requests] == [f"/Patient/{v1['context']['patientId']}"]
+    assert resp.status_code == 200, resp.get_json()
+    assert topics(resp) == full
+    assert "someone-else" not in resp.get_data(as_text=True)
+    (call,) = [r for r in caplog.records if r.getMessage() == "cds call"]
+    assert call.fields["prefetch"]["patient"] == "fetched-after-other-patient", call.fields["prefetch"]
+    assert "someone-else" not in json.dumps([getattr(r, "fields", {}) for r in caplog.records], default=str)
+
+
+def test_another_patients_patient_is_left_out_without_a_fhir_server(client, v1):
+    """No fhirServer to fetch from: the call still answers, the Patient left out and said."""
+    body = copy.deepcopy(v1)
+    body["prefetch"]["patient"]["id"] = "someone-else"
+    resp = post(client, body)
+    assert resp.status_code == 200
+    assert "another patient" in resp.get_data(as_text=True)

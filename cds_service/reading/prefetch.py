@@ -87,6 +87,16 @@ class PrefetchResult:
     unread: dict[str, str] = field(default_factory=dict)
 
 
+def _another_patient(key: str, value: Any, context: dict[str, Any]) -> bool:
+    """A prefetched Patient (key ``patient``) whose readable id is not the context's patientId:
+    another patient's record (an EHR's mix-up). With a fhirServer it is fetched again; without,
+    the record leaves it out and says so (reading/record.py)."""
+    if key != "patient" or not isinstance(value, dict) or value.get("resourceType") != "Patient":
+        return False
+    rid, patient_id = value.get("id"), context.get("patientId")
+    return isinstance(rid, str) and bool(rid) and isinstance(patient_id, str) and rid != patient_id
+
+
 def is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
@@ -149,19 +159,28 @@ def resolve_prefetch(
     continuations: dict[str, dict[str, Any]] = {}
     first_pages: dict[str, list[dict[str, Any]]] = {}
     unresolvable: list[str] = []
+    refetch = bool(request.get("fhirServer"))  # another patient's Patient: fetched if it can be
 
     for key, template in templates.items():
         value = prefetch.get(key, ...)
         if value is None:
             result.resources[key] = []
             result.origin[key] = "null"
-        elif value is ... or is_operation_outcome(value):
+        elif (
+            value is ... or is_operation_outcome(value) or (refetch and _another_patient(key, value, context))
+        ):
             query = fill_template(template, context)
             if query is None:
                 unresolvable.append(key)
                 continue
             to_fetch[key] = [part.apply(query) for part in narrowing.get(key) or (Narrowed(),)]
-            result.origin[key] = "fetched" if value is ... else "fetched-after-operationoutcome"
+            result.origin[key] = (
+                "fetched"
+                if value is ...
+                else "fetched-after-operationoutcome"
+                if is_operation_outcome(value)
+                else "fetched-after-other-patient"
+            )
         elif isinstance(value, dict) and value.get("resourceType") == "Bundle" and _has_next(value):
             query = fill_template(template, context) if key in narrowing else None
             if query is None:
