@@ -383,3 +383,21 @@ def test_a_preliminary_score_not_read_is_not_asked_for(status: str) -> None:
     ):
         result = run_predicate(_trd_spec(), facts_of(_v01_with({"v01-obs-2": {}}, _score("v01", 9, unread))))
         assert result.value is True and not result.missing, unread["effectiveDateTime"]
+
+
+def test_joined_episodes_that_rest_on_a_dose_not_read_ask_for_the_dose_too() -> None:
+    """The unread 2019 score could join the 2018 trials to this episode; then venlafaxine, whose
+    dose is written in tablets, decides TRD. Both the score and the dose are asked for (before:
+    only the score, so reading it would have left the answer open again)."""
+    req = _with_scores(UNREADABLE["time without a zone"])
+    (venlafaxine,) = [
+        e["resource"]
+        for e in req["prefetch"]["medicationRequests"]["entry"]
+        if e["resource"]["id"].endswith("-med-2")
+    ]
+    dosage = venlafaxine["dosageInstruction"][0]
+    dosage["text"] = "1 tablet daily"
+    dosage["doseAndRate"][0]["doseQuantity"] = {"value": 1, "unit": "tablet"}
+    result = run_predicate(_trd_spec(), facts_of(req))
+    assert result.value is None
+    assert sorted(m.id for m in result.missing) == ["trd-episode-score", "trd-trial-dose"]

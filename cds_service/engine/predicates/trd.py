@@ -174,6 +174,10 @@ def assess_trd(facts: Facts, s: dict[str, Any]) -> dict[str, Any]:
         summary["unread_scores"] = list(dict.fromkeys(r for r, _, k in unread if k in s["remission_below"]))
         if other.get("unread_records"):
             summary["unread_records"] = other["unread_records"]
+        # the other reading's trials whose dose could not be read may decide it too: asked for
+        mine = {v["ingredient"] for v in summary.get("undecided_trials", ())}
+        if more := [v for v in other.get("undecided_trials", ()) if v["ingredient"] not in mine]:
+            summary["undecided_trials"] = [*summary.get("undecided_trials", ()), *more]
         return summary
     for view in summary["counted"]:
         if view["outcome"].startswith("no scores recorded") and unread_near(
